@@ -1,0 +1,213 @@
+"""The one training configuration: every hyperparameter is defined here, once.
+
+A search space samples dotted keys of this model (``loss.box_weight``), a trial validates them
+here, the export writes it back as YAML, and ``python -m model.train --config`` reads it. Unknown
+keys and bad values fail with the dotted key and the allowed values, not a stack trace.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+#: Where the generated mini dataset lives unless the config says otherwise (relative to the CWD).
+DEFAULT_MINI_ROOT = Path("data/wider-mini")
+
+
+class ConfigError(ValueError):
+    """A configuration that does not validate; the message names each bad key."""
+
+
+class _Section(BaseModel):
+    # Typos in a config must not be silently ignored: an unknown key is an error.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the images come from and how they are read."""
+
+    source: Literal["mini", "wider"] = "mini"
+    """``mini``: the generated mini set, created at ``root`` on first use; ``wider``: the official
+    WIDER FACE layout at ``root`` (``WIDER_{train,val}/images``, ``wider_face_split``)."""
+    root: Path = DEFAULT_MINI_ROOT
+    min_face_size: float = Field(6.0, ge=0)
+    """Faces whose shorter side is below this many pixels *at the network input size* are ignore
+    regions: neither positives in training nor misses in evaluation."""
+    cache: bool = True
+    """Keep decoded, resized images in an Arrow file so later epochs never decode a JPEG."""
+    cache_dir: Path | None = None
+    """Defaults to ``<root>/.cache``."""
+    cache_max_side: int = Field(640, ge=32)
+    num_workers: int = Field(0, ge=0)
+    max_train_images: int | None = Field(None, ge=1)
+    max_val_images: int | None = Field(None, ge=1)
+
+
+class AugmentConfig(_Section):
+    """The SSD augmentation recipe (torchvision.transforms.v2), each part switchable."""
+
+    photometric: bool = True
+    zoom_out: bool = True
+    zoom_out_max: float = Field(2.0, ge=1.0)
+    iou_crop: bool = True
+    hflip: bool = True
+
+
+class ModelConfig(_Section):
+    backbone: Literal["tiny", "mobilenet_v3", "vgg16"] = "tiny"
+    input_size: int = Field(256, ge=64)
+    pretrained_backbone: bool = False
+    """Load ImageNet weights through torchvision's weight enums (downloads once; off by default)."""
+    aspect_ratios: list[list[float]] | None = None
+    """Per feature level, extra anchor aspect ratios; ``None`` = square face anchors."""
+    anchor_scales: list[float] | None = None
+    """Anchor sizes as fractions of the input, one per level plus one; ``None`` = 4 x stride."""
+    prior_prob: float = Field(0.01, gt=0, lt=1)
+    """Initial face probability of every anchor (RetinaNet's prior bias) for a stable start."""
+
+
+class LossConfig(_Section):
+    """The weighted multibox loss: ``class_weight * loss_cls + box_weight * loss_box``."""
+
+    class_weight: float = Field(1.0, ge=0)
+    box_weight: float = Field(1.0, ge=0)
+    neg_pos_ratio: float = Field(3.0, gt=0)
+    """Hard-negative mining: mined negatives per positive anchor (the study's 3:1)."""
+    cls_loss: Literal["ce", "focal"] = "ce"
+    box_loss: Literal["smooth_l1", "giou", "diou", "ciou"] = "smooth_l1"
+    smooth_l1_beta: float = Field(1.0, gt=0)
+    focal_alpha: float = Field(0.25, ge=0, le=1)
+    focal_gamma: float = Field(2.0, ge=0)
+    match_iou: float = Field(0.5, gt=0, le=1)
+    ignore_iou: float = Field(0.5, gt=0, le=1)
+    empty_image_negatives: int = Field(16, ge=0)
+    """Mined negatives for an image without faces, so such images still teach 'background'."""
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> LossConfig:
+        if self.class_weight == 0 and self.box_weight == 0:
+            raise ValueError("class_weight and box_weight cannot both be 0")
+        return self
+
+
+class PostprocessConfig(_Section):
+    nms: Literal["nms", "soft_linear", "soft_gaussian"] = "nms"
+    nms_iou: float = Field(0.45, gt=0, le=1)
+    soft_nms_sigma: float = Field(0.5, gt=0)
+    score_threshold: float = Field(0.05, ge=0, le=1)
+    """Candidates below this face score are dropped before NMS."""
+    topk_candidates: int = Field(400, ge=1)
+    max_detections: int = Field(200, ge=1)
+
+
+class OptimConfig(_Section):
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    grad_clip_norm: float | None = Field(None, gt=0)
+
+
+class ScheduleConfig(_Section):
+    """Linear learning-rate warm-up, then a decay over the remaining iterations."""
+
+    warmup_iters: int = Field(100, ge=0)
+    warmup_start_factor: float = Field(0.01, gt=0, le=1)
+    decay: Literal["cosine", "none"] = "cosine"
+
+
+class EvalConfig(_Section):
+    iou_threshold: float = Field(0.5, gt=0, le=1)
+    score_threshold: float = Field(0.5, ge=0, le=1)
+    """Operating point for precision, recall, TP/FP/FN and mean IoU (AP uses every score)."""
+
+
+class TrainConfig(_Section):
+    """Everything one training run needs; a search trial is one of these."""
+
+    seed: int = 0
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """A copy with dotted-key overrides applied, e.g. ``{"loss.box_weight": 0.1}``."""
+        return config_from_dict(apply_overrides(self.model_dump(mode="json"), overrides))
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a deep copy of ``raw`` with dotted keys set; an unknown section names the key."""
+    out = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for i, part in enumerate(parents):
+            child = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                raise ConfigError(f"{dotted}: '{'.'.join(parents[: i + 1])}' is not a config section")
+            node = child
+        node[leaf] = value
+    return out
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Validate a nested dict; errors name the dotted key and what is allowed."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config file (missing sections take their defaults)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return config_from_dict(apply_overrides(raw, overrides or {}), source=str(path))
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            section = _section_at(err["loc"][:-1])
+            allowed = ", ".join(section.model_fields) if section else "?"
+            lines.append(f"{key}: unknown key; allowed keys here: {allowed}")
+        else:
+            got = err.get("input")
+            got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{key}: {err['msg']}{got_text}")
+    return f"{source}: invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    section: type[BaseModel] = TrainConfig
+    for part in loc:
+        field = section.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        section = annotation
+    return section

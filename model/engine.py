@@ -1,0 +1,221 @@
+"""Building blocks of one training run: data, model, optimiser, one epoch, one evaluation.
+
+Each function does one thing and takes explicit arguments, so the production CLI
+(``model/train.py``) and a search trial (``hpo/``) assemble the same run from the same parts.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from model.config import TrainConfig
+from model.data.mini import ensure_mini
+from model.data.transforms import build_eval_transforms, build_train_transforms
+from model.data.widerface import WiderFaceDataset, collate_fn
+from model.loss import WeightedMultiBoxLoss
+from model.metrics import evaluate
+from model.ssd import FaceSSD, build_ssd
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_datasets(cfg: TrainConfig) -> tuple[WiderFaceDataset, WiderFaceDataset]:
+    """Train and validation sets; the mini set is generated at ``data.root`` on first use."""
+    data = cfg.data
+    if data.source == "mini":
+        ensure_mini(data.root)
+    cache_dir = (data.cache_dir or data.root / ".cache") if data.cache else None
+    size = cfg.model.input_size
+    aug = cfg.augment
+    common = dict(min_face_size=data.min_face_size, cache_dir=cache_dir, cache_max_side=data.cache_max_side)
+    train = WiderFaceDataset(
+        data.root,
+        "train",
+        transform=build_train_transforms(
+            size,
+            photometric=aug.photometric,
+            zoom_out=aug.zoom_out,
+            zoom_out_max=aug.zoom_out_max,
+            iou_crop=aug.iou_crop,
+            hflip=aug.hflip,
+        ),
+        max_images=data.max_train_images,
+        **common,
+    )
+    val = WiderFaceDataset(
+        data.root, "val", transform=build_eval_transforms(size), max_images=data.max_val_images, **common
+    )
+    return train, val
+
+
+def build_loaders(cfg: TrainConfig, train: WiderFaceDataset, val: WiderFaceDataset) -> tuple[DataLoader, DataLoader]:
+    # A seeded generator makes the shuffling order, and so a resumed run, reproducible.
+    generator = torch.Generator().manual_seed(cfg.seed)
+    workers = cfg.data.num_workers
+    common = dict(batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate_fn, persistent_workers=workers > 0)
+    train_loader = DataLoader(train, shuffle=True, drop_last=len(train) > cfg.batch_size, generator=generator, **common)
+    val_loader = DataLoader(val, shuffle=False, **common)
+    return train_loader, val_loader
+
+
+def build_model(cfg: TrainConfig) -> FaceSSD:
+    m = cfg.model
+    return build_ssd(
+        backbone=m.backbone,
+        input_size=m.input_size,
+        pretrained_backbone=m.pretrained_backbone,
+        aspect_ratios=m.aspect_ratios,
+        anchor_scales=m.anchor_scales,
+        prior_prob=m.prior_prob,
+    )
+
+
+def build_loss(cfg: TrainConfig, model: FaceSSD) -> WeightedMultiBoxLoss:
+    return WeightedMultiBoxLoss(box_coder=model.box_coder, **cfg.loss.model_dump())
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    # Weight decay on norms and biases only hurts; torchvision's references exclude them too.
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+    return torch.optim.AdamW(groups, lr=o.lr)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-iteration schedule: linear warm-up, then cosine decay (or constant) to the end."""
+    s = cfg.schedule
+    total = max(1, cfg.epochs * iters_per_epoch)
+    warmup = min(s.warmup_iters, total)
+
+    def factor(it: int) -> float:
+        if it < warmup:
+            return s.warmup_start_factor + (1.0 - s.warmup_start_factor) * it / warmup
+        if s.decay == "cosine":
+            progress = (it - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class EpochStats:
+    """Means over one epoch of the loss parts, plus counters that explain training."""
+
+    loss: float
+    loss_cls: float
+    loss_box: float
+    grad_norm: float
+    pos_anchors_per_image: float
+    batches_without_positives: int
+    lr: float
+    images: int
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "train/loss": self.loss,
+            "train/loss_cls": self.loss_cls,
+            "train/loss_box": self.loss_box,
+            "train/grad_norm": self.grad_norm,
+            "train/pos_anchors_per_image": self.pos_anchors_per_image,
+            "train/batches_without_positives": float(self.batches_without_positives),
+            "train/lr": self.lr,
+        }
+
+
+def train_one_epoch(
+    model: FaceSSD,
+    loss_fn: WeightedMultiBoxLoss,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    grad_clip_norm: float | None = None,
+) -> EpochStats:
+    """One pass over ``loader``. Sums stay on the device: one host sync per epoch, not per step."""
+    model.train()
+    sums = torch.zeros(6, device=device)  # loss, cls, box, grad norm, positives, batches without positives
+    steps = images = 0
+    for batch_images, targets in loader:
+        batch_images = batch_images.to(device, non_blocking=True)
+        targets = [_target_to(t, device) for t in targets]
+        outputs = model(batch_images)
+        losses = loss_fn(outputs, model.anchors(device, batch_images.dtype), targets)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        max_norm = grad_clip_norm if grad_clip_norm is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        optimizer.step()
+        scheduler.step()
+        num_pos = losses["num_pos"].float()
+        sums += torch.stack(
+            [
+                losses["loss"].detach(),
+                losses["loss_cls"].detach(),
+                losses["loss_box"].detach(),
+                grad_norm.detach(),
+                num_pos,
+                (num_pos == 0).float(),
+            ]
+        )
+        steps += 1
+        images += batch_images.shape[0]
+    if steps == 0:
+        raise RuntimeError("the training loader yielded no batches: is the training split empty?")
+    loss, cls, box, gnorm, pos, empty = sums.tolist()
+    return EpochStats(
+        loss=loss / steps,
+        loss_cls=cls / steps,
+        loss_box=box / steps,
+        grad_norm=gnorm / steps,
+        pos_anchors_per_image=pos / images,
+        batches_without_positives=int(empty),
+        lr=optimizer.param_groups[0]["lr"],
+        images=images,
+    )
+
+
+@torch.no_grad()
+def evaluate_model(model: FaceSSD, loader: DataLoader, device: torch.device, cfg: TrainConfig) -> dict[str, float]:
+    """Detections on the validation loader scored with :func:`model.metrics.evaluate`."""
+    model.eval()
+    predictions: list[dict[str, torch.Tensor]] = []
+    targets: list[dict[str, torch.Tensor]] = []
+    for batch_images, batch_targets in loader:
+        detections = model.predict(batch_images.to(device), **cfg.postprocess.model_dump())
+        predictions.extend({k: v.cpu() for k, v in d.items()} for d in detections)
+        targets.extend({"boxes": t["boxes"], "ignore": t["ignore"]} for t in batch_targets)
+    result = evaluate(
+        predictions, targets, iou_threshold=cfg.eval.iou_threshold, score_threshold=cfg.eval.score_threshold
+    )
+    return {f"val/{k}": float(v) for k, v in result.items()}
+
+
+def _target_to(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
