@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from model.health import HealthConfig
+
 #: Where the generated mini dataset lives unless the config says otherwise (relative to the CWD).
 DEFAULT_MINI_ROOT = Path("data/wider-mini")
 
@@ -110,14 +112,35 @@ class OptimConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     grad_clip_norm: float | None = Field(None, gt=0)
+    amp: bool = True
+    """Mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler); no effect on CPU."""
+    channels_last: bool = True
+    """channels-last memory format on CUDA, where convolutions run faster; no effect on CPU."""
 
 
 class ScheduleConfig(_Section):
-    """Linear learning-rate warm-up, then a decay over the remaining iterations."""
+    """Learning-rate warm-up, then a decay; optionally a loss-weight ramp (the study's 'adaptive
+    weight strategy': classification dominates early, the box weight rises over time)."""
 
     warmup_iters: int = Field(100, ge=0)
+    warmup_epochs: float | None = Field(None, ge=0)
+    """Warm-up length in epochs; when set it replaces ``warmup_iters``."""
     warmup_start_factor: float = Field(0.01, gt=0, le=1)
-    decay: Literal["cosine", "none"] = "cosine"
+    decay: Literal["cosine", "step", "none"] = "cosine"
+    step_milestones: list[float] = [0.67, 0.89]
+    """``step`` decay: fractions of the run after which the learning rate is multiplied by ``step_gamma``."""
+    step_gamma: float = Field(0.1, gt=0, le=1)
+    loss_ramp_epochs: float = Field(0.0, ge=0)
+    """Length of the loss-weight ramp; 0 disables it."""
+    box_weight_start_factor: float = Field(1.0, ge=0)
+    """At step 0 the box weight is ``box_weight_start_factor * loss.box_weight``, reaching ``box_weight`` at the end of the ramp."""
+    class_weight_start_factor: float = Field(1.0, ge=0)
+    """Same for the class weight (e.g. 2.0 to emphasise classification early)."""
+
+    def warmup_length(self, iters_per_epoch: int) -> int:
+        if self.warmup_epochs is not None:
+            return round(self.warmup_epochs * iters_per_epoch)
+        return self.warmup_iters
 
 
 class EvalConfig(_Section):
@@ -141,6 +164,7 @@ class TrainConfig(_Section):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     eval: EvalConfig = EvalConfig()
+    health: HealthConfig = HealthConfig()
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
         """A copy with dotted-key overrides applied, e.g. ``{"loss.box_weight": 0.1}``."""

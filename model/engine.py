@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -108,10 +107,11 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-iteration schedule: linear warm-up, then cosine decay (or constant) to the end."""
+    """Per-iteration schedule: linear warm-up, then cosine or step decay (or constant) to the end."""
     s = cfg.schedule
     total = max(1, cfg.epochs * iters_per_epoch)
-    warmup = min(s.warmup_iters, total)
+    warmup = min(s.warmup_length(iters_per_epoch), total)
+    milestones = sorted(round(f * total) for f in s.step_milestones)
 
     def factor(it: int) -> float:
         if it < warmup:
@@ -119,86 +119,23 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, iters_pe
         if s.decay == "cosine":
             progress = (it - warmup) / max(1, total - warmup)
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if s.decay == "step":
+            return s.step_gamma ** sum(it >= m for m in milestones)
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@dataclass
-class EpochStats:
-    """Means over one epoch of the loss parts, plus counters that explain training."""
+def loss_weights_at(cfg: TrainConfig, step: int, iters_per_epoch: int) -> tuple[float, float]:
+    """(class_weight, box_weight) at an optimiser step under the optional loss-weight ramp."""
+    s, loss = cfg.schedule, cfg.loss
+    ramp = s.loss_ramp_epochs * iters_per_epoch
+    t = 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
-    loss: float
-    loss_cls: float
-    loss_box: float
-    grad_norm: float
-    pos_anchors_per_image: float
-    batches_without_positives: int
-    lr: float
-    images: int
+    def blend(start_factor: float) -> float:
+        return start_factor + (1.0 - start_factor) * t
 
-    def as_metrics(self) -> dict[str, float]:
-        return {
-            "train/loss": self.loss,
-            "train/loss_cls": self.loss_cls,
-            "train/loss_box": self.loss_box,
-            "train/grad_norm": self.grad_norm,
-            "train/pos_anchors_per_image": self.pos_anchors_per_image,
-            "train/batches_without_positives": float(self.batches_without_positives),
-            "train/lr": self.lr,
-        }
-
-
-def train_one_epoch(
-    model: FaceSSD,
-    loss_fn: WeightedMultiBoxLoss,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    device: torch.device,
-    grad_clip_norm: float | None = None,
-) -> EpochStats:
-    """One pass over ``loader``. Sums stay on the device: one host sync per epoch, not per step."""
-    model.train()
-    sums = torch.zeros(6, device=device)  # loss, cls, box, grad norm, positives, batches without positives
-    steps = images = 0
-    for batch_images, targets in loader:
-        batch_images = batch_images.to(device, non_blocking=True)
-        targets = [_target_to(t, device) for t in targets]
-        outputs = model(batch_images)
-        losses = loss_fn(outputs, model.anchors(device, batch_images.dtype), targets)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        max_norm = grad_clip_norm if grad_clip_norm is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        optimizer.step()
-        scheduler.step()
-        num_pos = losses["num_pos"].float()
-        sums += torch.stack(
-            [
-                losses["loss"].detach(),
-                losses["loss_cls"].detach(),
-                losses["loss_box"].detach(),
-                grad_norm.detach(),
-                num_pos,
-                (num_pos == 0).float(),
-            ]
-        )
-        steps += 1
-        images += batch_images.shape[0]
-    if steps == 0:
-        raise RuntimeError("the training loader yielded no batches: is the training split empty?")
-    loss, cls, box, gnorm, pos, empty = sums.tolist()
-    return EpochStats(
-        loss=loss / steps,
-        loss_cls=cls / steps,
-        loss_box=box / steps,
-        grad_norm=gnorm / steps,
-        pos_anchors_per_image=pos / images,
-        batches_without_positives=int(empty),
-        lr=optimizer.param_groups[0]["lr"],
-        images=images,
-    )
+    return loss.class_weight * blend(s.class_weight_start_factor), loss.box_weight * blend(s.box_weight_start_factor)
 
 
 @torch.no_grad()
@@ -215,7 +152,3 @@ def evaluate_model(model: FaceSSD, loader: DataLoader, device: torch.device, cfg
         predictions, targets, iou_threshold=cfg.eval.iou_threshold, score_threshold=cfg.eval.score_threshold
     )
     return {f"val/{k}": float(v) for k, v in result.items()}
-
-
-def _target_to(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in target.items()}

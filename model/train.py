@@ -1,84 +1,153 @@
-"""Train one SSD face detector from a config file: ``python -m model.train --config CONFIG.yaml``.
+"""Production training of one SSD face detector, watched by the same health monitor as a trial.
 
-With no config it trains the tiny SSD on the generated mini set (created on first use).
+    python -m model.train --config best.yaml [--data PATH] [--out runs/train] [--resume]
+                          [--tracking-uri sqlite:///mlflow.db --experiment production]
+
+With no config it trains the tiny SSD on the generated mini set (created on first use). Exit
+status: 0 when training completed, 3 when the health monitor stopped it (the diagnosis is
+printed), 2 for a bad config or command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
-import torch
+from model.config import ConfigError, TrainConfig, config_from_dict, load_config
+from model.trainer import Trainer
 
-from model.config import ConfigError, TrainConfig, load_config
-from model.engine import (
-    build_datasets,
-    build_loaders,
-    build_loss,
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    evaluate_model,
-    resolve_device,
-    seed_everything,
-    train_one_epoch,
-)
+EXIT_STOPPED = 3
 
 
-def run(cfg: TrainConfig, out_dir: Path, log=print) -> dict[str, float]:
-    """Train for ``cfg.epochs`` epochs, validating after each; return the last epoch's metrics."""
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    train_set, val_set = build_datasets(cfg)
-    log(f"train: {train_set.report()}")
-    log(f"val:   {val_set.report()}")
-    train_loader, val_loader = build_loaders(cfg, train_set, val_set)
-    model = build_model(cfg).to(device)
-    loss_fn = build_loss(cfg, model)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, len(train_loader))
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(out_dir / "config.yaml")
-    metrics: dict[str, float] = {}
-    for epoch in range(1, cfg.epochs + 1):
-        start = time.perf_counter()
-        stats = train_one_epoch(model, loss_fn, train_loader, optimizer, scheduler, device, cfg.optim.grad_clip_norm)
-        metrics = {"epoch": epoch, **stats.as_metrics(), **evaluate_model(model, val_loader, device, cfg)}
-        metrics["time/epoch_s"] = time.perf_counter() - start
-        log(
-            f"epoch {epoch:3d}/{cfg.epochs}  loss {stats.loss:.4f} (cls {stats.loss_cls:.4f}, box {stats.loss_box:.4f})"
-            f"  lr {stats.lr:.2e}  val AP {metrics['val/ap']:.4f}  P {metrics['val/precision']:.3f}"
-            f"  R {metrics['val/recall']:.3f}  {metrics['time/epoch_s']:.1f}s"
-        )
-    torch.save({"model": model.state_dict(), "config": cfg.model_dump(mode="json")}, out_dir / "model.pt")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log(f"wrote {out_dir / 'model.pt'} and {out_dir / 'metrics.json'}")
-    return metrics
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"loss": {"box_weight": 1}}`` → ``{"loss.box_weight": 1}`` (the search's key format)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__)
-    parser.add_argument("--config", type=Path, help="YAML training config (defaults: tiny SSD on the mini set)")
-    parser.add_argument("--data", type=Path, help="dataset root (overrides data.root)")
-    parser.add_argument("--epochs", type=int, help="overrides epochs")
-    parser.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (default: runs/train)")
-    args = parser.parse_args(argv)
+class _MlflowLog:
+    """Params once, one metrics row per epoch, the outcome as a tag; resumes into the same run."""
 
-    overrides = {}
+    def __init__(self, tracking_uri: str | None, experiment: str, cfg: TrainConfig, out_dir: Path) -> None:
+        import mlflow  # imported here: plain training must not pay for it
+
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(tracking_uri or "sqlite:///mlflow.db")
+        mlflow.set_experiment(experiment)
+        id_file = out_dir / "mlflow_run_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else None
+        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else out_dir.name)
+        id_file.write_text(self.run.info.run_id)
+        if run_id is None:
+            mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(cfg.model_dump(mode="json")).items()})
+            mlflow.set_tag("kind", "production")
+
+    def epoch(self, report: dict[str, Any]) -> None:
+        metrics = {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and math.isfinite(v) and k != "epoch"}
+        self.mlflow.log_metrics(metrics, step=int(report["epoch"]))
+        self.mlflow.set_tag("health.diagnosis", report["health/diagnosis"])
+
+    def finish(self, outcome: str, files: list[Path]) -> None:
+        self.mlflow.set_tag("outcome", outcome)
+        for path in files:
+            self.mlflow.log_artifact(str(path))
+        self.mlflow.end_run(status="FINISHED" if outcome == "completed" else "KILLED")
+
+
+def _resolve_config(args: argparse.Namespace) -> TrainConfig:
+    overrides: dict[str, Any] = {}
     if args.data is not None:
         overrides["data.root"] = str(args.data)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
+    checkpoint = args.out / "last.pt"
+    if args.resume and not checkpoint.exists():
+        raise ConfigError(f"--resume: no checkpoint at {checkpoint}")
+    if args.config is not None:
+        cfg = load_config(args.config, overrides)
+    elif args.resume:
+        import torch
+
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["config"]
+        cfg = config_from_dict(saved, source=str(checkpoint)).with_overrides(overrides)
+    else:
+        cfg = TrainConfig().with_overrides(overrides)
+    if args.resume:
+        _check_resumable(cfg, checkpoint)
+    return cfg
+
+
+def _check_resumable(cfg: TrainConfig, checkpoint: Path) -> None:
+    """A resumed run may train longer, but not change what it is training."""
+    import torch
+
+    saved = flatten(torch.load(checkpoint, map_location="cpu", weights_only=False)["config"])
+    now = flatten(cfg.model_dump(mode="json"))
+    changed = sorted(k for k in now if k != "epochs" and now[k] != saved.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ConfigError(f"--resume: the config differs from the checkpoint's ({details})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="YAML training config (default: tiny SSD on the mini set)")
+    parser.add_argument("--data", type=Path, help="dataset root (overrides data.root)")
+    parser.add_argument("--epochs", type=int, help="overrides epochs")
+    parser.add_argument("--out", type=Path, default=Path("runs/train"), help="checkpoints and metrics (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--tracking-uri", help="log to MLflow at this URI (default with --experiment: sqlite:///mlflow.db)")
+    parser.add_argument("--experiment", help="MLflow experiment name (enables MLflow logging)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
     try:
-        cfg = load_config(args.config, overrides) if args.config else TrainConfig().with_overrides(overrides)
+        cfg = _resolve_config(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run(cfg, args.out)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(args.out / "config.yaml")
+    trainer = Trainer(cfg, progress=not args.no_progress)
+    print(f"train: {trainer.train_set.report()}\nval:   {trainer.val_set.report()}")
+    if args.resume:
+        trainer.load_checkpoint(args.out / "last.pt")
+        print(f"resumed from {args.out / 'last.pt'} after epoch {trainer.epoch}")
+    tracking = None
+    if args.experiment or args.tracking_uri:
+        tracking = _MlflowLog(args.tracking_uri, args.experiment or "production", cfg, args.out)
+
+    history_file = args.out / "history.jsonl"
+    if not args.resume:
+        history_file.unlink(missing_ok=True)
+
+    def on_report(report: dict[str, Any]) -> None:
+        with history_file.open("a") as f:
+            f.write(json.dumps(report) + "\n")
+        if tracking:
+            tracking.epoch(report)
+
+    reports = trainer.fit(checkpoint_dir=args.out, on_report=on_report)
+    verdict = trainer.monitor.verdict
+    final = reports[-1] if reports else {}
+    outcome = f"stopped:{verdict.diagnosis}" if verdict.stop else "completed"
+    (args.out / "metrics.json").write_text(json.dumps({"outcome": outcome, "best_val_ap": trainer.best_ap, **final}, indent=2))
+    if tracking:
+        tracking.finish(outcome, [args.out / "config.yaml", args.out / "metrics.json", history_file])
+    if verdict.stop:
+        print(f"training stopped: {verdict.message()}", file=sys.stderr)
+        return EXIT_STOPPED
+    print(f"done: best val AP {trainer.best_ap:.4f}; checkpoints and metrics in {args.out}")
     return 0
 
 

@@ -79,7 +79,9 @@ def test_train_cli_writes_model_config_and_metrics(mini_root: Path, tmp_path: Pa
     assert metrics["epoch"] == 1
     for key in ("train/loss", "train/loss_cls", "train/loss_box", "val/ap", "val/recall", "val/mean_iou"):
         assert key in metrics and metrics[key] == metrics[key]  # present and not NaN
-    assert (out / "model.pt").exists() and (out / "config.yaml").exists()
+    for name in ("last.pt", "best.pt", "config.yaml", "history.jsonl"):
+        assert (out / name).exists(), name
+    assert metrics["outcome"] == "completed" and metrics["health/diagnosis"] == "healthy"
     assert "epoch   1/1" in capsys.readouterr().out
 
 

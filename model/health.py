@@ -1,0 +1,686 @@
+"""The training health monitor: a run that knows when it is failing, and says how.
+
+The trainer feeds it two streams and gets back a :class:`Verdict` each time:
+
+* :meth:`HealthMonitor.check_step`, every ``check_every_steps`` optimiser steps, with the current
+  loss parts, gradient norm and positive-anchor count (host floats, one sync per check). Cheap
+  checks for what must stop a run at once: non-finite values, a loss explosion, a gradient spike
+  that comes with a rising loss (``diverged``), and batches without any positive anchor
+  (``no-positives``).
+* :meth:`HealthMonitor.check_epoch`, after each validation, with the flat per-epoch report. The
+  failure stages of the seed study: early-stage avoidance (``background-collapse``, 3.1: AP near 0
+  and a top face score that fell from its peak or never rose), nothing learnt (``stalled``: the
+  classification loss flat near its start, AP near 0), mid-stage false-positive surge and recall
+  decline (3.2), late-stage ``overfitting`` (3.3). None of these fire before the learning-rate
+  warm-up has ended plus ``grace_epochs``; each needs its signal to persist over a patience counted
+  after that, to exceed a minimum absolute change, and AP and recall are judged by running medians,
+  so one noisy evaluation never labels a run. With tiny epochs, grace and patience stretch to
+  ``min_span_steps`` optimiser steps.
+
+On the mini set a healthy tiny SSD has no detection above the 0.5 score threshold and a falling
+top score for many epochs while its AP rises from 0.002 to 0.19: AP, which ranks every score, is
+what separates a slow start from a collapse, not the thresholded counts.
+
+Which diagnoses stop a run is configuration (``stop_on``); the others are warnings. The first
+stopping verdict is sticky. The monitor's whole state is a small JSON-able dict, so a resumed run
+reaches the same verdicts as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["LABELS", "HealthConfig", "HealthMonitor", "Verdict"]
+
+Problem = Literal[
+    "diverged", "background-collapse", "stalled", "fp-surge", "recall-decline", "overfitting", "no-positives"
+]
+#: Every diagnosis; the index is the stable numeric code metric stores log.
+LABELS: tuple[str, ...] = ("healthy", *get_args(Problem))
+
+_STATE_VERSION = 1
+
+
+class HealthConfig(BaseModel):
+    """Thresholds of the health monitor. The defaults were calibrated by replaying real runs of the
+    tiny SSD on the mini set (``bench/failure_probe.py``): nothing fires on its healthy runs, and its
+    diverging runs stop at the first or second step check, its collapsing runs after three
+    evaluations past the grace."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Run the checks at all; when off every verdict is ``healthy``."""
+    check_every_steps: int = Field(5, ge=1)
+    """Step checks every this many optimiser steps (each costs one host sync)."""
+    stop_on: list[Problem] = ["diverged", "no-positives", "stalled", "background-collapse"]
+    """Diagnoses that stop the run; the others only warn. Runs that cannot recover stop by default;
+    ``overfitting`` is left out because the best checkpoint is kept anyway and a search's scheduler
+    (ASHA) already prunes weak trials, while the mid-stage labels can recover after a learning-rate
+    decay. Add ``overfitting`` for early stopping."""
+
+    # -- step checks ------------------------------------------------------------------------------
+    reference_checks: int = Field(5, ge=1)
+    """The early loss reference is the median of the first this many (finite) step checks."""
+    explosion_factor: float = Field(100.0, gt=1)
+    """``diverged`` when the loss exceeds this many times its early reference."""
+    explosion_min_loss: float = Field(10.0, ge=0)
+    """...and is at least this large: a tiny starting loss times the factor is not an explosion."""
+    max_loss: float = Field(1e4, gt=0)
+    """``diverged`` when the loss exceeds this, reference or not: it catches an explosion that is
+    already under way at the first check. The loss is normalised per positive anchor, so healthy
+    values are ~1-100 even with loss weights of 10 (the "22-digit loss" is far beyond)."""
+    window_checks: int = Field(25, ge=3)
+    """Running medians of the loss and the gradient norm span the last this many step checks."""
+    spike_min_checks: int = Field(5, ge=1)
+    """A gradient spike is judged only once the running window holds this many checks."""
+    grad_spike_factor: float = Field(10.0, gt=1)
+    """A gradient norm above this many times its running median is a spike."""
+    spike_loss_factor: float = Field(2.0, gt=1)
+    """A spike counts towards ``diverged`` only while the loss is above this many times its running
+    median: healthy runs have gradient spikes alone, a diverging one has both."""
+    spike_patience: int = Field(2, ge=1)
+    """Consecutive step checks with a spike and a rising loss before ``diverged``."""
+    no_positives_checks: int = Field(10, ge=1)
+    """Consecutive step checks whose batch had no positive anchor before ``no-positives``."""
+
+    # -- epoch checks -----------------------------------------------------------------------------
+    grace_epochs: int = Field(2, ge=0)
+    """Epochs after the warm-up has ended before any validation-based diagnosis may fire."""
+    min_span_steps: int = Field(50, ge=0)
+    """The grace and every patience or window below also span at least this many optimiser steps:
+    with tiny epochs (a few steps each) consecutive evaluations barely differ in training but
+    still differ by noise, so more of them are needed."""
+    smooth_evaluations: int = Field(3, ge=1)
+    """AP and recall are judged by their running median over this many evaluations, so one noisy
+    evaluation neither sets a best nor ends a decline."""
+    collapse_patience: int = Field(3, ge=1)
+    """Consecutive evaluations that must look collapsed before ``background-collapse``."""
+    collapse_max_ap: float = Field(0.01, ge=0)
+    """Collapsed: validation AP at most this..."""
+    collapse_max_recall: float = Field(0.01, ge=0)
+    """...recall at the evaluation score threshold at most this..."""
+    collapse_max_detections: float = Field(0.1, ge=0)
+    """...at most this many detections per image above the evaluation score threshold..."""
+    collapse_score_drop: float = Field(0.5, gt=0, le=1)
+    """...and the top face score fallen to at most this fraction of its best since the warm-up (or
+    never above ``collapse_min_score``). A healthy slow starter has AP near 0 and no detection above
+    0.5 for many epochs, but its AP rises: AP near 0 *and* a fallen or absent top score is collapse."""
+    collapse_min_score: float = Field(0.05, ge=0, le=1)
+    """A top face score at or below this counts as no face predicted at all."""
+    stall_epochs: int = Field(3, ge=2)
+    """Evaluations over which the classification loss must stay flat before ``stalled``."""
+    stall_max_change: float = Field(0.05, ge=0)
+    """Flat: the classification loss varies by at most this fraction over the window..."""
+    stall_min_fraction: float = Field(0.8, ge=0)
+    """...is still at least this fraction of its starting value (the early step checks)..."""
+    stall_max_ap: float = Field(0.01, ge=0)
+    """...and the validation AP stays at most this. A model whose top face score rose and then fell
+    is not stalled but collapsing (the collapse check owns it)."""
+    fp_surge_window: int = Field(3, ge=1)
+    """Evaluations over which false positives per image must rise at every one before ``fp-surge``."""
+    fp_surge_factor: float = Field(1.5, gt=1)
+    """FP per image must grow by this factor over the window..."""
+    fp_surge_min_increase: float = Field(1.0, ge=0)
+    """...and by at least this many false positives per image..."""
+    fp_surge_min_precision_drop: float = Field(0.05, ge=0)
+    """...while precision falls by at least this much (absolute)..."""
+    fp_surge_max_ap_gain: float = Field(0.005, ge=0)
+    """...and AP does not rise by more than this (more detections that also raise AP are learning)."""
+    recall_patience: int = Field(3, ge=1)
+    """Consecutive evaluations with the (smoothed) recall below its best before ``recall-decline``."""
+    recall_min_drop: float = Field(0.1, ge=0)
+    """Below the best recall by at least this much (absolute: recall at the score threshold swings
+    by several points between healthy evaluations)..."""
+    recall_rel_drop: float = Field(0.2, ge=0, le=1)
+    """...and by at least this fraction of it..."""
+    recall_max_ap_gain: float = Field(0.0, ge=0)
+    """...while the (smoothed) AP rose by at most this over those evaluations: a recall at the
+    threshold that falls while AP rises is the score calibration moving, not faces lost."""
+    overfit_patience: int = Field(4, ge=1)
+    """Consecutive evaluations with the (smoothed) AP below its best before ``overfitting``."""
+    overfit_min_drop: float = Field(0.01, ge=0)
+    """Below the best AP by at least this much (absolute)..."""
+    overfit_rel_drop: float = Field(0.2, ge=0, le=1)
+    """...and by at least this fraction of it (the mini set's AP swings by ~20 % between
+    evaluations late in a healthy run)..."""
+    overfit_min_best_ap: float = Field(0.02, ge=0)
+    """...where the best AP is at least this (no overfitting of a model that never fitted)..."""
+    overfit_min_loss_drop: float = Field(0.02, ge=0, lt=1)
+    """...while the training loss fell by at least this fraction since the best-AP evaluation."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the monitor concluded at one check."""
+
+    diagnosis: str
+    """One of :data:`LABELS`."""
+    stop: bool
+    """True: stop the run now."""
+    signal: str = ""
+    """The signal that fired, e.g. ``"non-finite loss"``; empty when healthy."""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    """The values behind the diagnosis (JSON-able numbers, strings and lists)."""
+    step: int | None = None
+    epoch: int | None = None
+
+    def message(self) -> str:
+        """One human line, e.g. ``diverged at step 37 (epoch 2): loss explosion: loss 3.1e+13 > ...``."""
+        if self.step is not None:
+            where = f"step {self.step}" + (f" (epoch {self.epoch})" if self.epoch is not None else "")
+        elif self.epoch is not None:
+            where = f"epoch {self.epoch}"
+        else:
+            where = "start"
+        if self.diagnosis == "healthy":
+            return f"healthy at {where}"
+        return f"{self.diagnosis} at {where}: {self.signal}: {_describe(self.signal, self.evidence)}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat and JSON-able for logging: evidence keys become ``evidence.<key>``."""
+        flat: dict[str, Any] = {
+            "diagnosis": self.diagnosis,
+            "stop": self.stop,
+            "signal": self.signal,
+            "step": self.step,
+            "epoch": self.epoch,
+            "message": self.message(),
+        }
+        flat.update({f"evidence.{key}": value for key, value in self.evidence.items()})
+        return flat
+
+
+_HEALTHY = Verdict("healthy", False)
+
+# How each signal reads; the fields come from the verdict's evidence.
+_TEMPLATES: dict[str, str] = {
+    "non-finite loss": "loss {loss:.4g} (cls {loss_cls:.4g}, box {loss_box:.4g}), gradient norm {grad_norm:.4g}",
+    "non-finite gradient norm": "gradient norm {grad_norm:.4g} with loss {loss:.4g}",
+    "loss explosion": "loss {loss:.3g} > {factor:g} x its early median {reference:.3g}",
+    "loss above its ceiling": "loss {loss:.3g} > {ceiling:.3g}",
+    "gradient spike with rising loss": (
+        "gradient norm {grad_norm:.3g} > {grad_factor:g} x its running median {grad_median:.3g} and loss"
+        " {loss:.3g} > {loss_factor:g} x its running median {loss_median:.3g}, {checks} checks in a row"
+    ),
+    "no positive anchors": (
+        "no positive anchor in {checks} consecutive checked batches, so no face can be learnt; check that"
+        " faces survive data.min_face_size at model.input_size (smaller ones become ignore regions),"
+        " the annotations, and model.anchor_scales / loss.match_iou"
+    ),
+    "non-finite training loss": "epoch mean loss {loss:.4g}",
+    "training loss above its ceiling": "epoch mean loss {loss:.3g} > {ceiling:.3g}",
+    "no faces predicted after warm-up": (
+        "AP {ap:.4f}, recall {recall:.3f} and {detections_per_image:.2f} detections/image at score"
+        " >= {score_threshold:g}; top face score {top_score:.3f} (its best {best_top_score:.3f} at epoch"
+        " {best_top_epoch}) for {evaluations} evaluations"
+    ),
+    "classification loss flat": (
+        "loss_cls {loss_cls:.4f} varied {change:.1%} over {evaluations} evaluations and is still"
+        " {fraction:.0%} of its starting value {start:.4f}; AP {ap:.4f}"
+    ),
+    "false positives rising while precision falls": (
+        "FP/image {fp_start:.2f} -> {fp_end:.2f}, precision {precision_start:.3f} -> {precision_end:.3f},"
+        " AP {ap_start:.4f} -> {ap_end:.4f} over {evaluations} evaluations"
+    ),
+    "recall falling from its best": (
+        "recall (running median) {recall:.3f} below its best {best_recall:.3f} (epoch {best_epoch}) for"
+        " {evaluations} evaluations"
+    ),
+    "val AP falling while train loss falls": (
+        "AP (running median) {ap:.4f} below its best {best_ap:.4f} (epoch {best_epoch}) for {evaluations}"
+        " evaluations while the train loss fell {loss_at_best:.4f} -> {loss:.4f}"
+    ),
+}
+
+
+def _describe(signal: str, evidence: Mapping[str, Any]) -> str:
+    template = _TEMPLATES.get(signal)
+    if template is not None:
+        try:
+            text = template.format(**evidence)
+        except (KeyError, ValueError, TypeError):
+            pass  # evidence from an older or hand-made verdict: fall back to the raw values
+        else:
+            also = evidence.get("also")
+            return f"{text} (also: {', '.join(also)})" if also else text
+    return ", ".join(f"{key} {value}" for key, value in evidence.items())
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _low_median(values: Sequence[float]) -> float:
+    """The lower median: with two values the smaller, so one bad value never sets the reference."""
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _running_median(values: Sequence[float], window: int) -> list[float]:
+    """Median of each value with the up to ``window - 1`` values before it."""
+    return [statistics.median(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
+def _number(metrics: Mapping[str, Any], key: str) -> float | None:
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _streak(records: Sequence[dict[str, Any]], condition: Callable[[int], bool]) -> int:
+    """How many of the latest records, counted back from the last, satisfy ``condition(index)``."""
+    count = 0
+    for index in range(len(records) - 1, -1, -1):
+        if not condition(index):
+            break
+        count += 1
+    return count
+
+
+class HealthMonitor:
+    """Watches one training run; see the module docstring for the checks.
+
+    Args:
+        cfg: thresholds and which diagnoses stop the run.
+        warmup_iters: length of the learning-rate warm-up in optimiser steps; validation-based
+            diagnoses wait for it to end (plus ``cfg.grace_epochs``).
+        iters_per_epoch: optimiser steps per epoch.
+        eval_score_threshold: the score threshold of the validation operating point (for messages).
+    """
+
+    def __init__(
+        self, cfg: HealthConfig, *, warmup_iters: int, iters_per_epoch: int, eval_score_threshold: float = 0.5
+    ) -> None:
+        if warmup_iters < 0 or iters_per_epoch < 0:
+            raise ValueError(
+                f"warmup_iters and iters_per_epoch must be >= 0, got {warmup_iters} and {iters_per_epoch}"
+            )
+        self.cfg = cfg
+        self.eval_score_threshold = eval_score_threshold
+        #: The last epoch during which the learning rate is still warming up (0: none).
+        self.warmup_epochs = math.ceil(warmup_iters / iters_per_epoch) if warmup_iters and iters_per_epoch else 0
+        self._iters_per_epoch = max(1, iters_per_epoch)
+        #: The first epoch whose validation may raise a diagnosis.
+        self.first_verdict_epoch = self.warmup_epochs + self._span(cfg.grace_epochs) + 1
+        self._loss_ref: list[float] = []
+        self._cls_ref: list[float] = []
+        self._losses: deque[float] = deque(maxlen=cfg.window_checks)
+        self._grads: deque[float] = deque(maxlen=cfg.window_checks)
+        self._spike_streak = 0
+        self._zero_pos_streak = 0
+        self._epochs: list[dict[str, Any]] = []
+        self._history: list[Verdict] = []
+        self._stopped: Verdict | None = None
+        self._latest: dict[str, Verdict] = {"step": _HEALTHY, "epoch": _HEALTHY}
+        self._last_kind = "step"
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    @property
+    def verdict(self) -> Verdict:
+        """The first stopping verdict (sticky); otherwise the latest warning, or healthy."""
+        if self._stopped is not None:
+            return self._stopped
+        other = "epoch" if self._last_kind == "step" else "step"
+        for kind in (self._last_kind, other):
+            if self._latest[kind].diagnosis != "healthy":
+                return self._latest[kind]
+        return self._latest[self._last_kind]
+
+    def history(self) -> list[Verdict]:
+        """Every non-healthy verdict raised, warnings included (a step-level warning once per onset)."""
+        return list(self._history)
+
+    def check_step(
+        self, step: int, epoch: int, *, loss: float, loss_cls: float, loss_box: float, grad_norm: float, num_pos: float
+    ) -> Verdict:
+        """Judge one optimiser step (``step`` is the global 1-based count)."""
+        if self._stopped is not None:
+            return self._stopped
+        if not self.cfg.enabled:
+            return self._record("step", Verdict("healthy", False, step=step, epoch=epoch))
+        found = self._step_problem(loss, loss_cls, loss_box, grad_norm, num_pos)
+        if found is None:
+            result = Verdict("healthy", False, step=step, epoch=epoch)
+        else:
+            diagnosis, signal, evidence = found
+            result = self._verdict(diagnosis, signal, evidence, step=step, epoch=epoch)
+        return self._record("step", result)
+
+    def check_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> Verdict:
+        """Judge one validation; ``metrics`` is the flat epoch report (missing keys skip their checks)."""
+        if self._stopped is not None:
+            return self._stopped
+        if not self.cfg.enabled:
+            return self._record("epoch", Verdict("healthy", False, epoch=epoch))
+        # The epoch means also cover steps no check saw (an epoch shorter than check_every_steps).
+        loss = _number(metrics, "train/loss")
+        if loss is not None and not math.isfinite(loss):
+            evidence = {"loss": loss}
+            return self._record("epoch", self._verdict("diverged", "non-finite training loss", evidence, epoch=epoch))
+        if loss is not None and loss > self.cfg.max_loss:
+            evidence = {"loss": loss, "ceiling": self.cfg.max_loss}
+            verdict = self._verdict("diverged", "training loss above its ceiling", evidence, epoch=epoch)
+            return self._record("epoch", verdict)
+        # A re-validated epoch (a resumed run repeating it) replaces its record and any later ones.
+        self._epochs = [r for r in self._epochs if r["epoch"] < epoch]
+        self._epochs.append(self._epoch_record(epoch, metrics))
+        found = self._epoch_problems(epoch)
+        if not found:
+            return self._record("epoch", Verdict("healthy", False, epoch=epoch))
+        # A stopping diagnosis wins over a warning; otherwise the fixed order of the checks.
+        found.sort(key=lambda item: item[0] not in self.cfg.stop_on)
+        diagnosis, signal, evidence = found[0]
+        if len(found) > 1:
+            evidence = {**evidence, "also": [other[0] for other in found[1:]]}
+        return self._record("epoch", self._verdict(diagnosis, signal, evidence, epoch=epoch))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: JSON-able (non-finite numbers stay floats)."""
+        return {
+            "version": _STATE_VERSION,
+            "loss_ref": list(self._loss_ref),
+            "cls_ref": list(self._cls_ref),
+            "losses": list(self._losses),
+            "grads": list(self._grads),
+            "spike_streak": self._spike_streak,
+            "zero_pos_streak": self._zero_pos_streak,
+            "epochs": [dict(record) for record in self._epochs],
+            "history": [asdict(v) for v in self._history],
+            "stopped": asdict(self._stopped) if self._stopped is not None else None,
+            "latest": {kind: asdict(v) for kind, v in self._latest.items()},
+            "last_kind": self._last_kind,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (with the same ``warmup_iters``/``iters_per_epoch``)."""
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"health monitor state version {state.get('version')!r} is not {_STATE_VERSION}")
+        self._loss_ref = [float(v) for v in state["loss_ref"]]
+        self._cls_ref = [float(v) for v in state["cls_ref"]]
+        self._losses = deque((float(v) for v in state["losses"]), maxlen=self.cfg.window_checks)
+        self._grads = deque((float(v) for v in state["grads"]), maxlen=self.cfg.window_checks)
+        self._spike_streak = int(state["spike_streak"])
+        self._zero_pos_streak = int(state["zero_pos_streak"])
+        self._epochs = [dict(record) for record in state["epochs"]]
+        self._history = [Verdict(**v) for v in state["history"]]
+        self._stopped = Verdict(**state["stopped"]) if state["stopped"] is not None else None
+        self._latest = {kind: Verdict(**v) for kind, v in state["latest"].items()}
+        self._last_kind = state["last_kind"]
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+
+    def _verdict(self, diagnosis: str, signal: str, evidence: dict[str, Any], **where: Any) -> Verdict:
+        return Verdict(diagnosis, diagnosis in self.cfg.stop_on, signal, evidence, **where)
+
+    def _record(self, kind: str, result: Verdict) -> Verdict:
+        previous = self._latest[kind]
+        self._latest[kind], self._last_kind = result, kind
+        if result.diagnosis != "healthy":
+            # A persisting step-level warning would otherwise be logged every few steps.
+            if kind == "epoch" or result.stop or result.diagnosis != previous.diagnosis:
+                self._history.append(result)
+            if result.stop:
+                self._stopped = result
+        return result
+
+    # -- step checks --------------------------------------------------------------------------------
+
+    def _step_problem(
+        self, loss: float, loss_cls: float, loss_box: float, grad_norm: float, num_pos: float
+    ) -> tuple[str, str, dict[str, Any]] | None:
+        cfg = self.cfg
+        values = {"loss": loss, "loss_cls": loss_cls, "loss_box": loss_box, "grad_norm": grad_norm}
+        if not all(math.isfinite(v) for v in (loss, loss_cls, loss_box)):
+            return "diverged", "non-finite loss", values
+        if not math.isfinite(grad_norm):
+            return "diverged", "non-finite gradient norm", values
+
+        # The early reference: judged against the checks before this one, then frozen.
+        if self._loss_ref:
+            reference = _low_median(self._loss_ref)
+            if loss > cfg.explosion_factor * reference and loss >= cfg.explosion_min_loss:
+                return "diverged", "loss explosion", {**values, "reference": reference, "factor": cfg.explosion_factor}
+        if loss > cfg.max_loss:
+            return "diverged", "loss above its ceiling", {**values, "ceiling": cfg.max_loss}
+        if len(self._loss_ref) < cfg.reference_checks:
+            self._loss_ref.append(loss)
+            self._cls_ref.append(loss_cls)
+
+        spike = None
+        if len(self._grads) >= cfg.spike_min_checks:
+            grad_median, loss_median = _low_median(self._grads), _low_median(self._losses)
+            if grad_norm > cfg.grad_spike_factor * grad_median and loss > cfg.spike_loss_factor * loss_median:
+                spike = {"grad_median": grad_median, "loss_median": loss_median}
+        self._spike_streak = self._spike_streak + 1 if spike else 0
+        self._grads.append(grad_norm)
+        self._losses.append(loss)
+        if spike and self._spike_streak >= cfg.spike_patience:
+            evidence = {
+                **values,
+                **spike,
+                "grad_factor": cfg.grad_spike_factor,
+                "loss_factor": cfg.spike_loss_factor,
+                "checks": self._spike_streak,
+            }
+            return "diverged", "gradient spike with rising loss", evidence
+
+        self._zero_pos_streak = self._zero_pos_streak + 1 if not num_pos > 0 else 0
+        if self._zero_pos_streak >= cfg.no_positives_checks:
+            return "no-positives", "no positive anchors", {"num_pos": num_pos, "checks": self._zero_pos_streak}
+        return None
+
+    # -- epoch checks -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _epoch_record(epoch: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        fp, images = _number(metrics, "val/fp"), _number(metrics, "val/num_images")
+        return {
+            "epoch": epoch,
+            "ap": _number(metrics, "val/ap"),
+            "precision": _number(metrics, "val/precision"),
+            "recall": _number(metrics, "val/recall"),
+            "fp_per_image": fp / images if fp is not None and images else None,
+            "detections_per_image": _number(metrics, "val/detections_per_image"),
+            "top_score": _number(metrics, "val/top_score"),
+            "loss": _number(metrics, "train/loss"),
+            "loss_cls": _number(metrics, "train/loss_cls"),
+        }
+
+    def _span(self, evaluations: int) -> int:
+        """A number of evaluations, raised so that it spans at least ``min_span_steps`` steps."""
+        return max(evaluations, math.ceil(self.cfg.min_span_steps / self._iters_per_epoch))
+
+    def _epoch_problems(self, epoch: int) -> list[tuple[str, str, dict[str, Any]]]:
+        first = self.first_verdict_epoch
+        if epoch < first:
+            return []
+        # References (best AP, best recall, peak top score) come from any epoch after the warm-up;
+        # the evaluations a patience or a window counts come only from after the grace as well.
+        records = [r for r in self._epochs if r["epoch"] > self.warmup_epochs]
+        # A stall (the model never moved) before collapse (it moved, towards background only).
+        checks = (self._stalled, self._collapsed, self._overfitting, self._recall_decline, self._fp_surge)
+        return [problem for check in checks if (problem := check(records, first)) is not None]
+
+    def _start_cls(self) -> float | None:
+        """The classification loss at the start: the early step reference, else the first epoch's mean."""
+        if self._cls_ref:
+            return _low_median(self._cls_ref)
+        return next((r["loss_cls"] for r in self._epochs if _finite(r["loss_cls"])), None)
+
+    @staticmethod
+    def _top_peaks(records: Sequence[dict[str, Any]]) -> list[tuple[float, int | None]]:
+        """For each record, the best top face score so far and the epoch it was reached."""
+        peaks, best = [], (0.0, None)
+        for r in records:
+            if _finite(r["top_score"]) and r["top_score"] > best[0]:
+                best = (r["top_score"], r["epoch"])
+            peaks.append(best)
+        return peaks
+
+    def _top_fallen(self, record: dict[str, Any], peak: float) -> bool:
+        """The top face score has fallen from a real peak: the model predicted faces, then stopped."""
+        top, cfg = record["top_score"], self.cfg
+        return _finite(top) and peak > cfg.collapse_min_score and top <= cfg.collapse_score_drop * peak
+
+    def _collapsed(self, records: Sequence[dict[str, Any]], first: int) -> tuple[str, str, dict[str, Any]] | None:
+        cfg = self.cfg
+        peaks = self._top_peaks(records)
+
+        def collapsed(index: int) -> bool:
+            r = records[index]
+            keys = ("ap", "recall", "detections_per_image", "top_score")
+            if r["epoch"] < first or not all(_finite(r[k]) for k in keys):
+                return False
+            no_faces = (
+                r["ap"] <= cfg.collapse_max_ap
+                and r["recall"] <= cfg.collapse_max_recall
+                and r["detections_per_image"] <= cfg.collapse_max_detections
+            )
+            return no_faces and (r["top_score"] <= cfg.collapse_min_score or self._top_fallen(r, peaks[index][0]))
+
+        streak = _streak(records, collapsed)
+        if streak < self._span(cfg.collapse_patience):
+            return None
+        last = records[-1]
+        best_top, best_epoch = peaks[-1]
+        evidence = {
+            "ap": last["ap"],
+            "recall": last["recall"],
+            "detections_per_image": last["detections_per_image"],
+            "score_threshold": self.eval_score_threshold,
+            "top_score": last["top_score"],
+            "best_top_score": best_top,
+            "best_top_epoch": best_epoch,
+            "top_scores": [r["top_score"] for r in records[-streak:]],
+            "evaluations": streak,
+        }
+        return "background-collapse", "no faces predicted after warm-up", evidence
+
+    def _stalled(self, records: Sequence[dict[str, Any]], first: int) -> tuple[str, str, dict[str, Any]] | None:
+        cfg = self.cfg
+        size = self._span(cfg.stall_epochs)
+        window = records[-size:]
+        start = self._start_cls()
+        if len(window) < size or window[0]["epoch"] < first or not _finite(start) or start <= 0:
+            return None
+        if self._top_fallen(records[-1], self._top_peaks(records)[-1][0]):
+            return None
+        losses = [r["loss_cls"] for r in window]
+        aps = [r["ap"] for r in window]
+        if not all(_finite(v) for v in losses) or not all(_finite(v) for v in aps):
+            return None
+        mean = sum(losses) / len(losses)
+        change = (max(losses) - min(losses)) / mean if mean > 0 else math.inf
+        fraction = losses[-1] / start
+        if change <= cfg.stall_max_change and fraction >= cfg.stall_min_fraction and max(aps) <= cfg.stall_max_ap:
+            evidence = {
+                "loss_cls": losses[-1],
+                "change": change,
+                "fraction": fraction,
+                "start": start,
+                "ap": aps[-1],
+                "evaluations": len(window),
+            }
+            return "stalled", "classification loss flat", evidence
+        return None
+
+    def _fp_surge(self, records: Sequence[dict[str, Any]], first: int) -> tuple[str, str, dict[str, Any]] | None:
+        cfg = self.cfg
+        size = self._span(cfg.fp_surge_window) + 1
+        window = records[-size:]
+        if len(window) < size or window[0]["epoch"] < first:
+            return None
+        if not all(_finite(r[k]) for r in window for k in ("fp_per_image", "precision", "ap")):
+            return None
+        fps = [r["fp_per_image"] for r in window]
+        start, end = window[0], window[-1]
+        # Rising at every evaluation of the window: a one-off burst of detections is not a surge.
+        rising = all(b >= a for a, b in zip(fps, fps[1:])) and fps[-1] >= cfg.fp_surge_factor * fps[0]
+        if (
+            rising
+            and fps[-1] - fps[0] >= cfg.fp_surge_min_increase
+            and start["precision"] - end["precision"] >= cfg.fp_surge_min_precision_drop
+            and end["ap"] - start["ap"] <= cfg.fp_surge_max_ap_gain
+        ):
+            evidence = {
+                "fp_start": fps[0],
+                "fp_end": fps[-1],
+                "precision_start": start["precision"],
+                "precision_end": end["precision"],
+                "ap_start": start["ap"],
+                "ap_end": end["ap"],
+                "evaluations": len(window),
+            }
+            return "fp-surge", "false positives rising while precision falls", evidence
+        return None
+
+    def _decline(
+        self, records: Sequence[dict[str, Any]], first: int, key: str, patience: int
+    ) -> tuple[list[dict[str, Any]], list[float], int] | None:
+        """For a decline of ``key`` over the latest ``patience`` evaluations (when they may be judged):
+        the records that have it, its running median, and the index of its best before them."""
+        scored = [r for r in records if _finite(r[key])]
+        size = self._span(patience)
+        if len(scored) <= size or records[-1] is not scored[-1] or scored[-size]["epoch"] < first:
+            return None
+        smooth = _running_median([r[key] for r in scored], self.cfg.smooth_evaluations)
+        best = max(range(len(scored) - size), key=smooth.__getitem__)
+        return scored, smooth, best
+
+    def _recall_decline(self, records: Sequence[dict[str, Any]], first: int) -> tuple[str, str, dict[str, Any]] | None:
+        cfg = self.cfg
+        found = self._decline(records, first, "recall", cfg.recall_patience)
+        if found is None:
+            return None
+        scored, recalls, best = found
+        size = self._span(cfg.recall_patience)
+        limit = recalls[best] - max(cfg.recall_min_drop, cfg.recall_rel_drop * recalls[best])
+        if max(recalls[-size:]) > limit:
+            return None
+        aps = _running_median([r["ap"] if _finite(r["ap"]) else 0.0 for r in scored], cfg.smooth_evaluations)
+        if aps[-1] - aps[-size] > cfg.recall_max_ap_gain:
+            return None
+        evidence = {
+            "recall": recalls[-1],
+            "best_recall": recalls[best],
+            "best_epoch": scored[best]["epoch"],
+            "recalls": [r["recall"] for r in scored[-size:]],
+            "evaluations": size,
+        }
+        return "recall-decline", "recall falling from its best", evidence
+
+    def _overfitting(self, records: Sequence[dict[str, Any]], first: int) -> tuple[str, str, dict[str, Any]] | None:
+        cfg = self.cfg
+        found = self._decline(records, first, "ap", cfg.overfit_patience)
+        if found is None:
+            return None
+        scored, aps, best = found
+        size = self._span(cfg.overfit_patience)
+        if aps[best] < cfg.overfit_min_best_ap:
+            return None
+        limit = aps[best] - max(cfg.overfit_min_drop, cfg.overfit_rel_drop * aps[best])
+        loss, loss_at_best = scored[-1]["loss"], scored[best]["loss"]
+        if max(aps[-size:]) > limit or not (_finite(loss) and _finite(loss_at_best)):
+            return None
+        if loss > (1 - cfg.overfit_min_loss_drop) * loss_at_best:
+            return None
+        evidence = {
+            "ap": aps[-1],
+            "best_ap": aps[best],
+            "best_epoch": scored[best]["epoch"],
+            "aps": [r["ap"] for r in scored[-size:]],
+            "loss": loss,
+            "loss_at_best": loss_at_best,
+            "evaluations": size,
+        }
+        return "overfitting", "val AP falling while train loss falls", evidence
