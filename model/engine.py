@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from model.config import TrainConfig
-from model.data.mini import ensure_mini
+from model.data.mini import ensure_mini, generated_params
 from model.data.transforms import build_eval_transforms, build_train_transforms
 from model.data.widerface import WiderFaceDataset, collate_fn
 from model.loss import WeightedMultiBoxLoss
@@ -42,7 +42,8 @@ def build_datasets(cfg: TrainConfig) -> tuple[WiderFaceDataset, WiderFaceDataset
     """Train and validation sets; the mini set is generated at ``data.root`` on first use."""
     data = cfg.data
     if data.source == "mini":
-        ensure_mini(data.root)
+        # Any complete mini set at root will do (the tests make smaller ones); none: the default.
+        ensure_mini(data.root, **generated_params(data.root))
     cache_dir = (data.cache_dir or data.root / ".cache") if data.cache else None
     size = cfg.model.input_size
     aug = cfg.augment

@@ -33,6 +33,7 @@ def test_a_few_optimisation_steps_lower_the_loss_on_one_batch(mini_root: Path) -
     seed_everything(0)
     cfg = _cfg(mini_root, **{"augment.photometric": False, "optim.lr": 0.01})
     train, val = build_datasets(cfg)
+    assert (len(train), len(val)) == (96, 32)  # the fixture's small set is used, not regenerated
     images, targets = next(iter(build_loaders(cfg, train, val)[0]))
     model = build_model(cfg)
     loss_fn = build_loss(cfg, model)

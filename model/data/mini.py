@@ -222,6 +222,19 @@ def ensure_mini(out: Path | str, *, seed: int = 0, num_train: int = 400, num_val
     return out
 
 
+def generated_params(out: Path | str) -> dict[str, int]:
+    """``seed``/``num_train``/``num_val`` of the mini set at ``out``, or ``{}`` if there is none.
+
+    Lets a caller that only needs *a* mini set (``ensure_mini(out, **generated_params(out))``)
+    reuse one generated with other sizes instead of regenerating it with the defaults.
+    """
+    marker = _read_marker(Path(out))
+    params = marker.get("params") if isinstance(marker, dict) else None
+    if not isinstance(params, dict):
+        return {}
+    return {k: params[k] for k in ("seed", "num_train", "num_val") if isinstance(params.get(k), int)}
+
+
 # --------------------------------------------------------------------------------------------
 # Directory handling
 # --------------------------------------------------------------------------------------------
