@@ -1,0 +1,118 @@
+"""How a search ends trials: the health rule first, then ASHA, with Optuna learning from both.
+
+* :class:`HealthStopper` is the absolute rule: a trial whose report says the health monitor
+  stopped it (``health/stop == 1``: diverged, collapsed, stalled...) ends at once. Tune asks the
+  stopper before the scheduler, so ASHA never has to judge such a trial.
+* :func:`build_scheduler`: ASHA prunes the weak among the healthy trials at its rungs
+  (``time_attr`` is the trainer's ``epoch``), or FIFO when the space has no scheduler.
+* :func:`build_searcher`: Optuna's sampler (TPE) through Ray Tune's ``OptunaSearch``.
+
+What Optuna's study records for each way a trial ends (measured with Ray 2.60 / Optuna 5.0):
+
+* stopped by :class:`HealthStopper`: COMPLETE, value = the trial's last reported metric, which
+  :func:`hpo.trainable.tune_metrics` made the finite penalty, so the sampler learns that the
+  region fails (a NaN instead would leave the trial RUNNING forever);
+* pruned by ASHA at a rung: COMPLETE with its value at that rung (a low-fidelity value, not
+  PRUNED);
+* errored (once its retries are spent): FAIL, no value; while Tune retries it, it stays RUNNING.
+
+Tune passes the scheduler and the searcher their ``metric``/``mode`` here, so the search entry
+point must not set them again in ``tune.TuneConfig`` (Tune refuses a scheduler that has its own),
+and when :func:`build_searcher` applies the concurrency limit, ``TuneConfig.max_concurrent_trials``
+must stay ``None`` (or equal).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from hpo.space import AshaSchedulerSpec, SearchSpace, TpeSamplerSpec
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["HealthStopper", "build_scheduler", "build_searcher", "optuna_study"]
+
+
+class HealthStopper(tune.Stopper):
+    """Stops a trial as soon as its result carries ``health/stop == 1``; never the whole search.
+
+    Records why: :meth:`stopped_trials` maps each stopped trial's id to its diagnosis. Tune keeps
+    the object passed as ``RunConfig(stop=...)`` in the driver (it is neither copied nor sent to
+    the workers), so the search entry point reads it after ``Tuner.fit()``. A search restored with
+    ``Tuner.restore`` unpickles its own copy: only trials stopped after the restore land here.
+    """
+
+    def __init__(self) -> None:
+        self._stopped: dict[str, str] = {}
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if result.get("health/stop") != 1:
+            return False
+        # The first stopping result is the diagnosis; a late duplicate result does not overwrite it.
+        self._stopped.setdefault(trial_id, str(result.get("health/diagnosis", "unknown")))
+        return True
+
+    def stop_all(self) -> bool:
+        return False
+
+    def stopped_trials(self) -> dict[str, str]:
+        """``{trial_id: diagnosis}`` of every trial this stopper ended, in the order they stopped."""
+        return dict(self._stopped)
+
+
+def build_scheduler(space: SearchSpace) -> ASHAScheduler | FIFOScheduler:
+    """ASHA over the trainer's epochs (``max_t`` = ``budget.max_epochs``), or FIFO for ``type: none``."""
+    spec = space.scheduler
+    if isinstance(spec, AshaSchedulerSpec):
+        return ASHAScheduler(
+            time_attr="epoch",
+            metric=space.metric,
+            mode=space.mode,
+            max_t=space.budget.max_epochs,
+            grace_period=spec.grace_period,
+            reduction_factor=spec.reduction_factor,
+            brackets=spec.brackets,
+        )
+    return FIFOScheduler()
+
+
+def build_searcher(space: SearchSpace) -> Searcher | None:
+    """``OptunaSearch`` over the space's distributions for the TPE sampler, its
+    ``points_to_evaluate`` tried first; wrapped in a ``ConcurrencyLimiter`` when
+    ``budget.max_concurrent_trials`` is set. ``None`` for a grid: the search then passes
+    ``space.grid()`` as Tune's ``param_space`` and needs no searcher.
+    """
+    if not isinstance(space.sampler, TpeSamplerSpec):
+        return None
+    searcher: Searcher = OptunaSearch(
+        space=space.optuna_distributions(),
+        metric=space.metric,
+        mode=space.mode,
+        sampler=space.sampler.build(),
+        points_to_evaluate=[dict(point) for point in space.points_to_evaluate] or None,
+    )
+    limit = space.budget.max_concurrent_trials
+    if limit is not None:
+        # With constant_liar, TPE treats running trials as bad: the limit keeps that guess small.
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=limit)
+    return searcher
+
+
+def optuna_study(searcher: Searcher | None) -> optuna.Study | None:
+    """The Optuna study behind a searcher from :func:`build_searcher` (``None`` for a grid).
+
+    ``OptunaSearch`` has no public accessor for its study; this is the one place that reaches in.
+    """
+    while isinstance(searcher, ConcurrencyLimiter):
+        searcher = searcher.searcher
+    if searcher is None:
+        return None
+    if not isinstance(searcher, OptunaSearch):
+        raise TypeError(f"not an OptunaSearch (or a ConcurrencyLimiter around one): {type(searcher).__name__}")
+    return searcher._ot_study

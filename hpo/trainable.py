@@ -1,0 +1,189 @@
+"""The Ray Tune trainable: one search trial is one :class:`model.trainer.Trainer` run.
+
+Each epoch the trainer's flat report goes through :func:`tune_metrics` and on to Tune with a
+checkpoint (``last.pt``), so a trial that failed, or a search that was interrupted, resumes
+where it stopped. What Tune sees is sanitised: the scheduler (ASHA) and the sampler (Optuna)
+never receive NaN or inf. A NaN reaching them is silently mishandled: ASHA lets a NaN trial run
+to the end, and Optuna's ``tell`` refuses it, leaving the trial RUNNING so that the sampler never
+learns that its region diverges. A trial the health monitor stopped therefore reports a finite
+*penalty*, worse than any real value of the search metric, while its true diagnosis travels in
+``health/diagnosis`` and the metric's own value in ``raw/<metric>``.
+
+Usage (the search entry point)::
+
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, space=space.as_dict(), data_root=str(root.resolve())),
+        {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
+    )
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from ray import tune
+
+from hpo.space import space_from_dict
+from model.config import TrainConfig
+from model.trainer import Trainer
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "NONFINITE_FILL",
+    "PENALTY_MAX",
+    "PENALTY_MIN",
+    "penalty",
+    "train_trial",
+    "tune_metrics",
+]
+
+_LOG = logging.getLogger(__name__)
+
+#: The search metric of a trial the health monitor stopped, for ``mode: max``. Every maximised
+#: metric of a search (``hpo.space.METRIC_MODES``: AP, precision, recall, mean IoU, TP) is >= 0.
+PENALTY_MAX = -1.0
+#: The same for ``mode: min``. The minimised metrics are validation counts (FP, FN), bounded by
+#: images x ``postprocess.max_detections`` (WIDER FACE val: 3,226 x 200), far below this.
+PENALTY_MIN = 1.0e12
+#: What a non-finite number in a report becomes (NaN and +inf: this; -inf: minus this). In a
+#: report they come from a blown-up loss or gradient norm, so "huge" is the faithful reading; it
+#: stays finite in float32 (TensorBoard, MLflow plots) and is recognisable in any table.
+NONFINITE_FILL = 1.0e30
+#: The checkpoint file inside each reported Tune checkpoint.
+CHECKPOINT_NAME = "last.pt"
+
+_STOP_KEY = "health/stop"
+_NONFINITE_KEY = "health/nonfinite"
+
+
+def penalty(mode: Literal["max", "min"]) -> float:
+    """The finite search-metric value that is worse than any real one in this ``mode``."""
+    if mode == "max":
+        return PENALTY_MAX
+    if mode == "min":
+        return PENALTY_MIN
+    raise ValueError(f"mode must be 'max' or 'min' (got {mode!r})")
+
+
+def tune_metrics(report: Mapping[str, Any], metric: str, mode: Literal["max", "min"]) -> dict[str, Any]:
+    """What Tune sees of one epoch's trainer report: finite numbers only, a penalty when stopped.
+
+    * Every key is kept. Numbers stay numbers (``epoch``, ASHA's ``time_attr``, stays an int);
+      a non-finite one becomes ``NONFINITE_FILL`` (``-NONFINITE_FILL`` for -inf), and
+      ``health/nonfinite`` counts how many were replaced. Strings (``health/diagnosis``,
+      ``health/message``) pass unchanged.
+    * ``raw/<metric>`` is the metric's own value (made finite as above).
+    * ``<metric>`` is :func:`penalty` when the health monitor stopped the run
+      (``health/stop == 1``; the trainer then reports zeros for validation, which would flatter a
+      minimised metric) or when the metric itself is not finite; otherwise the value itself.
+
+    Args:
+        report: the flat dict :meth:`model.trainer.Trainer.run_epoch` returns.
+        metric: the search metric, a key of ``report``.
+        mode: ``"max"`` or ``"min"``, the metric's direction.
+
+    Raises:
+        ValueError: ``metric`` is not a number in ``report``, or ``mode`` is neither max nor min.
+    """
+    worst = penalty(mode)
+    value = report.get(metric)
+    if not _is_number(value):
+        numeric = sorted(k for k, v in report.items() if _is_number(v))
+        raise ValueError(f"the search metric {metric!r} is not a number in the trial's report; numeric keys: {numeric}")
+    out: dict[str, Any] = {}
+    replaced = 0
+    for key, item in report.items():
+        if _is_number(item) and not math.isfinite(item):
+            item = -NONFINITE_FILL if item < 0 else NONFINITE_FILL  # NaN compares False: +FILL
+            replaced += 1
+        out[key] = item
+    stopped = report.get(_STOP_KEY) == 1
+    out[f"raw/{metric}"] = out[metric]
+    if stopped or not math.isfinite(value):
+        out[metric] = worst
+    out[_NONFINITE_KEY] = float(replaced)
+    return out
+
+
+def train_trial(
+    sampled: dict[str, Any], *, space: dict[str, Any], data_root: str, cache_dir: str | None = None
+) -> None:
+    """A Ray Tune function trainable: train the sampled configuration, reporting every epoch.
+
+    Args:
+        sampled: the sampled values, ``{dotted TrainConfig key: value}`` (what Tune passes).
+        space: the search space as a plain dict (``SearchSpace.as_dict()``: it pickles, the
+            pydantic model need not).
+        data_root: absolute path of the dataset (each trial runs in its own working directory,
+            so a relative path would point somewhere else on every trial).
+        cache_dir: absolute path of the decoded-image cache, shared by the trials of a node;
+            ``None`` keeps the space's setting (by default ``<data_root>/.cache``).
+
+    Resumes from ``tune.get_checkpoint()`` when Tune restarts the trial (after a failure, or in a
+    resumed search). The trial ends at ``budget.max_epochs`` or when the health monitor stops it.
+    """
+    search_space = space_from_dict(space, source=f"search space {space.get('name', '?')!r}")
+    resources = _trial_resources()
+    cfg = _trial_config(search_space.trial_config(sampled), data_root, cache_dir, gpu=resources.get("GPU", 0.0) > 0)
+    # One intra-op thread per reserved CPU: torch's default (one per core) oversubscribes a node
+    # that runs several trials side by side.
+    torch.set_num_threads(max(1, int(resources.get("CPU", search_space.resources.cpu))))
+
+    trainer = Trainer(cfg, log=_LOG.info, progress=False)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            path = Path(directory) / CHECKPOINT_NAME
+            if not path.is_file():
+                found = sorted(p.name for p in path.parent.iterdir())
+                raise FileNotFoundError(f"the trial's Tune checkpoint has no {CHECKPOINT_NAME} (found {found})")
+            trainer.load_checkpoint(path)
+        _LOG.info("resumed at epoch %d from %s", trainer.epoch, checkpoint.path)
+
+    while not trainer.finished:
+        report = trainer.run_epoch()
+        metrics = tune_metrics(report, search_space.metric, search_space.mode)
+        # Tune copies the directory to the trial's storage before report() returns.
+        with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as directory:
+            trainer.save_checkpoint(Path(directory) / CHECKPOINT_NAME)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def _trial_config(cfg: TrainConfig, data_root: str, cache_dir: str | None, *, gpu: bool) -> TrainConfig:
+    """The trial's config with absolute data paths and the device of its reserved resources."""
+    overrides: dict[str, Any] = {
+        "data.root": str(_absolute(data_root, "data_root")),
+        "device": "cuda" if gpu else "cpu",
+    }
+    if cache_dir is not None:
+        overrides["data.cache_dir"] = str(_absolute(cache_dir, "cache_dir"))
+    elif cfg.data.cache and cfg.data.cache_dir is not None and not cfg.data.cache_dir.is_absolute():
+        raise ValueError(
+            f"data.cache_dir is the relative path {str(cfg.data.cache_dir)!r}: a trial runs in its own working "
+            "directory, so pass an absolute cache_dir to train_trial"
+        )
+    return cfg.with_overrides(overrides)
+
+
+def _absolute(path: str, name: str) -> Path:
+    resolved = Path(path).expanduser()
+    if not resolved.is_absolute():
+        raise ValueError(f"{name} must be an absolute path (got {path!r}): a trial runs in its own working directory")
+    return resolved
+
+
+def _trial_resources() -> dict[str, float]:
+    """``{"CPU": n, "GPU": m, ...}`` that Tune reserved for this trial."""
+    return dict(tune.get_context().get_trial_resources().required_resources)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+

@@ -1,0 +1,289 @@
+"""The trainable and the stopping rules: what Tune sees of a report, and a real Ray Tune search.
+
+The search runs the real trainer on the mini set under Ray Tune with ASHA, Optuna's TPE and the
+health stopper: one starting point diverges at once, one is healthy, one is sampled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from hpo.space import load_space, space_from_dict
+from hpo.stopping import HealthStopper, build_scheduler, build_searcher, optuna_study
+from hpo.trainable import CHECKPOINT_NAME, NONFINITE_FILL, PENALTY_MAX, PENALTY_MIN, train_trial, tune_metrics
+
+MAX_EPOCHS = 3
+#: lr 5 without warm-up: the loss explodes within the first steps on the mini set.
+DIVERGING = {"optim.lr": 5.0, "schedule.warmup_epochs": 0.0, "loss.neg_pos_ratio": 3}
+HEALTHY = {"optim.lr": 0.01, "schedule.warmup_epochs": 0.5, "loss.neg_pos_ratio": 3}
+
+
+def tiny_space() -> dict[str, Any]:
+    """cpu-mini scaled down to seconds per trial, with a learning-rate range that can diverge."""
+    raw = load_space("cpu-mini").as_dict()
+    raw["name"] = "test-trainable"
+    raw["budget"] = {"num_samples": 3, "max_epochs": MAX_EPOCHS, "max_concurrent_trials": 2, "time_budget_s": None}
+    raw["scheduler"] = {"type": "asha", "grace_period": 1, "reduction_factor": 2, "brackets": 1}
+    raw["sampler"]["n_startup_trials"] = 3
+    raw["fixed"].update(
+        {
+            "data.max_train_images": 32,
+            "data.max_val_images": 16,
+            "model.input_size": 128,
+            "batch_size": 8,  # 4 steps per epoch
+            "health.check_every_steps": 2,
+        }
+    )
+    raw["params"] = {
+        "optim.lr": {"distribution": "loguniform", "low": 1e-3, "high": 10.0},
+        "schedule.warmup_epochs": {"distribution": "uniform", "low": 0.0, "high": 1.0},
+        "loss.neg_pos_ratio": {"distribution": "int", "low": 1, "high": 5},
+    }
+    raw["points_to_evaluate"] = [DIVERGING, HEALTHY]
+    return raw
+
+
+# -- what Tune sees of one report ------------------------------------------------------------------
+
+
+def report(**overrides: Any) -> dict[str, Any]:
+    """A report shaped like the trainer's (the keys tune_metrics treats specially, and others)."""
+    base = {
+        "epoch": 2,
+        "step": 8,
+        "train/loss": 3.5,
+        "train/grad_norm": 12.0,
+        "val/ap": 0.25,
+        "val/fp": 7.0,
+        "time/epoch_s": 0.4,
+        "health/diagnosis": "healthy",
+        "health/code": 0.0,
+        "health/stop": 0.0,
+        "health/message": "",
+    }
+    return {**base, **overrides}
+
+
+def test_non_finite_numbers_are_replaced_and_every_key_kept() -> None:
+    raw = report(**{"train/loss": math.nan, "train/grad_norm": math.inf, "train/lr": -math.inf})
+    out = tune_metrics(raw, "val/ap", "max")
+    assert set(raw) <= set(out)
+    assert out["train/loss"] == NONFINITE_FILL and out["train/grad_norm"] == NONFINITE_FILL
+    assert out["train/lr"] == -NONFINITE_FILL
+    assert out["health/nonfinite"] == 3
+    assert all(math.isfinite(v) for v in out.values() if isinstance(v, float))
+    # Untouched: the finite numbers, ASHA's time attribute (still an int) and the strings.
+    assert out["epoch"] == 2 and isinstance(out["epoch"], int)
+    assert out["val/ap"] == 0.25 and out["raw/val/ap"] == 0.25 and out["time/epoch_s"] == 0.4
+    assert out["health/diagnosis"] == "healthy" and out["health/message"] == ""
+    assert math.isnan(raw["train/loss"]), "the trainer's report must not be modified"
+
+
+def test_a_healthy_report_passes_unchanged() -> None:
+    raw = report()
+    out = tune_metrics(raw, "val/fp", "min")
+    assert {k: out[k] for k in raw} == raw
+    assert out["raw/val/fp"] == 7.0 and out["health/nonfinite"] == 0
+
+
+@pytest.mark.parametrize("metric, mode", [("val/ap", "max"), ("val/fp", "min")])
+def test_a_stopped_trial_reports_a_penalty_worse_than_any_real_value(metric: str, mode: str) -> None:
+    # What the trainer reports when the monitor stops a run: zeros for validation, NaN losses.
+    stopped = report(
+        **{"val/ap": 0.0, "val/fp": 0.0, "train/loss": math.nan, "health/stop": 1.0, "health/diagnosis": "diverged"}
+    )
+    out = tune_metrics(stopped, metric, mode)
+    best_or_worst = [tune_metrics(report(**{metric: v}), metric, mode)[metric] for v in (0.0, 1.0, 250_000.0)]
+    if mode == "max":
+        assert out[metric] == PENALTY_MAX and all(out[metric] < v for v in best_or_worst)
+    else:
+        assert out[metric] == PENALTY_MIN and all(out[metric] > v for v in best_or_worst)
+    assert out[f"raw/{metric}"] == 0.0
+    assert out["health/diagnosis"] == "diverged" and out["health/stop"] == 1.0
+
+
+def test_a_non_finite_metric_becomes_the_penalty_even_without_a_stop() -> None:
+    out = tune_metrics(report(**{"val/ap": math.nan}), "val/ap", "max")
+    assert out["val/ap"] == PENALTY_MAX and out["raw/val/ap"] == NONFINITE_FILL
+
+
+def test_a_missing_metric_or_a_bad_mode_is_named() -> None:
+    with pytest.raises(ValueError, match="'val/ar'.*numeric keys"):
+        tune_metrics(report(), "val/ar", "max")
+    with pytest.raises(ValueError, match="mode must be 'max' or 'min'.*'maximize'"):
+        tune_metrics(report(), "val/ap", "maximize")  # type: ignore[arg-type]
+
+
+# -- the stopping rule, the scheduler and the searcher ----------------------------------------------
+
+
+def test_health_stopper_stops_only_stopped_trials_and_keeps_the_first_diagnosis() -> None:
+    stopper = HealthStopper()
+    assert not stopper("a", report())
+    assert not stopper("a", {"epoch": 1})  # a result without health fields is not a stop
+    assert stopper("b", report(**{"health/stop": 1.0, "health/diagnosis": "background-collapse"}))
+    assert stopper("b", report(**{"health/stop": 1.0, "health/diagnosis": "diverged"}))
+    assert stopper.stopped_trials() == {"b": "background-collapse"}
+    assert not stopper.stop_all()
+
+
+def test_scheduler_and_searcher_follow_the_space() -> None:
+    space = space_from_dict(tiny_space())
+    asha = build_scheduler(space)
+    assert isinstance(asha, ASHAScheduler)
+    assert (asha._time_attr, asha.metric, asha._mode, asha._max_t) == ("epoch", "val/ap", "max", MAX_EPOCHS)
+    assert sorted(milestone for milestone, _ in asha._brackets[0]._rungs) == [1, 2]  # grace 1, factor 2
+    searcher = build_searcher(space)
+    assert isinstance(searcher, ConcurrencyLimiter) and searcher.max_concurrent == 2
+    assert isinstance(searcher.searcher, OptunaSearch)
+    study = optuna_study(searcher)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    # The starting points come first, in order, with dotted keys intact; then the limit holds.
+    assert [searcher.suggest(trial_id) for trial_id in ("t1", "t2")] == [DIVERGING, HEALTHY]
+    assert searcher.suggest("t3") is None
+
+    raw = tiny_space()
+    raw["scheduler"] = {"type": "none"}
+    raw["budget"]["max_concurrent_trials"] = None
+    plain = space_from_dict(raw)
+    assert isinstance(build_scheduler(plain), FIFOScheduler)
+    assert isinstance(build_searcher(plain), OptunaSearch)
+    raw["sampler"] = {"type": "grid"}
+    raw["params"] = {"optim.lr": {"distribution": "grid", "values": [0.01, 0.02]}}
+    raw["points_to_evaluate"] = []
+    grid = space_from_dict(raw)
+    assert build_searcher(grid) is None and optuna_study(None) is None
+
+
+# -- a real search -------------------------------------------------------------------------------
+
+
+class _CrashOnce(tune.Callback):
+    """A real failure: kill the worker of the trial with config ``point`` once its first
+    checkpoint is saved, as a preempted node or an OOM kill would."""
+
+    def __init__(self, point: dict[str, Any]) -> None:
+        self.point = point
+        self.killed: str | None = None
+
+    def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info: Any) -> None:
+        if self.killed is None and trial.config == self.point:
+            self.killed = trial.trial_id
+            os.kill(trial.last_result["pid"], signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def ray_2cpus():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def search(ray_2cpus, mini_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Three trials of the tiny space, the healthy one's worker killed after its first epoch:
+    the results, the stopper, the Optuna study and the id of the killed trial."""
+    space = space_from_dict(tiny_space())
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            train_trial, space=space.as_dict(), data_root=str(mini_root), cache_dir=str(mini_root.parent / "cache")
+        ),
+        {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
+    )
+    stopper = HealthStopper()
+    searcher = build_searcher(space)
+    crash = _CrashOnce(HEALTHY)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=build_scheduler(space), num_samples=space.budget.num_samples
+        ),
+        run_config=tune.RunConfig(
+            name="search",
+            storage_path=str(tmp_path_factory.mktemp("ray_results")),
+            stop=stopper,
+            failure_config=tune.FailureConfig(max_failures=1),
+            callbacks=[crash],
+            verbose=0,
+        ),
+    )
+    results = tuner.fit()
+    return results, stopper, optuna_study(searcher), crash.killed
+
+
+def _trial(results: tune.ResultGrid, point: dict[str, Any]) -> tune.Result:
+    found = [r for r in results if r.config == point]
+    assert len(found) == 1, f"expected one trial with config {point}, got {[r.config for r in results]}"
+    return found[0]
+
+
+def test_search_runs_every_trial_without_errors(search) -> None:
+    results, *_ = search
+    assert len(results) == 3
+    assert results.num_errors == 0, [r.error for r in results if r.error]
+
+
+def test_diverging_trial_is_stopped_in_its_first_epoch_with_a_finite_penalty(search) -> None:
+    results, stopper, *_ = search
+    trial = _trial(results, DIVERGING)
+    assert trial.metrics["epoch"] == 1
+    assert trial.metrics["health/diagnosis"] == "diverged" and trial.metrics["health/stop"] == 1.0
+    assert trial.metrics["val/ap"] == PENALTY_MAX
+    assert math.isfinite(trial.metrics["train/loss"])
+    assert stopper.stopped_trials()[trial.metrics["trial_id"]] == "diverged"
+
+
+def test_healthy_trial_is_never_stopped_by_the_health_rule(search) -> None:
+    results, stopper, *_ = search
+    trial = _trial(results, HEALTHY)
+    history = trial.metrics_dataframe
+    table = history[["epoch", "training_iteration", "val/ap", "health/diagnosis", "pid"]].to_string()
+    assert (history["health/stop"] == 0).all() and (history["health/diagnosis"] == "healthy").all(), table
+    assert trial.metrics["trial_id"] not in stopper.stopped_trials()
+    # One row per epoch, none repeated or lost across the restart (the kill below).
+    assert list(history["epoch"]) == list(range(1, len(history) + 1)), table
+    assert trial.metrics["val/ap"] >= 0.0 and trial.metrics["val/ap"] == trial.metrics["raw/val/ap"]
+    with trial.checkpoint.as_directory() as directory:
+        assert (Path(directory) / CHECKPOINT_NAME).is_file()
+
+
+def test_no_result_holds_a_non_finite_number(search) -> None:
+    results, *_ = search
+    for trial in results:
+        history = trial.metrics_dataframe
+        numeric = history.select_dtypes("number")
+        assert not numeric.empty and numeric.map(math.isfinite).all().all(), trial.config
+
+
+def test_optuna_study_holds_every_trial_with_its_value(search) -> None:
+    results, stopper, study, _ = search
+    finished = {frozenset(t.params.items()): t for t in study.trials}
+    assert len(study.trials) == 3
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials), [t.state for t in study.trials]
+    assert finished[frozenset(DIVERGING.items())].value == PENALTY_MAX
+    for trial in results:
+        # Optuna records the last value Tune saw: the penalty, the rung value or the final value.
+        assert finished[frozenset(trial.config.items())].value == trial.metrics["val/ap"]
+    assert len(stopper.stopped_trials()) == sum(r.metrics["health/stop"] == 1.0 for r in results)
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint(search) -> None:
+    results, *_, killed = search
+    trial = _trial(results, HEALTHY)
+    assert killed == trial.metrics["trial_id"]
+    # Restarted from a checkpoint (not from scratch): the trainer's epoch counter went on where
+    # Tune's iteration count did, and the trial still ended at the last epoch.
+    assert trial.metrics["iterations_since_restore"] < trial.metrics["training_iteration"]
+    assert trial.metrics["epoch"] == trial.metrics["training_iteration"] == MAX_EPOCHS
