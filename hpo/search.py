@@ -1,0 +1,231 @@
+"""Collapse-aware hyperparameter search for SSD face detectors: ``python hpo/search.py``.
+
+With no arguments it runs the CPU demo: a local Ray, MLflow at ``sqlite:///mlflow.db``, the
+generated mini set (created under ``data/wider-mini`` on first use) and the ``cpu-mini`` search
+space. Ray Tune runs the trials, Optuna samples them, the health monitor stops trials that
+diverge or collapse (a finite penalty teaches Optuna the region fails), ASHA prunes weak ones at
+its rungs, and every trial is a child run of one parent run in MLflow.
+
+    python hpo/search.py --space widerface-gpu --data /data/widerface --address auto \\
+        --storage-path s3://bucket/ray --tracking-uri http://127.0.0.1:5000
+    python hpo/search.py --resume        # continue an interrupted search
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Short trials checkpoint every few seconds; Tune would warn about snapshot frequency each time.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from hpo.space import SearchSpace, SearchSpaceError, load_space, space_from_dict
+from hpo.stopping import HealthStopper, build_scheduler, build_searcher, optuna_study
+from hpo.tracking import MlflowTrialCallback, finish_parent_run, open_parent_run
+from hpo.trainable import train_trial
+from model.config import DEFAULT_MINI_ROOT
+from model.data.mini import ensure_mini, generated_params
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_STORAGE = Path("ray_results")
+_SEARCH_ID_FILE = "hpo_search_id.txt"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python hpo/search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", default="cpu-mini", help="a search_spaces/ name or a YAML path (default: %(default)s)")
+    p.add_argument("--data", type=Path, help="dataset root (default: the space's data.root; the mini set is generated there)")
+    p.add_argument("--num-trials", type=int, help="overrides budget.num_samples")
+    p.add_argument("--address", help="Ray cluster address ('auto' on a cluster; default: start a local Ray)")
+    p.add_argument("--cpus-per-trial", type=float, help="overrides resources.cpu")
+    p.add_argument("--gpus-per-trial", type=float, help="overrides resources.gpu (fractions share a GPU)")
+    p.add_argument("--storage-path", default=str(DEFAULT_STORAGE), help="Tune results: local, NFS or s3:// (default: %(default)s)")
+    p.add_argument("--name", help="the search's name in storage (default: the space's name)")
+    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI (default: %(default)s)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the space's name)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
+    return p.parse_args(argv)
+
+
+def resolve_space(args: argparse.Namespace) -> SearchSpace:
+    """The space with the command line's overrides applied, validated again."""
+    space = load_space(args.space)
+    raw = space.as_dict()
+    if args.num_trials is not None:
+        raw["budget"]["num_samples"] = args.num_trials
+    if args.cpus_per_trial is not None:
+        raw["resources"]["cpu"] = args.cpus_per_trial
+    if args.gpus_per_trial is not None:
+        raw["resources"]["gpu"] = args.gpus_per_trial
+    if args.data is not None:
+        raw.setdefault("fixed", {})["data.root"] = str(args.data)
+    return space_from_dict(raw, source=space.source)
+
+
+def data_root(space: SearchSpace) -> Path:
+    """Absolute data root (each trial runs in its own working directory); the mini set is made here."""
+    root = Path(space.fixed.get("data.root", DEFAULT_MINI_ROOT)).expanduser().resolve()
+    if space.fixed.get("data.source", "mini") == "mini":
+        # Generated once by the driver rather than raced by the first trials.
+        ensure_mini(root, **generated_params(root))
+    elif not root.is_dir():
+        raise SearchSpaceError(f"data.root {str(root)!r} does not exist (data.source: wider)")
+    return root
+
+
+def run_search(args: argparse.Namespace) -> int:
+    space = resolve_space(args)
+    name = args.name or space.name
+    experiment = args.experiment or space.name
+    root = data_root(space)
+    storage = args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).expanduser().resolve())
+    search_dir = f"{storage.rstrip('/')}/{name}"
+
+    ray.init(address=args.address, include_dashboard=False, configure_logging=False)
+    search_id = _search_id(search_dir, args.resume)
+    parent = open_parent_run(args.tracking_uri, experiment, search_id, space)
+    print(f"search {name!r}: space {space.source}, {space.budget.num_samples} trials x up to {space.budget.max_epochs} epochs")
+    print(f"  data {root}\n  results {search_dir}\n  MLflow {args.tracking_uri} (experiment {experiment!r}, parent run {parent})")
+
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, space=space.as_dict(), data_root=str(root), cache_dir=str(root / ".cache")),
+        {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
+    )
+    stopper = HealthStopper()
+    callback = MlflowTrialCallback(args.tracking_uri, parent, search_id, space, space.budget.max_epochs)
+    if args.resume and tune.Tuner.can_restore(search_dir):
+        print("resuming: finished trials are kept, unfinished ones continue from their checkpoints")
+        tuner = tune.Tuner.restore(search_dir, trainable=trainable, resume_errored=True)
+        searcher = None  # restored inside the Tuner
+    else:
+        searcher = build_searcher(space)
+        grid = searcher is None
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.grid() if grid else {},
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=build_scheduler(space),
+                num_samples=space.budget.num_samples,
+                max_concurrent_trials=space.budget.max_concurrent_trials if grid else None,
+                time_budget_s=space.budget.time_budget_s,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                stop=stopper,
+                callbacks=[callback],
+                failure_config=tune.FailureConfig(max_failures=2),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=1,
+            ),
+        )
+    results = tuner.fit()
+
+    rows = summarise(results, space)
+    finish_parent_run(args.tracking_uri, parent, rows, status="finished")
+    print_summary(rows, space, search_dir, args.tracking_uri, experiment)
+    study = optuna_study(searcher) if searcher is not None else None
+    if study is not None:
+        states = Counter(t.state.name for t in study.trials)
+        print(f"Optuna study: {dict(states)}")
+    return 0
+
+
+def _search_id(search_dir: str, resume: bool) -> str:
+    """A stable id per search, kept beside Tune's results so --resume reopens the same MLflow runs."""
+    if "://" in search_dir:
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(f"{search_dir}/{_SEARCH_ID_FILE}")
+        if resume:
+            try:
+                with fs.open_input_stream(path) as f:
+                    return f.read().decode().strip()
+            except (FileNotFoundError, OSError):
+                pass
+        search_id = uuid.uuid4().hex
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(search_id.encode())
+        return search_id
+    file = Path(search_dir) / _SEARCH_ID_FILE
+    if resume and file.exists():
+        return file.read_text().strip()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    search_id = uuid.uuid4().hex
+    file.write_text(search_id)
+    return search_id
+
+
+def outcome_of(metrics: dict[str, Any], error: BaseException | None, max_epochs: int) -> str:
+    """``completed``, ``pruned@<epoch>``, ``stopped:<diagnosis>`` or ``error``."""
+    if error is not None:
+        return "error"
+    if metrics.get("health/stop") == 1:
+        return f"stopped:{metrics.get('health/diagnosis', '?')}"
+    epoch = int(metrics.get("epoch", 0))
+    return "completed" if epoch >= max_epochs else f"pruned@{epoch}"
+
+
+def summarise(results: tune.ResultGrid, space: SearchSpace) -> list[dict[str, Any]]:
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        rows.append(
+            {
+                "trial_id": metrics.get("trial_id", "?"),
+                "outcome": outcome_of(metrics, result.error, space.budget.max_epochs),
+                "epochs": int(metrics.get("epoch", 0)),
+                space.metric: metrics.get(f"raw/{space.metric}", metrics.get(space.metric)),
+                **{k: v for k, v in (result.config or {}).items()},
+            }
+        )
+    return rows
+
+
+def print_summary(rows: list[dict[str, Any]], space: SearchSpace, search_dir: str, tracking_uri: str, experiment: str) -> None:
+    counts = Counter(r["outcome"].split("@")[0] for r in rows)
+    print("\n== search finished ==")
+    print(f"trials: {len(rows)}  " + "  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    for outcome in sorted({r["outcome"] for r in rows if r["outcome"] not in ("completed",)}):
+        ids = [r["trial_id"] for r in rows if r["outcome"] == outcome]
+        print(f"  {outcome}: {', '.join(ids)}")
+    healthy = [r for r in rows if r["outcome"] == "completed" and r.get(space.metric) is not None]
+    if healthy:
+        sign = 1 if space.mode == "max" else -1
+        best = max(healthy, key=lambda r: sign * r[space.metric])
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.items() if "." in k)
+        print(f"best completed trial: {best['trial_id']}  {space.metric} {best[space.metric]:.4f}  ({params})")
+    else:
+        print("no trial completed healthy")
+    print(f"results: {search_dir}")
+    print(f"browse:  mlflow ui --backend-store-uri {tracking_uri}")
+    print(f"export:  python hpo/export.py --experiment {experiment} --out best.yaml --tracking-uri {tracking_uri}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run_search(args)
+    except SearchSpaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,427 @@
+"""MLflow tracking of a search: one parent run per search, one child run per Tune trial.
+
+The layout (the contract with the search entry point and the export):
+
+* parent run, found again by the tag ``hpo.search_id`` (stable across ``--resume``): tags
+  ``hpo.role=parent``, ``hpo.search_id``, ``hpo.space``, ``hpo.metric``, ``hpo.mode``; a few
+  params; artifact ``search_space.yaml``; at the end ``summary.csv`` and ``hpo.status``.
+* child run per trial, found again by (``hpo.search_id``, ``hpo.trial_id``) before one is created,
+  so a resumed search never duplicates it: tags ``mlflow.parentRunId``, ``hpo.role=trial``,
+  ``hpo.outcome`` (``running``, ``completed``, ``pruned`` + ``hpo.pruned_at_epoch``,
+  ``stopped:<diagnosis>``, ``error``), ``hpo.diagnosis``; params = the sampled dotted keys;
+  artifact ``trial_config.yaml``; the metrics of :data:`TRIAL_METRICS` per epoch (step = epoch).
+
+Everything goes through :class:`mlflow.MlflowClient`, never the fluent API: the callback lives in
+Tune's driver next to other code, and the fluent API's global "active run" would leak into it.
+Tracking is best effort during a search: a failure is logged as a warning and the search goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import numbers
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote, urlparse
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from ray import tune
+
+from hpo.space import SearchSpace
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from ray.tune.experiment import Trial
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "TRIAL_METRICS",
+    "MlflowTrialCallback",
+    "finish_parent_run",
+    "open_parent_run",
+    "trial_outcomes",
+]
+
+_LOG = logging.getLogger(__name__)
+
+#: MLflow 3.x refuses the plain file store; a sqlite file is the zero-setup default.
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+#: The per-epoch metrics a child run records (keys of the trainable's ``tune_metrics`` output).
+TRIAL_METRICS: tuple[str, ...] = (
+    "train/loss",
+    "train/loss_cls",
+    "train/loss_box",
+    "train/lr",
+    "train/grad_norm",
+    "train/pos_anchors_per_image",
+    "val/ap",
+    "val/precision",
+    "val/recall",
+    "val/mean_iou",
+    "val/tp",
+    "val/fp",
+    "val/fn",
+    "val/detections_per_image",
+    "val/top_score",
+    "health/code",
+    "health/stop",
+)
+
+# Tags of the layout.
+ROLE, SEARCH_ID, TRIAL_ID = "hpo.role", "hpo.search_id", "hpo.trial_id"
+OUTCOME, DIAGNOSIS, PRUNED_AT = "hpo.outcome", "hpo.diagnosis", "hpo.pruned_at_epoch"
+STATUS = "hpo.status"
+PARENT_RUN_ID = "mlflow.parentRunId"
+
+_HEALTHY = "healthy"
+# MLflow's limits per log_batch call.
+_MAX_PARAMS_PER_BATCH = 100
+_MAX_TAGS_PER_BATCH = 100
+_PAGE = 1000
+
+
+# -- the parent run --------------------------------------------------------------------------------
+
+
+def open_parent_run(tracking_uri: str, experiment: str, search_id: str, space: SearchSpace) -> str:
+    """Create the search's parent run, or re-open the one tagged with ``search_id``; its run id.
+
+    A new run gets the layout's tags, params (metric, mode, num_samples, max_epochs, scheduler,
+    sampler) and the artifact ``search_space.yaml``. A re-opened one (``--resume``) is set back to
+    RUNNING with ``hpo.status`` removed; its params and artifact are left as they were.
+
+    Raises:
+        mlflow.MlflowException: the tracking server or store refuses (here, unlike in the
+            callback, a failure is the caller's to handle: the search has not started yet).
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = _experiment_id(client, tracking_uri, experiment)
+    found = _search(client, [experiment_id], _filter({ROLE: "parent", SEARCH_ID: search_id}))
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        if STATUS in found[0].data.tags:
+            client.delete_tag(run_id, STATUS)
+        return run_id
+
+    tags = {ROLE: "parent", SEARCH_ID: search_id, "hpo.space": space.name, "hpo.metric": space.metric, "hpo.mode": space.mode}
+    run = client.create_run(experiment_id, tags=tags, run_name=f"{space.name}-{search_id[:8]}")
+    run_id = run.info.run_id
+    params = {
+        "metric": space.metric,
+        "mode": space.mode,
+        "num_samples": space.budget.num_samples,
+        "max_epochs": space.budget.max_epochs,
+        "scheduler": space.scheduler.type,
+        "sampler": space.sampler.type,
+    }
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    client.log_text(run_id, space.to_yaml(), "search_space.yaml")
+    return run_id
+
+
+def finish_parent_run(
+    tracking_uri: str,
+    run_id: str,
+    summary_rows: Sequence[Mapping[str, Any]],
+    status: Literal["finished", "interrupted"],
+) -> None:
+    """Write ``summary.csv`` (one row per trial; columns in order of first appearance), tag
+    ``hpo.status`` and end the parent run: FINISHED, or KILLED for an interrupted search.
+
+    Raises:
+        ValueError: ``status`` is neither ``finished`` nor ``interrupted``.
+    """
+    if status not in ("finished", "interrupted"):
+        raise ValueError(f"status must be 'finished' or 'interrupted' (got {status!r})")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    client.log_text(run_id, _csv(summary_rows), "summary.csv")
+    client.set_tag(run_id, STATUS, status)
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if status == "finished" else RunStatus.KILLED))
+
+
+# -- the child runs --------------------------------------------------------------------------------
+
+
+class MlflowTrialCallback(tune.Callback):
+    """Mirrors every Tune trial into a child run of the search's parent run.
+
+    Every hook is best effort: a tracking failure is logged as a warning, never raised into Tune.
+    Each result costs one ``log_batch`` call (metrics and the diagnosis tag together). A child run
+    is looked up by (search id, trial id) before one is created, so a resumed search (a second
+    ``Tuner`` with the same search id, or ``Tuner.restore``) continues the same runs; epochs it
+    already logged are not logged again.
+
+    Args:
+        tracking_uri: the MLflow tracking URI (e.g. ``sqlite:///mlflow.db``).
+        parent_run_id: what :func:`open_parent_run` returned.
+        search_id: the search's id (the parent's ``hpo.search_id``).
+        space: the search space (the trial config artifact is built from it).
+        max_epochs: a trial that ends at this epoch, not stopped, is ``completed``; earlier, ``pruned``.
+    """
+
+    def __init__(self, tracking_uri: str, parent_run_id: str, search_id: str, space: SearchSpace, max_epochs: int) -> None:
+        self.tracking_uri = tracking_uri
+        self.parent_run_id = parent_run_id
+        self.search_id = search_id
+        self.space = space
+        self.max_epochs = max_epochs
+        self._client: MlflowClient | None = None
+        self._experiment_id: str | None = None
+        self._runs: dict[str, str] = {}  # trial id -> child run id
+        self._last_step: dict[str, int] = {}  # trial id -> last epoch logged
+
+    # The callback is pickled with the Tuner's state; the client (a database engine) is not.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_client=None, _experiment_id=None, _runs={}, _last_step={})
+        return state
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    # -- Tune hooks ---------------------------------------------------------------------------------
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._guard("start", trial, self._start, trial)
+
+    def on_trial_restore(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._guard("restore", trial, self._start, trial)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        self._guard("result", trial, self._result, trial, result)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._guard("complete", trial, self._complete, trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._guard("error", trial, self._end, trial, {OUTCOME: "error"}, RunStatus.FAILED)
+
+    # -- what they do -------------------------------------------------------------------------------
+
+    def _guard(self, hook: str, trial: Trial, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - tracking must never take the search down
+            _LOG.warning("MLflow tracking failed on trial %s (%s): %s: %s", trial.trial_id, hook, type(exc).__name__, exc)
+
+    def _start(self, trial: Trial) -> None:
+        run_id = self._run_id(trial)
+        # A trial Tune starts again (a retry, a resumed search) is running again.
+        self.client.log_batch(run_id, tags=[RunTag(OUTCOME, "running")])
+        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
+    def _result(self, trial: Trial, result: Mapping[str, Any]) -> None:
+        run_id = self._run_id(trial)
+        epoch = result.get("epoch")
+        if not _is_number(epoch):
+            return  # not a training report (nothing to plot against)
+        step = int(epoch)
+        if step <= self._last_step.get(trial.trial_id, -1):
+            return  # re-reported after a restore from an earlier checkpoint
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(result[key]), now, step)
+            for key in TRIAL_METRICS
+            if _is_number(result.get(key)) and math.isfinite(result[key])
+        ]
+        tags = [RunTag(DIAGNOSIS, str(result["health/diagnosis"]))] if result.get("health/diagnosis") else []
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        self._last_step[trial.trial_id] = step
+
+    def _complete(self, trial: Trial) -> None:
+        last = trial.last_result or {}
+        epoch = int(last["epoch"]) if _is_number(last.get("epoch")) else 0
+        tags: dict[str, str]
+        if last.get("health/stop") == 1:
+            tags = {OUTCOME: f"stopped:{last.get('health/diagnosis') or 'unknown'}"}
+            status = RunStatus.KILLED
+        elif epoch >= self.max_epochs:
+            tags, status = {OUTCOME: "completed"}, RunStatus.FINISHED
+        else:
+            tags, status = {OUTCOME: "pruned", PRUNED_AT: str(epoch)}, RunStatus.KILLED
+        self._end(trial, tags, status)
+
+    def _end(self, trial: Trial, tags: dict[str, str], status: int) -> None:
+        run_id = self._run_id(trial)
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(run_id, RunStatus.to_string(status))
+
+    def _run_id(self, trial: Trial) -> str:
+        """The trial's child run: cached, else found by tags, else created (with params and config)."""
+        trial_id = trial.trial_id
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        if self._experiment_id is None:
+            self._experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
+        found = _search(self.client, [self._experiment_id], _filter({SEARCH_ID: self.search_id, TRIAL_ID: trial_id}))
+        if found:
+            run_id = found[0].info.run_id
+            self._last_step[trial_id] = self._logged_until(run_id)
+        else:
+            run_id = self._create(trial)
+            self._last_step[trial_id] = -1
+        self._runs[trial_id] = run_id
+        return run_id
+
+    def _create(self, trial: Trial) -> str:
+        tags = {
+            PARENT_RUN_ID: self.parent_run_id,
+            ROLE: "trial",
+            SEARCH_ID: self.search_id,
+            TRIAL_ID: trial.trial_id,
+            OUTCOME: "running",
+            DIAGNOSIS: _HEALTHY,
+        }
+        run_id = self.client.create_run(self._experiment_id, tags=tags, run_name=trial.trial_id).info.run_id
+        sampled = dict(trial.config)
+        params = [Param(k, str(v)) for k, v in sampled.items()]
+        for start in range(0, len(params), _MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=params[start : start + _MAX_PARAMS_PER_BATCH])
+        try:
+            cfg = self.space.trial_config({k: v for k, v in sampled.items() if k in self.space.params})
+        except ValueError as exc:
+            _LOG.warning("no trial_config.yaml for trial %s: %s", trial.trial_id, exc)
+        else:
+            text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+            self.client.log_text(run_id, text, "trial_config.yaml")
+        return run_id
+
+    def _logged_until(self, run_id: str) -> int:
+        """The last epoch an existing child run holds (``health/stop`` is in every report)."""
+        history = self.client.get_metric_history(run_id, "health/stop")
+        return max((m.step for m in history), default=-1)
+
+
+# -- reading a search back -------------------------------------------------------------------------
+
+
+def trial_outcomes(tracking_uri: str, search_id: str) -> list[dict[str, Any]]:
+    """Every child run of the search, in the order the trials started.
+
+    Each row: ``trial_id``, ``run_id``, ``status`` (MLflow's), ``outcome``, ``diagnosis``,
+    ``pruned_at_epoch`` (int or ``None``), ``params`` (``{dotted key: value}``, numbers and
+    booleans parsed back from MLflow's strings) and ``metrics`` (the last value of each).
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_ids = [e.experiment_id for e in _all_experiments(client)]
+    if not experiment_ids:
+        return []
+    runs = _search(client, experiment_ids, _filter({ROLE: "trial", SEARCH_ID: search_id}))
+    rows = []
+    for run in sorted(runs, key=lambda r: (r.info.start_time or 0, r.data.tags.get(TRIAL_ID, ""))):
+        tags = run.data.tags
+        pruned_at = tags.get(PRUNED_AT)
+        rows.append(
+            {
+                "trial_id": tags.get(TRIAL_ID, ""),
+                "run_id": run.info.run_id,
+                "status": run.info.status,
+                "outcome": tags.get(OUTCOME, "running"),
+                "diagnosis": tags.get(DIAGNOSIS, _HEALTHY),
+                "pruned_at_epoch": int(pruned_at) if pruned_at is not None else None,
+                "params": {k: _parse_param(v) for k, v in sorted(run.data.params.items())},
+                "metrics": dict(run.data.metrics),
+            }
+        )
+    return rows
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _experiment_id(client: MlflowClient, tracking_uri: str, name: str) -> str:
+    """The id of experiment ``name``, created when missing (restored when deleted)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def _artifact_location(tracking_uri: str) -> str | None:
+    """For a sqlite store, ``mlruns/`` next to the database file (MLflow's own default is the
+    working directory's ``mlruns/``, which scatters artifacts wherever a search happens to run)."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme != "sqlite":
+        return None
+    path = unquote(parsed.path)
+    if path in ("", "/", "/:memory:"):
+        return None
+    # sqlite:///rel.db -> "/rel.db" (relative); sqlite:////abs.db -> "//abs.db" (absolute).
+    db = Path(path[1:])
+    return (db.expanduser().resolve().parent / "mlruns").as_uri()
+
+
+def _filter(tags: Mapping[str, str]) -> str:
+    return " and ".join(f"tags.`{k}` = '{_quote(v)}'" for k, v in tags.items())
+
+
+def _quote(value: str) -> str:
+    if "'" in value:
+        raise ValueError(f"a tag value used in a search may not contain a quote (got {value!r})")
+    return value
+
+
+def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+    """Every run matching ``filter_string`` (all pages), oldest first."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            experiment_ids, filter_string, max_results=_PAGE, order_by=["attributes.start_time ASC"], page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _all_experiments(client: MlflowClient) -> Iterable[Any]:
+    token = None
+    while True:
+        page = client.search_experiments(max_results=_PAGE, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _parse_param(value: str) -> Any:
+    """MLflow keeps params as ``str(value)``: read ints, floats, booleans and None back."""
+    special = {"True": True, "False": False, "None": None}
+    if value in special:
+        return special[value]
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

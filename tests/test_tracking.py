@@ -1,0 +1,258 @@
+"""MLflow tracking of a search: real MLflow (sqlite in tmp_path) under a real Ray Tune search.
+
+The trainable is trivial (no training): it reports three epochs of made-up numbers shaped by the
+real :func:`hpo.trainable.tune_metrics`. One trial per way a trial ends: completed, stopped by
+the health monitor (diverged at epoch 1), pruned (ends before ``max_epochs``) and errored.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+from ray import cloudpickle, tune
+
+from hpo.space import load_space, space_from_dict
+from hpo.stopping import HealthStopper
+from hpo.tracking import TRIAL_METRICS, MlflowTrialCallback, finish_parent_run, open_parent_run, trial_outcomes
+from hpo.trainable import NONFINITE_FILL, tune_metrics
+
+MAX_EPOCHS = 3
+SEARCH_ID = "5e4c0ffee0000000000000000000abcd"
+EXPERIMENT = "test-tracking"
+#: optim.lr picks the trial's fate (a grid, so every trial id maps to a known lr).
+COMPLETED, DIVERGED, PRUNED, FAILED = 0.01, 0.02, 0.03, 0.04
+
+
+def fake_report(lr: float, epoch: int) -> dict[str, Any]:
+    """A trainer report: every metric of TRIAL_METRICS plus the keys that are not tracked."""
+    report: dict[str, Any] = {key: 0.5 for key in TRIAL_METRICS}
+    report.update(
+        {
+            "epoch": epoch,
+            "step": epoch * 4,
+            "val/ap": lr * 10 * epoch,
+            "train/loss": 2.0 / epoch,
+            "time/epoch_s": 0.01,
+            "health/diagnosis": "healthy",
+            "health/message": "",
+            "health/code": 0.0,
+            "health/stop": 0.0,
+        }
+    )
+    if lr == DIVERGED:
+        report.update({"train/loss": math.nan, "health/diagnosis": "diverged", "health/code": 1.0, "health/stop": 1.0})
+    return report
+
+
+#: What each trial reports, built here with the real tune_metrics: the trainable then needs
+#: nothing heavy (torch) on the worker.
+REPORTS = {
+    lr: [tune_metrics(fake_report(lr, epoch), "val/ap", "max") for epoch in range(1, MAX_EPOCHS + 1)]
+    for lr in (COMPLETED, DIVERGED, PRUNED, FAILED)
+}
+
+
+def fake_trainable(config: dict[str, Any]) -> None:
+    lr = config["optim.lr"]
+    for epoch, metrics in enumerate(REPORTS[lr][: 2 if lr == PRUNED else MAX_EPOCHS], start=1):
+        if lr == FAILED and epoch == 2:
+            raise RuntimeError("the trial failed on purpose")
+        tune.report(metrics)
+
+
+def make_space():
+    raw = load_space("cpu-mini").as_dict()
+    raw.update(
+        name=EXPERIMENT,
+        budget={"num_samples": 1, "max_epochs": MAX_EPOCHS, "max_concurrent_trials": None, "time_budget_s": None},
+        scheduler={"type": "none"},
+        sampler={"type": "grid"},
+        params={"optim.lr": {"distribution": "grid", "values": [COMPLETED, DIVERGED, PRUNED, FAILED]}},
+        points_to_evaluate=[],
+    )
+    return space_from_dict(raw)
+
+
+class TrialRecorder(tune.Callback):
+    """Keeps the Trial objects of a run, to replay them through a fresh tracking callback."""
+
+    def __init__(self) -> None:
+        self.trials: list[Any] = []
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self.trials = list(trials)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    # The workers cannot import this test module: ship its trainable by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def search(ray_session, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One search tracked into MLflow, then resumed with Tuner.restore (errored trials rerun)."""
+    root = tmp_path_factory.mktemp("tracking")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    space = make_space()
+    parent = open_parent_run(uri, EXPERIMENT, SEARCH_ID, space)
+    recorder = TrialRecorder()
+    tuner = tune.Tuner(
+        fake_trainable,
+        param_space=space.grid(),
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(
+            name="search",
+            storage_path=str(root / "ray_results"),
+            stop=HealthStopper(),
+            callbacks=[MlflowTrialCallback(uri, parent, SEARCH_ID, space, MAX_EPOCHS), recorder],
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=0,
+        ),
+    )
+    tuner.fit()
+    first = trial_outcomes(uri, SEARCH_ID)
+
+    # The resume: the parent is found again by its search id, and the restored Tuner unpickles
+    # its tracking callback without its cache, so it finds the children again by their tags.
+    reopened = open_parent_run(uri, EXPERIMENT, SEARCH_ID, space)
+    tune.Tuner.restore(str(root / "ray_results" / "search"), fake_trainable, resume_errored=True).fit()
+    return {
+        "uri": uri,
+        "root": root,
+        "space": space,
+        "parent": parent,
+        "reopened": reopened,
+        "trials": recorder.trials,
+        "first": first,
+        "client": MlflowClient(tracking_uri=uri),
+    }
+
+
+def by_lr(rows: list[dict[str, Any]]) -> dict[float, dict[str, Any]]:
+    return {row["params"]["optim.lr"]: row for row in rows}
+
+
+def test_one_parent_with_the_search_tags_params_and_space(search) -> None:
+    client, space = search["client"], search["space"]
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    parents = client.search_runs([experiment.experiment_id], "tags.`hpo.role` = 'parent'")
+    assert [r.info.run_id for r in parents] == [search["parent"]] and search["reopened"] == search["parent"]
+    run = parents[0]
+    assert run.data.tags["hpo.search_id"] == SEARCH_ID
+    assert (run.data.tags["hpo.space"], run.data.tags["hpo.metric"], run.data.tags["hpo.mode"]) == (EXPERIMENT, "val/ap", "max")
+    assert run.data.params == {
+        "metric": "val/ap",
+        "mode": "max",
+        "num_samples": "1",
+        "max_epochs": str(MAX_EPOCHS),
+        "scheduler": "none",
+        "sampler": "grid",
+    }
+    path = download_artifacts(run_id=run.info.run_id, artifact_path="search_space.yaml", tracking_uri=search["uri"])
+    assert space_from_dict(yaml.safe_load(Path(path).read_text())) == space
+    # Artifacts live next to the database, not in the working directory.
+    assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(search["root"])
+
+
+def test_one_child_per_trial_with_its_outcome(search) -> None:
+    rows = search["first"]
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+    assert {r["trial_id"] for r in rows} == {t.trial_id for t in search["trials"]}
+    fate = by_lr(rows)
+    assert fate[COMPLETED]["outcome"] == "completed" and fate[COMPLETED]["status"] == "FINISHED"
+    assert fate[DIVERGED]["outcome"] == "stopped:diverged" and fate[DIVERGED]["status"] == "KILLED"
+    assert fate[DIVERGED]["diagnosis"] == "diverged" and fate[COMPLETED]["diagnosis"] == "healthy"
+    assert fate[PRUNED]["outcome"] == "pruned" and fate[PRUNED]["pruned_at_epoch"] == 2
+    assert fate[PRUNED]["status"] == "KILLED" and fate[COMPLETED]["pruned_at_epoch"] is None
+    assert fate[FAILED]["outcome"] == "error" and fate[FAILED]["status"] == "FAILED"
+    assert sorted(fate) == [COMPLETED, DIVERGED, PRUNED, FAILED]  # params read back as numbers
+    assert all(set(row["params"]) == {"optim.lr"} for row in rows)
+
+
+def test_child_tags_metrics_and_trial_config(search) -> None:
+    client, uri = search["client"], search["uri"]
+    fate = by_lr(search["first"])
+    run = client.get_run(fate[COMPLETED]["run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == search["parent"]
+    assert run.data.tags["hpo.role"] == "trial" and run.data.tags["hpo.search_id"] == SEARCH_ID
+    assert run.data.params == {"optim.lr": str(COMPLETED)}
+    assert set(run.data.metrics) == set(TRIAL_METRICS)  # nothing else: no epoch, no time/, no raw/
+    ap = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val/ap"))
+    assert ap == [(e, pytest.approx(COMPLETED * 10 * e)) for e in range(1, MAX_EPOCHS + 1)]
+
+    # The stopped trial: one epoch, its penalised metric and its non-finite loss made finite.
+    diverged = fate[DIVERGED]
+    assert diverged["metrics"]["health/stop"] == 1.0 and diverged["metrics"]["val/ap"] == -1.0
+    assert diverged["metrics"]["train/loss"] == NONFINITE_FILL
+    assert [m.step for m in client.get_metric_history(diverged["run_id"], "val/ap")] == [1]
+
+    path = download_artifacts(run_id=run.info.run_id, artifact_path="trial_config.yaml", tracking_uri=uri)
+    cfg = yaml.safe_load(Path(path).read_text())
+    assert cfg["optim"]["lr"] == COMPLETED and cfg["epochs"] == MAX_EPOCHS
+    assert cfg["model"]["backbone"] == "tiny"  # from the space's fixed settings
+
+
+def test_resume_creates_no_duplicates(search) -> None:
+    """The restored search reran the errored trial into its own run; nothing else changed."""
+    after = trial_outcomes(search["uri"], SEARCH_ID)
+    assert sorted(r["run_id"] for r in after) == sorted(r["run_id"] for r in search["first"])
+    assert [r["outcome"] for r in after] == [r["outcome"] for r in search["first"]]
+    client = search["client"]
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert len(client.search_runs([experiment.experiment_id], "tags.`hpo.role` = 'trial'")) == 4
+    failed = by_lr(after)[FAILED]["run_id"]
+    assert [m.step for m in client.get_metric_history(failed, "val/ap")] == [1]  # epoch 1 not logged twice
+
+
+def test_replaying_the_same_trials_logs_nothing_twice(search) -> None:
+    uri, client = search["uri"], search["client"]
+    callback = MlflowTrialCallback(uri, search["parent"], SEARCH_ID, search["space"], MAX_EPOCHS)
+    for trial in search["trials"]:
+        callback.on_trial_start(iteration=0, trials=search["trials"], trial=trial)
+        callback.on_trial_result(iteration=0, trials=search["trials"], trial=trial, result=trial.last_result)
+        callback.on_trial_complete(iteration=0, trials=search["trials"], trial=trial)
+    rows = trial_outcomes(uri, SEARCH_ID)
+    assert sorted(r["run_id"] for r in rows) == sorted(r["run_id"] for r in search["first"])
+    completed = by_lr(rows)[COMPLETED]
+    assert completed["outcome"] == "completed"
+    assert len(client.get_metric_history(completed["run_id"], "val/ap")) == MAX_EPOCHS
+
+
+def test_a_tracking_failure_is_a_warning(search, caplog: pytest.LogCaptureFixture) -> None:
+    callback = MlflowTrialCallback(search["uri"], "no-such-run", SEARCH_ID, search["space"], MAX_EPOCHS)
+    trial = search["trials"][0]
+    with caplog.at_level(logging.WARNING, logger="hpo.tracking"):
+        callback.on_trial_start(iteration=0, trials=[trial], trial=trial)
+        callback.on_trial_result(iteration=0, trials=[trial], trial=trial, result=trial.last_result)
+        callback.on_trial_error(iteration=0, trials=[trial], trial=trial)
+    assert len([r for r in caplog.records if trial.trial_id in r.getMessage()]) == 3
+
+
+def test_finish_parent_run_writes_the_summary(search) -> None:
+    uri, client = search["uri"], search["client"]
+    rows = [{"trial_id": r["trial_id"], "outcome": r["outcome"], **r["metrics"]} for r in search["first"]]
+    rows[0]["extra"] = "only here"
+    finish_parent_run(uri, search["parent"], rows, "finished")
+    run = client.get_run(search["parent"])
+    assert run.info.status == "FINISHED" and run.data.tags["hpo.status"] == "finished"
+    path = download_artifacts(run_id=search["parent"], artifact_path="summary.csv", tracking_uri=uri)
+    table = list(csv.DictReader(io.StringIO(Path(path).read_text())))
+    assert [row["trial_id"] for row in table] == [r["trial_id"] for r in rows]
+    assert table[0]["extra"] == "only here" and table[1]["extra"] == ""
+    with pytest.raises(ValueError, match="status"):
+        finish_parent_run(uri, search["parent"], rows, "done")  # type: ignore[arg-type]
