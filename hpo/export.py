@@ -26,13 +26,11 @@ from typing import Literal
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from hpo.tracking import DEFAULT_TRACKING_URI, TRIAL_CONFIG_ARTIFACT
 from model.config import ConfigError, TrainConfig, load_config
 
 __all__ = ["DEFAULT_TRACKING_URI", "ExportError", "ExportResult", "export_best", "main"]
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-#: The child run's artifact holding the trial's full TrainConfig.
-TRIAL_CONFIG_ARTIFACT = "trial_config.yaml"
 #: The artifact name of the exported config on the parent run.
 EXPORT_ARTIFACT = "best.yaml"
 

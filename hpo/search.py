@@ -32,12 +32,11 @@ from ray import tune  # noqa: E402
 
 from hpo.space import SearchSpace, SearchSpaceError, load_space, space_from_dict
 from hpo.stopping import HealthStopper, build_scheduler, build_searcher, optuna_study
-from hpo.tracking import MlflowTrialCallback, finish_parent_run, open_parent_run
+from hpo.tracking import DEFAULT_TRACKING_URI, MlflowTrialCallback, finish_parent_run, open_parent_run
 from hpo.trainable import train_trial
 from model.config import DEFAULT_MINI_ROOT
 from model.data.mini import ensure_mini, generated_params
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_STORAGE = Path("ray_results")
 _SEARCH_ID_FILE = "hpo_search_id.txt"
 

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
+    "TRIAL_CONFIG_ARTIFACT",
     "TRIAL_METRICS",
     "MlflowTrialCallback",
     "finish_parent_run",
@@ -53,6 +54,8 @@ _LOG = logging.getLogger(__name__)
 
 #: MLflow 3.x refuses the plain file store; a sqlite file is the zero-setup default.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: The trial's full TrainConfig, on every child run (what the export reads back).
+TRIAL_CONFIG_ARTIFACT = "trial_config.yaml"
 
 #: The per-epoch metrics a child run records (keys of the trainable's ``tune_metrics`` output).
 TRIAL_METRICS: tuple[str, ...] = (
@@ -295,7 +298,7 @@ class MlflowTrialCallback(tune.Callback):
             _LOG.warning("no trial_config.yaml for trial %s: %s", trial.trial_id, exc)
         else:
             text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-            self.client.log_text(run_id, text, "trial_config.yaml")
+            self.client.log_text(run_id, text, TRIAL_CONFIG_ARTIFACT)
         return run_id
 
     def _logged_until(self, run_id: str) -> int:

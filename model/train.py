@@ -69,32 +69,27 @@ def _resolve_config(args: argparse.Namespace) -> TrainConfig:
         overrides["data.root"] = str(args.data)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
+    if not args.resume:
+        return load_config(args.config, overrides) if args.config else TrainConfig().with_overrides(overrides)
     checkpoint = args.out / "last.pt"
-    if args.resume and not checkpoint.exists():
+    if not checkpoint.exists():
         raise ConfigError(f"--resume: no checkpoint at {checkpoint}")
-    if args.config is not None:
-        cfg = load_config(args.config, overrides)
-    elif args.resume:
-        import torch
+    import torch
 
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["config"]
-        cfg = config_from_dict(saved, source=str(checkpoint)).with_overrides(overrides)
-    else:
-        cfg = TrainConfig().with_overrides(overrides)
-    if args.resume:
-        _check_resumable(cfg, checkpoint)
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["config"]
+    if args.config is None:
+        return config_from_dict(saved, source=str(checkpoint)).with_overrides(overrides)
+    cfg = load_config(args.config, overrides)
+    _check_resumable(cfg, saved)
     return cfg
 
 
-def _check_resumable(cfg: TrainConfig, checkpoint: Path) -> None:
+def _check_resumable(cfg: TrainConfig, saved: dict[str, Any]) -> None:
     """A resumed run may train longer, but not change what it is training."""
-    import torch
-
-    saved = flatten(torch.load(checkpoint, map_location="cpu", weights_only=False)["config"])
-    now = flatten(cfg.model_dump(mode="json"))
-    changed = sorted(k for k in now if k != "epochs" and now[k] != saved.get(k))
+    before, now = flatten(saved), flatten(cfg.model_dump(mode="json"))
+    changed = sorted(k for k in now if k != "epochs" and now[k] != before.get(k))
     if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        details = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed)
         raise ConfigError(f"--resume: the config differs from the checkpoint's ({details})")
 
 
