@@ -29,7 +29,7 @@ from mlflow.entities import Run
 from hpo.tracking import DEFAULT_TRACKING_URI, TRIAL_CONFIG_ARTIFACT
 from model.config import ConfigError, TrainConfig, load_config
 
-__all__ = ["DEFAULT_TRACKING_URI", "ExportError", "ExportResult", "export_best", "main"]
+__all__ = ["DEFAULT_TRACKING_URI", "ExportError", "ExportResult", "check_store_exists", "export_best", "find_parent", "main"]
 
 #: The artifact name of the exported config on the parent run.
 EXPORT_ARTIFACT = "best.yaml"
@@ -83,14 +83,14 @@ def export_best(
         ExportError: unknown experiment or search, no healthy completed trial, a missing artifact,
             an invalid trial config, or no metric/mode to rank by.
     """
-    _check_store_exists(tracking_uri)
+    check_store_exists(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         known = sorted(e.name for e in client.search_experiments())
         raise ExportError(f"no MLflow experiment {experiment!r} at {tracking_uri} (experiments there: {', '.join(known) or 'none'})")
 
-    parent = _find_parent(client, exp.experiment_id, experiment, search_id)
+    parent = find_parent(client, exp.experiment_id, experiment, search_id)
     tags = parent.data.tags
     search_id = tags.get("hpo.search_id", search_id or "")
     metric = metric or tags.get("hpo.metric")
@@ -137,7 +137,8 @@ def export_best(
     )
 
 
-def _check_store_exists(tracking_uri: str) -> None:
+def check_store_exists(tracking_uri: str) -> None:
+    """Raise :class:`ExportError` when a ``sqlite:///`` store does not exist."""
     # MLflow silently creates an empty database for a mistyped sqlite path; say so instead.
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri.removeprefix("sqlite:///"))
@@ -156,7 +157,8 @@ def _search_all(client: MlflowClient, experiment_id: str, filter_string: str, or
             return runs
 
 
-def _find_parent(client: MlflowClient, experiment_id: str, experiment: str, search_id: str | None) -> Run:
+def find_parent(client: MlflowClient, experiment_id: str, experiment: str, search_id: str | None) -> Run:
+    """The parent run of ``search_id``, or the experiment's newest one; :class:`ExportError` if none."""
     query = "tags.`hpo.role` = 'parent'"
     if search_id is not None:
         if not re.fullmatch(r"[\w.-]+", search_id):

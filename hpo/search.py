@@ -14,6 +14,7 @@ its rungs, and every trial is a child run of one parent run in MLflow.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import uuid
@@ -30,14 +31,17 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
+from hpo.cluster import connect
 from hpo.space import SearchSpace, SearchSpaceError, load_space, space_from_dict
 from hpo.stopping import HealthStopper, build_scheduler, build_searcher, optuna_study
-from hpo.tracking import DEFAULT_TRACKING_URI, MlflowTrialCallback, finish_parent_run, open_parent_run
+from hpo.tracking import DEFAULT_TRACKING_URI, MlflowTrialCallback, finish_parent_run, open_parent_run, unfinished_trials
 from hpo.trainable import train_trial
 from model.config import DEFAULT_MINI_ROOT
 from model.data.mini import ensure_mini, generated_params
 
 DEFAULT_STORAGE = Path("ray_results")
+#: Exit status of an interrupted search (the shell's for SIGINT: 128 + 2).
+INTERRUPTED_EXIT = 130
 _SEARCH_ID_FILE = "hpo_search_id.txt"
 
 
@@ -91,7 +95,7 @@ def run_search(args: argparse.Namespace) -> int:
     storage = args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).expanduser().resolve())
     search_dir = f"{storage.rstrip('/')}/{name}"
 
-    ray.init(address=args.address, include_dashboard=False, configure_logging=False)
+    connect(args.address)
     search_id = _search_id(search_dir, args.resume)
     parent = open_parent_run(args.tracking_uri, experiment, search_id, space)
     print(f"search {name!r}: space {space.source}, {space.budget.num_samples} trials x up to {space.budget.max_epochs} epochs")
@@ -130,16 +134,33 @@ def run_search(args: argparse.Namespace) -> int:
                 verbose=1,
             ),
         )
-    results = tuner.fit()
+    results = tuner.fit()  # Ctrl-C: Tune saves the experiment state and returns early
 
-    rows = summarise(results, space)
-    finish_parent_run(args.tracking_uri, parent, rows, status="finished")
-    print_summary(rows, space, search_dir, args.tracking_uri, experiment)
+    unfinished = unfinished_trials(search_id)
+    interrupted = bool(unfinished) or len(results) < expected_trials(space)
+    rows = summarise(results, space, unfinished)
+    finish_parent_run(args.tracking_uri, parent, rows, status="interrupted" if interrupted else "finished")
+    print_summary(rows, space, search_dir, args.tracking_uri, experiment, interrupted=interrupted)
     study = optuna_study(searcher) if searcher is not None else None
     if study is not None:
         states = Counter(t.state.name for t in study.trials)
         print(f"Optuna study: {dict(states)}")
+    if interrupted:
+        print(
+            f"\nsearch interrupted: {len(results) - len(unfinished)} of {expected_trials(space)} trials finished. "
+            "Continue it with the same command and --resume (finished trials are kept, unfinished ones "
+            "continue from their last checkpoint)."
+        )
+        return INTERRUPTED_EXIT
     return 0
+
+
+def expected_trials(space: SearchSpace) -> int:
+    """How many trials a search that runs to its end has (no time budget: a budget may end it sooner)."""
+    if space.budget.time_budget_s is not None:
+        return 0
+    grid = space.grid() if build_searcher(space) is None else {}
+    return space.budget.num_samples * math.prod(len(spec["grid_search"]) for spec in grid.values())
 
 
 def _search_id(search_dir: str, resume: bool) -> str:
@@ -168,24 +189,27 @@ def _search_id(search_dir: str, resume: bool) -> str:
     return search_id
 
 
-def outcome_of(metrics: dict[str, Any], error: BaseException | None, max_epochs: int) -> str:
-    """``completed``, ``pruned@<epoch>``, ``stopped:<diagnosis>`` or ``error``."""
+def outcome_of(metrics: dict[str, Any], error: BaseException | None, max_epochs: int, unfinished: bool = False) -> str:
+    """``completed``, ``pruned@<epoch>``, ``stopped:<diagnosis>``, ``error`` or ``interrupted``."""
     if error is not None:
         return "error"
+    if unfinished:
+        return "interrupted"
     if metrics.get("health/stop") == 1:
         return f"stopped:{metrics.get('health/diagnosis', '?')}"
     epoch = int(metrics.get("epoch", 0))
     return "completed" if epoch >= max_epochs else f"pruned@{epoch}"
 
 
-def summarise(results: tune.ResultGrid, space: SearchSpace) -> list[dict[str, Any]]:
+def summarise(results: tune.ResultGrid, space: SearchSpace, unfinished: set[str] = frozenset()) -> list[dict[str, Any]]:
     rows = []
     for result in results:
         metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id", "?")
         rows.append(
             {
-                "trial_id": metrics.get("trial_id", "?"),
-                "outcome": outcome_of(metrics, result.error, space.budget.max_epochs),
+                "trial_id": trial_id,
+                "outcome": outcome_of(metrics, result.error, space.budget.max_epochs, trial_id in unfinished),
                 "epochs": int(metrics.get("epoch", 0)),
                 space.metric: metrics.get(f"raw/{space.metric}", metrics.get(space.metric)),
                 **{k: v for k, v in (result.config or {}).items()},
@@ -194,9 +218,17 @@ def summarise(results: tune.ResultGrid, space: SearchSpace) -> list[dict[str, An
     return rows
 
 
-def print_summary(rows: list[dict[str, Any]], space: SearchSpace, search_dir: str, tracking_uri: str, experiment: str) -> None:
+def print_summary(
+    rows: list[dict[str, Any]],
+    space: SearchSpace,
+    search_dir: str,
+    tracking_uri: str,
+    experiment: str,
+    *,
+    interrupted: bool = False,
+) -> None:
     counts = Counter(r["outcome"].split("@")[0] for r in rows)
-    print("\n== search finished ==")
+    print(f"\n== search {'interrupted' if interrupted else 'finished'} ==")
     print(f"trials: {len(rows)}  " + "  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     for outcome in sorted({r["outcome"] for r in rows if r["outcome"] not in ("completed",)}):
         ids = [r["trial_id"] for r in rows if r["outcome"] == outcome]

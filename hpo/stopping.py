@@ -5,15 +5,18 @@
   stopper before the scheduler, so ASHA never has to judge such a trial.
 * :func:`build_scheduler`: ASHA prunes the weak among the healthy trials at its rungs
   (``time_attr`` is the trainer's ``epoch``), or FIFO when the space has no scheduler.
-* :func:`build_searcher`: Optuna's sampler (TPE) through Ray Tune's ``OptunaSearch``.
+* :func:`build_searcher`: Optuna's sampler (TPE) through :class:`RungAwareOptunaSearch`, Ray
+  Tune's ``OptunaSearch`` told how each trial really ended.
 
-What Optuna's study records for each way a trial ends (measured with Ray 2.60 / Optuna 5.0):
+What Optuna's study records for each way a trial ends:
 
+* completed (all ``budget.max_epochs``): COMPLETE with its last value;
 * stopped by :class:`HealthStopper`: COMPLETE, value = the trial's last reported metric, which
   :func:`hpo.trainable.tune_metrics` made the finite penalty, so the sampler learns that the
-  region fails (a NaN instead would leave the trial RUNNING forever);
-* pruned by ASHA at a rung: COMPLETE with its value at that rung (a low-fidelity value, not
-  PRUNED);
+  region fails (a NaN instead would leave the trial RUNNING forever: Optuna refuses to be told it);
+* pruned by ASHA at a rung (or cut by the time budget): PRUNED, its intermediate values (one per
+  epoch) kept. Plain ``OptunaSearch`` would record it COMPLETE with its low-fidelity rung value,
+  which TPE then ranks against full-length trials as if it were their equal;
 * errored (once its retries are spent): FAIL, no value; while Tune retries it, it stays RUNNING.
 
 Tune passes the scheduler and the searcher their ``metric``/``mode`` here, so the search entry
@@ -36,7 +39,7 @@ from hpo.space import AshaSchedulerSpec, SearchSpace, TpeSamplerSpec
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["HealthStopper", "build_scheduler", "build_searcher", "optuna_study"]
+__all__ = ["HealthStopper", "RungAwareOptunaSearch", "build_scheduler", "build_searcher", "optuna_study"]
 
 
 class HealthStopper(tune.Stopper):
@@ -66,6 +69,33 @@ class HealthStopper(tune.Stopper):
         return dict(self._stopped)
 
 
+class RungAwareOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna a trial ended before ``max_epochs`` as PRUNED.
+
+    A health-stopped trial stays COMPLETE: its value is the penalty, and that is the lesson TPE must
+    learn. A trial ASHA cut at a rung is PRUNED: TPE ranks pruned trials below the completed ones
+    (by how far they got, then by their last intermediate value) instead of treating a value from
+    2 epochs like a value from the full budget. The intermediate values are what
+    ``OptunaSearch.on_trial_result`` reported each epoch.
+    """
+
+    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_epochs = max_epochs
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if error or (result and _cut_short(result, self.max_epochs)):
+            # OptunaSearch tells a trial without a value as FAIL (error) or PRUNED (no error).
+            result = None
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def _cut_short(result: dict[str, Any], max_epochs: int) -> bool:
+    """Ended by the scheduler (or the time budget) before its last epoch, not by the health rule."""
+    epoch = result.get("epoch")
+    return result.get("health/stop") != 1 and isinstance(epoch, (int, float)) and epoch < max_epochs
+
+
 def build_scheduler(space: SearchSpace) -> ASHAScheduler | FIFOScheduler:
     """ASHA over the trainer's epochs (``max_t`` = ``budget.max_epochs``), or FIFO for ``type: none``."""
     spec = space.scheduler
@@ -90,12 +120,13 @@ def build_searcher(space: SearchSpace) -> Searcher | None:
     """
     if not isinstance(space.sampler, TpeSamplerSpec):
         return None
-    searcher: Searcher = OptunaSearch(
+    searcher: Searcher = RungAwareOptunaSearch(
         space=space.optuna_distributions(),
         metric=space.metric,
         mode=space.mode,
         sampler=space.sampler.build(),
         points_to_evaluate=[dict(point) for point in space.points_to_evaluate] or None,
+        max_epochs=space.budget.max_epochs,
     )
     limit = space.budget.max_concurrent_trials
     if limit is not None:

@@ -8,7 +8,8 @@ The layout (the contract with the search entry point and the export):
 * child run per trial, found again by (``hpo.search_id``, ``hpo.trial_id``) before one is created,
   so a resumed search never duplicates it: tags ``mlflow.parentRunId``, ``hpo.role=trial``,
   ``hpo.outcome`` (``running``, ``completed``, ``pruned`` + ``hpo.pruned_at_epoch``,
-  ``stopped:<diagnosis>``, ``error``), ``hpo.diagnosis``; params = the sampled dotted keys;
+  ``stopped:<diagnosis>``, ``error``, ``interrupted`` until ``--resume`` goes on with it),
+  ``hpo.diagnosis``; params = the sampled dotted keys;
   artifact ``trial_config.yaml``; the metrics of :data:`TRIAL_METRICS` per epoch (step = epoch).
 
 Everything goes through :class:`mlflow.MlflowClient`, never the fluent API: the callback lives in
@@ -48,6 +49,7 @@ __all__ = [
     "finish_parent_run",
     "open_parent_run",
     "trial_outcomes",
+    "unfinished_trials",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -151,6 +153,17 @@ def finish_parent_run(
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if status == "finished" else RunStatus.KILLED))
 
 
+#: Trials the last search of each search id left unfinished (an interrupted search). Kept here, not
+#: on the callback: after --resume, Tune calls a copy of the callback restored from its own state.
+_UNFINISHED: dict[str, set[str]] = {}
+
+
+def unfinished_trials(search_id: str) -> set[str]:
+    """Ids of the trials the search's last ``Tuner.fit`` in this process left unfinished (Ctrl-C):
+    started but never ended, or never started. Empty for a search that ran to its end."""
+    return set(_UNFINISHED.get(search_id, ()))
+
+
 # -- the child runs --------------------------------------------------------------------------------
 
 
@@ -181,11 +194,12 @@ class MlflowTrialCallback(tune.Callback):
         self._experiment_id: str | None = None
         self._runs: dict[str, str] = {}  # trial id -> child run id
         self._last_step: dict[str, int] = {}  # trial id -> last epoch logged
+        self._ended: set[str] = set()  # trials whose run this driver ended
 
     # The callback is pickled with the Tuner's state; the client (a database engine) is not.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_client=None, _experiment_id=None, _runs={}, _last_step={})
+        state.update(_client=None, _experiment_id=None, _runs={}, _last_step={}, _ended=set())
         return state
 
     @property
@@ -210,6 +224,20 @@ class MlflowTrialCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._guard("error", trial, self._end, trial, {OUTCOME: "error"}, RunStatus.FAILED)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        # Also called after Ctrl-C, when Tune has just marked every running trial TERMINATED: what
+        # tells the unfinished ones apart is that they never reached on_trial_complete/_error.
+        unfinished = {
+            t.trial_id
+            for t in trials
+            if (t.trial_id in self._runs and t.trial_id not in self._ended) or t.status in (t.PENDING, t.PAUSED)
+        }
+        _UNFINISHED[self.search_id] = unfinished
+        for trial in trials:
+            if trial.trial_id in unfinished and trial.trial_id in self._runs:
+                # The run says so instead of staying RUNNING; --resume sets it running again.
+                self._guard("end", trial, self._end, trial, {OUTCOME: "interrupted"}, RunStatus.KILLED)
 
     # -- what they do -------------------------------------------------------------------------------
 
@@ -260,6 +288,7 @@ class MlflowTrialCallback(tune.Callback):
         run_id = self._run_id(trial)
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(run_id, RunStatus.to_string(status))
+        self._ended.add(trial.trial_id)
 
     def _run_id(self, trial: Trial) -> str:
         """The trial's child run: cached, else found by tags, else created (with params and config)."""

@@ -19,6 +19,12 @@ def mini_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_mini(tmp_path_factory.mktemp("data") / "wider-mini", seed=0, num_train=96, num_val=32)
 
 
+@pytest.fixture(scope="session")
+def full_mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's mini set (400 train / 100 val): the failure diagnoses were calibrated on it."""
+    return ensure_mini(tmp_path_factory.mktemp("data") / "wider-mini-full")
+
+
 @pytest.fixture
 def one_thread():
     """Small tensors in the data pipeline: intra-op threads only add contention on 2 cores."""

@@ -1,83 +1,242 @@
 """``hpo/search.py`` end to end: real Ray Tune, Optuna and MLflow (SQLite) on the mini set."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
+import optuna
 import pytest
 import yaml
 
 from hpo.export import main as export_main
+from hpo.search import INTERRUPTED_EXIT
 from hpo.search import main as search_main
 from hpo.space import load_space
+from hpo.stopping import RungAwareOptunaSearch
+from hpo.trainable import PENALTY_MAX
 
 pytestmark = pytest.mark.slow
 
-DIVERGING = {"optim.lr": 5.0, "schedule.warmup_epochs": 0.0}
-HEALTHY = {"optim.lr": 0.01, "schedule.warmup_epochs": 0.5}
+REPO = Path(__file__).resolve().parents[1]
+
+# Starting points of the e2e search: every sampled key set. Found with the trainer on the demo's
+# mini set at the cpu-mini space's sizes (300 training images at 160 px, batch 8, seed 0).
+_BASE = {"optim.lr": 0.01, "schedule.warmup_epochs": 0.0, "loss.box_weight": 1.0, "loss.neg_pos_ratio": 3}
+#: SGD at lr 5, no warm-up: the loss explodes within the first step checks.
+DIVERGING = {**_BASE, "optim.lr": 5.0}
+#: The study's early-stage avoidance: box weight 10, 30 negatives per positive, no warm-up. The top
+#: face score is 1.0 after epoch 1, then no face is predicted (top score < 0.1, AP 0).
+COLLAPSING = {**_BASE, "loss.box_weight": 10.0, "loss.neg_pos_ratio": 30}
+#: The defaults with half an epoch of warm-up: AP 0.006 -> 0.02 over 3 epochs, never flagged.
+HEALTHY = {**_BASE, "schedule.warmup_epochs": 0.5}
 
 
-def _space_file(tmp_path: Path) -> Path:
+def _write_space(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _e2e_space(tmp_path: Path) -> Path:
+    """The cpu-mini space with the three starting points and one sampled trial, 4 epochs at most.
+
+    ASHA's only rung is at epoch 3, after the health monitor's first verdicts (grace 1 epoch,
+    collapse after 2 collapsed evaluations): the collapse is the monitor's to catch, not ASHA's.
+    """
     raw = load_space("cpu-mini").as_dict()
     raw.update(
         name="e2e",
-        budget={"num_samples": 3, "max_epochs": 2, "max_concurrent_trials": 2, "time_budget_s": None},
-        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2, "brackets": 1},
+        budget={"num_samples": 4, "max_epochs": 4, "max_concurrent_trials": 2, "time_budget_s": None},
+        scheduler={"type": "asha", "grace_period": 3, "reduction_factor": 2, "brackets": 1},
         params={
             "optim.lr": {"distribution": "loguniform", "low": 1e-3, "high": 10.0},
             "schedule.warmup_epochs": {"distribution": "uniform", "low": 0.0, "high": 1.0},
+            "loss.box_weight": {"distribution": "loguniform", "low": 0.01, "high": 10.0},
+            "loss.neg_pos_ratio": {"distribution": "int", "low": 1, "high": 30},
         },
-        points_to_evaluate=[DIVERGING, HEALTHY],
+        points_to_evaluate=[DIVERGING, COLLAPSING, HEALTHY],
     )
-    raw["sampler"]["n_startup_trials"] = 3
-    raw["fixed"].update(
-        {
-            "data.max_train_images": 32,
-            "data.max_val_images": 16,
-            "model.input_size": 128,
-            "batch_size": 8,
-            "health.check_every_steps": 2,
-        }
-    )
-    path = tmp_path / "e2e.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    raw["sampler"]["n_startup_trials"] = 4
+    raw["fixed"].update({"health.grace_epochs": 1, "health.collapse_patience": 2, "health.min_span_steps": 0})
+    return _write_space(tmp_path, raw)
 
 
 def _trial_runs(client: mlflow.MlflowClient, experiment_id: str) -> list:
     return client.search_runs([experiment_id], filter_string="tags.`hpo.role` = 'trial'")
 
 
-def test_search_stops_the_diverging_trial_tracks_every_trial_once_and_resumes(mini_root: Path, tmp_path: Path, capsys) -> None:
+def _point(run) -> dict:
+    return {k: type(v)(run.data.params[k]) for k, v in _BASE.items()}
+
+
+@pytest.fixture(scope="module")
+def e2e(full_mini: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One real search of the e2e space: its arguments, exit status, MLflow URI and results folder."""
+    tmp_path = tmp_path_factory.mktemp("e2e")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [
-        "--space", str(_space_file(tmp_path)),
+        "--space", str(_e2e_space(tmp_path)),
+        "--data", str(full_mini),
+        "--storage-path", str(tmp_path / "ray"),
+        "--tracking-uri", uri,
+    ]  # fmt: skip
+    rc = search_main(args)
+    return {"args": args, "rc": rc, "uri": uri, "tmp": tmp_path, "search_dir": tmp_path / "ray" / "e2e"}
+
+
+def test_search_stops_the_failures_with_their_diagnoses_and_tracks_every_trial_once(e2e) -> None:
+    assert e2e["rc"] == 0
+    client = mlflow.MlflowClient(e2e["uri"])
+    experiment = client.get_experiment_by_name("e2e")
+    parents = client.search_runs([experiment.experiment_id], filter_string="tags.`hpo.role` = 'parent'")
+    assert len(parents) == 1 and parents[0].data.tags["hpo.status"] == "finished"
+    trials = _trial_runs(client, experiment.experiment_id)
+    assert len(trials) == 4
+    assert all(t.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for t in trials)
+    assert len({t.data.tags["hpo.trial_id"] for t in trials}) == 4
+    by_point = {tuple(_point(t).values()): t for t in trials}
+
+    diverged = by_point[tuple(DIVERGING.values())]
+    assert diverged.data.tags["hpo.outcome"] == "stopped:diverged"
+    assert [m.step for m in client.get_metric_history(diverged.info.run_id, "val/ap")] == [1]  # its first epoch
+
+    collapsed = by_point[tuple(COLLAPSING.values())]
+    assert collapsed.data.tags["hpo.outcome"] == "stopped:background-collapse", collapsed.data.tags
+    assert collapsed.data.tags["hpo.diagnosis"] == "background-collapse"
+    epochs = [m.step for m in client.get_metric_history(collapsed.info.run_id, "val/ap")]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) <= 3  # within its first epochs
+
+    healthy = by_point[tuple(HEALTHY.values())]
+    assert healthy.data.tags["hpo.outcome"] in ("completed", "pruned") and healthy.data.tags["hpo.diagnosis"] == "healthy"
+    for run in trials:
+        assert run.data.tags["hpo.outcome"] in ("completed", "pruned") or run.data.tags["hpo.outcome"].startswith("stopped:")
+
+
+def test_optuna_records_stopped_trials_with_their_penalty(e2e) -> None:
+    """The searcher state Tune saved (what --resume restores): no trial RUNNING or missing."""
+    searcher = RungAwareOptunaSearch(max_epochs=4)
+    searcher.restore_from_dir(str(e2e["search_dir"]))
+    study: optuna.Study = searcher._ot_study
+    assert len(study.trials) == 4
+    states = {t.state for t in study.trials}
+    assert states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}, states
+    for point in (DIVERGING, COLLAPSING):
+        trial = next(t for t in study.trials if t.params == point)
+        assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == PENALTY_MAX, trial
+
+
+def test_resuming_a_finished_search_reruns_nothing_and_export_writes_a_trainable_config(e2e, capsys) -> None:
+    client = mlflow.MlflowClient(e2e["uri"])
+    experiment = client.get_experiment_by_name("e2e")
+    before = {t.info.run_id: [m.step for m in client.get_metric_history(t.info.run_id, "val/ap")] for t in _trial_runs(client, experiment.experiment_id)}
+    assert search_main([*e2e["args"], "--resume"]) == 0
+    after = {t.info.run_id: [m.step for m in client.get_metric_history(t.info.run_id, "val/ap")] for t in _trial_runs(client, experiment.experiment_id)}
+    assert after == before
+
+    outcomes = [t.data.tags["hpo.outcome"] for t in _trial_runs(client, experiment.experiment_id)]
+    if "completed" in outcomes:
+        best = e2e["tmp"] / "best.yaml"
+        assert export_main(["--experiment", "e2e", "--out", str(best), "--tracking-uri", e2e["uri"]]) == 0
+        cfg = yaml.safe_load(best.read_text())
+        assert cfg["optim"]["lr"] != DIVERGING["optim.lr"]
+        from model.config import load_config
+
+        assert load_config(best).epochs == cfg["epochs"]
+
+
+# -- an interrupted search ------------------------------------------------------------------------
+
+
+def _interrupt_space(tmp_path: Path) -> Path:
+    """Three healthy trials one at a time, 3 epochs of 12 steps each, no scheduler: all complete."""
+    raw = load_space("cpu-mini").as_dict()
+    raw.update(
+        name="interrupted",
+        budget={"num_samples": 3, "max_epochs": 3, "max_concurrent_trials": 1, "time_budget_s": None},
+        scheduler={"type": "none"},
+        params={"optim.lr": {"distribution": "loguniform", "low": 5e-3, "high": 2e-2}},
+        points_to_evaluate=[],
+    )
+    raw["fixed"].update({"data.max_train_images": 96, "data.max_val_images": 16, "model.input_size": 128, "schedule.warmup_epochs": 0.5})
+    return _write_space(tmp_path, raw)
+
+
+def _results(search_dir: Path) -> dict[str, list[dict]]:
+    """Tune's per-trial result rows (``result.json``), by trial id."""
+    rows = {}
+    for file in search_dir.glob("*/result.json"):
+        lines = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        if lines:
+            rows[lines[0]["trial_id"]] = lines
+    return rows
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"the search ended before it could be interrupted (rc {proc.returncode}):\n{out[-3000:]}")
+        if predicate():
+            return
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail("the search never reached the point to interrupt it")
+
+
+def test_an_interrupted_search_resumes_without_rerunning_or_duplicating(mini_root: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [
+        "--space", str(_interrupt_space(tmp_path)),
         "--data", str(mini_root),
         "--storage-path", str(tmp_path / "ray"),
         "--tracking-uri", uri,
     ]  # fmt: skip
-    assert search_main(args) == 0
-    out = capsys.readouterr().out
-    assert "== search finished ==" in out and "stopped:diverged" in out
+    search_dir = tmp_path / "ray" / "interrupted"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "hpo/search.py", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+    def one_done_and_one_under_way() -> bool:
+        rows = _results(search_dir)
+        done = [t for t, r in rows.items() if r[-1]["epoch"] == 3]
+        return len(done) == 1 and any(t not in done for t in rows)
+
+    _wait_for(one_done_and_one_under_way, 300, proc)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == INTERRUPTED_EXIT, out[-3000:]
+    assert "== search interrupted ==" in out and "--resume" in out
 
     client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name("e2e")
-    parents = client.search_runs([experiment.experiment_id], filter_string="tags.`hpo.role` = 'parent'")
-    assert len(parents) == 1
-    trials = _trial_runs(client, experiment.experiment_id)
-    assert len(trials) == 3
-    assert all(t.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for t in trials)
-    outcomes = {float(t.data.params["optim.lr"]): t.data.tags["hpo.outcome"] for t in trials}
-    assert outcomes[5.0] == "stopped:diverged"
-    assert all(o in ("completed", "pruned") for lr, o in outcomes.items() if lr != 5.0)
-    diverged = next(t for t in trials if float(t.data.params["optim.lr"]) == 5.0)
-    assert [m.step for m in client.get_metric_history(diverged.info.run_id, "val/ap")] == [1]  # its first epoch
+    experiment = client.get_experiment_by_name("interrupted")
+    parent = client.search_runs([experiment.experiment_id], filter_string="tags.`hpo.role` = 'parent'")
+    assert len(parent) == 1 and parent[0].data.tags["hpo.status"] == "interrupted"
+    runs = _trial_runs(client, experiment.experiment_id)
+    assert sorted(r.data.tags["hpo.outcome"] for r in runs) == ["completed", "interrupted"]
+    before = _results(search_dir)
+    finished = next(t for t, rows in before.items() if rows[-1]["epoch"] == 3)
+    cut = next(t for t in before if t != finished)
 
-    # A resumed search (here: of a finished one) re-runs nothing and duplicates no run.
     assert search_main([*args, "--resume"]) == 0
-    assert len(_trial_runs(client, experiment.experiment_id)) == 3
-    assert [m.step for m in client.get_metric_history(diverged.info.run_id, "val/ap")] == [1]
-
-    if "completed" in outcomes.values():
-        best = tmp_path / "best.yaml"
-        assert export_main(["--experiment", "e2e", "--out", str(best), "--tracking-uri", uri]) == 0
-        assert yaml.safe_load(best.read_text())["optim"]["lr"] != 5.0
+    after = _results(search_dir)
+    runs = _trial_runs(client, experiment.experiment_id)
+    parent = client.get_run(parent[0].info.run_id)
+    assert parent.data.tags["hpo.status"] == "finished"
+    assert len(after) == 3 and len(runs) == 3  # every trial once, in Tune and in MLflow
+    assert sorted({r.data.tags["hpo.trial_id"] for r in runs}) == sorted(after)
+    assert all(r.data.tags["hpo.outcome"] == "completed" for r in runs)
+    # The finished trial was not run again; the interrupted one went on from its checkpoint.
+    assert after[finished] == before[finished]
+    epochs = [row["epoch"] for row in after[cut]]
+    assert epochs == [1, 2, 3], epochs
+    assert after[cut][-1]["iterations_since_restore"] < after[cut][-1]["training_iteration"]
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/ap")]
+        assert steps == [1, 2, 3], (run.data.tags["hpo.trial_id"], steps)

@@ -21,7 +21,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from hpo.space import load_space, space_from_dict
-from hpo.stopping import HealthStopper, build_scheduler, build_searcher, optuna_study
+from hpo.stopping import HealthStopper, RungAwareOptunaSearch, build_scheduler, build_searcher, optuna_study
 from hpo.trainable import CHECKPOINT_NAME, NONFINITE_FILL, PENALTY_MAX, PENALTY_MIN, train_trial, tune_metrics
 
 MAX_EPOCHS = 3
@@ -167,6 +167,34 @@ def test_scheduler_and_searcher_follow_the_space() -> None:
     assert build_searcher(grid) is None and optuna_study(None) is None
 
 
+def test_optuna_is_told_how_each_trial_ended() -> None:
+    raw = tiny_space()
+    raw["budget"]["max_concurrent_trials"] = None
+    raw["points_to_evaluate"] = []
+    searcher = build_searcher(space_from_dict(raw))
+    assert isinstance(searcher, RungAwareOptunaSearch)
+    study = optuna_study(searcher)
+
+    def run(trial_id: str, reports: list[dict[str, Any]], *, error: bool = False) -> optuna.trial.FrozenTrial:
+        assert searcher.suggest(trial_id) is not None
+        for i, report in enumerate(reports, start=1):
+            searcher.on_trial_result(trial_id, {"training_iteration": i, **report})
+        searcher.on_trial_complete(trial_id, result=reports[-1] if reports else None, error=error)
+        return study.trials[-1]
+
+    def epoch(n: int, ap: float, stop: float = 0.0) -> dict[str, Any]:
+        return {"epoch": n, "val/ap": ap, "health/stop": stop}
+
+    full = run("full", [epoch(e, 0.1 * e) for e in range(1, MAX_EPOCHS + 1)])
+    assert full.state == optuna.trial.TrialState.COMPLETE and full.value == pytest.approx(0.1 * MAX_EPOCHS)
+    cut = run("cut", [epoch(1, 0.05)])
+    assert cut.state == optuna.trial.TrialState.PRUNED and cut.value == 0.05 and cut.intermediate_values == {1: 0.05}
+    stopped = run("stopped", [epoch(1, PENALTY_MAX, stop=1.0)])
+    assert stopped.state == optuna.trial.TrialState.COMPLETE and stopped.value == PENALTY_MAX
+    failed = run("failed", [epoch(1, 0.01)], error=True)
+    assert failed.state == optuna.trial.TrialState.FAIL
+
+
 # -- a real search -------------------------------------------------------------------------------
 
 
@@ -271,11 +299,16 @@ def test_optuna_study_holds_every_trial_with_its_value(search) -> None:
     results, stopper, study, _ = search
     finished = {frozenset(t.params.items()): t for t in study.trials}
     assert len(study.trials) == 3
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials), [t.state for t in study.trials]
     assert finished[frozenset(DIVERGING.items())].value == PENALTY_MAX
+    assert finished[frozenset(DIVERGING.items())].state == optuna.trial.TrialState.COMPLETE
     for trial in results:
-        # Optuna records the last value Tune saw: the penalty, the rung value or the final value.
-        assert finished[frozenset(trial.config.items())].value == trial.metrics["val/ap"]
+        recorded = finished[frozenset(trial.config.items())]
+        # Stopped (the penalty) and full-length trials are COMPLETE; ASHA's cuts are PRUNED.
+        cut = trial.metrics["health/stop"] != 1.0 and trial.metrics["epoch"] < MAX_EPOCHS
+        expected = optuna.trial.TrialState.PRUNED if cut else optuna.trial.TrialState.COMPLETE
+        assert recorded.state == expected, (trial.config, trial.metrics["epoch"], recorded.state)
+        # Either way Optuna holds the last value Tune saw: the penalty, the rung value or the final one.
+        assert recorded.value == trial.metrics["val/ap"]
     assert len(stopper.stopped_trials()) == sum(r.metrics["health/stop"] == 1.0 for r in results)
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from model.config import TrainConfig
-from model.data.mini import ensure_mini
 from model.trainer import Trainer
 
 pytestmark = pytest.mark.slow
@@ -22,12 +21,6 @@ DIVERGING = {"optim.lr": 5.0, "schedule.warmup_iters": 0}
 COLLAPSING = {"loss.box_weight": 10.0, "loss.neg_pos_ratio": 30.0, "schedule.warmup_iters": 0}
 #: The defaults with a one-epoch warm-up, so the monitor judges the epochs that follow.
 HEALTHY = {"schedule.warmup_iters": 25}
-
-
-@pytest.fixture(scope="module")
-def full_mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo's mini set (400 train / 100 val): the failures were calibrated on it."""
-    return ensure_mini(tmp_path_factory.mktemp("data") / "wider-mini")
 
 
 def _trainer(root: Path, epochs: int, overrides: dict) -> Trainer:

@@ -1,0 +1,454 @@
+"""Figures of a search: one trial's learning curves, many trials overlaid, the failure atlas and
+parameter importances.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``: no global
+backend, no open-figure registry, nothing a Tune callback thread or a headless worker could trip
+over (a bare ``Figure`` renders with the Agg canvas). :func:`save_png` / :func:`png_bytes` write it.
+
+A trial's history is ``{metric key: [(epoch, value), ...]}``, the shape of MLflow's metric history
+(see ``TRIAL_METRICS`` in ``hpo/tracking.py``); only the keys present are drawn.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import numbers
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+__all__ = [
+    "AtlasPoint",
+    "History",
+    "atlas_pairs",
+    "category_color",
+    "category_order",
+    "failure_atlas",
+    "importance_bars",
+    "learning_curves",
+    "overlay_curves",
+    "png_bytes",
+    "save_png",
+    "trial_category",
+]
+
+History = Mapping[str, Sequence[tuple[int, float]]]
+
+#: Panels of one trial's curves: (title, keys in drawing order). ``train/loss*`` keys not named
+#: here (a new loss part) join the loss panel; other unknown keys get an "other" panel.
+_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("training loss", ("train/loss", "train/loss_cls", "train/loss_box")),
+    ("validation", ("val/ap", "val/recall", "val/precision", "val/mean_iou", "val/top_score")),
+    ("per validation image", ("val/detections_per_image", "val/fp_per_image")),
+    ("validation counts", ("val/tp", "val/fp", "val/fn")),
+    ("optimisation", ("train/grad_norm", "train/pos_anchors_per_image")),
+    ("learning rate", ("train/lr",)),
+)
+# Bookkeeping, not curves: the health code is a label, raw/ duplicates the search metric.
+_SKIP_PREFIXES = ("health/", "raw/", "time/")
+_SKIP_KEYS = {"val/num_images", "val/num_gt", "epoch"}
+
+#: Outcome categories in legend order, with fixed colours so every figure of a report agrees.
+_COLORS: dict[str, str] = {
+    "healthy": "#2ca02c",
+    "completed:fp-surge": "#bcbd22",
+    "completed:recall-decline": "#17becf",
+    "completed:overfitting": "#ff7f0e",
+    "pruned": "#8c8c8c",
+    "stopped:diverged": "#d62728",
+    "stopped:background-collapse": "#1f77b4",
+    "stopped:stalled": "#8c564b",
+    "stopped:no-positives": "#e377c2",
+    "stopped:fp-surge": "#9a9a00",
+    "stopped:recall-decline": "#0f8c99",
+    "stopped:overfitting": "#c85a00",
+    "error": "#000000",
+    "interrupted": "#aec7e8",
+    "running": "#c7c7c7",
+}
+_EXTRA_COLORS = ("#9467bd", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd")
+
+#: The atlas's views: pairs of sampled params where failures separate (x, y).
+_WARMUP_KEYS = ("schedule.warmup_epochs", "schedule.warmup_iters")
+_ATLAS_PAIRS: tuple[tuple[str, str], ...] = (
+    ("loss.box_weight", "loss.class_weight"),
+    ("optim.lr", "<warmup>"),
+    ("loss.neg_pos_ratio", "loss.box_weight"),
+)
+
+
+# -- outcome categories ----------------------------------------------------------------------------
+
+
+def trial_category(outcome: str, diagnosis: str | None) -> str:
+    """The colour class of a trial: ``healthy`` (completed, no diagnosis), ``completed:<diagnosis>``
+    (completed with a warning such as ``fp-surge``), ``pruned``, ``stopped:<diagnosis>``, ``error``,
+    ``interrupted`` or ``running`` (the values of the ``hpo.outcome`` / ``hpo.diagnosis`` tags)."""
+    if outcome == "completed":
+        return "healthy" if diagnosis in (None, "", "healthy") else f"completed:{diagnosis}"
+    if outcome.startswith("pruned"):
+        return "pruned"
+    return outcome
+
+
+def category_color(category: str) -> str:
+    """The category's colour: fixed for the known ones, a stable pick from a spare palette otherwise."""
+    if category in _COLORS:
+        return _COLORS[category]
+    return _EXTRA_COLORS[sum(map(ord, category)) % len(_EXTRA_COLORS)]
+
+
+def category_order(categories: Iterable[str]) -> list[str]:
+    """The distinct categories in legend order: healthy, warnings, pruned, stopped, error, others."""
+    known = list(_COLORS)
+    return sorted(set(categories), key=lambda c: (known.index(c) if c in known else len(known), c))
+
+
+# -- one trial -------------------------------------------------------------------------------------
+
+
+def learning_curves(history: History, title: str | None = None) -> Figure:
+    """One trial's per-epoch curves, one panel per group of metrics that is present.
+
+    Panels: training loss and its parts; AP, recall, precision, mean IoU, top score; detections
+    (and false positives, when ``val/fp`` and ``val/num_images`` are both logged) per validation
+    image; TP/FP/FN; gradient norm and positive anchors; learning rate. A panel whose values span
+    more than three decades (a diverging loss) gets a log axis.
+
+    Args:
+        history: ``{metric key: [(epoch, value), ...]}``; non-finite values are dropped.
+        title: the figure's title, e.g. the trial id and its outcome.
+
+    Raises:
+        ValueError: nothing in ``history`` has a finite value to draw.
+    """
+    series = {k: _finite(v) for k, v in history.items() if not _skipped(k)}
+    series.update(_fp_per_image(history))
+    series = {k: v for k, v in series.items() if v}
+    panels = _group(series)
+    if not panels:
+        raise ValueError(f"no finite values to draw (keys: {sorted(history) or 'none'})")
+
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.4 * ncols, 3.1 * nrows + (0.4 if title else 0)), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (name, keys) in zip(axes, panels):
+        for key in keys:
+            steps, values = zip(*series[key])
+            ax.plot(steps, values, marker="o", markersize=3, linewidth=1.4, label=key)
+        _auto_log(ax, [v for k in keys for _, v in series[k]])
+        _epoch_axis(ax)
+        ax.set_title(name, fontsize=10)
+        ax.legend(fontsize=7, loc="best")
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _skipped(key: str) -> bool:
+    return key in _SKIP_KEYS or key.startswith(_SKIP_PREFIXES)
+
+
+def _group(series: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    claimed: set[str] = set()
+    panels = []
+    for name, keys in _PANELS:
+        present = [k for k in keys if k in series]
+        if name == "training loss":
+            present += sorted(k for k in series if k.startswith("train/loss") and k not in keys)
+        claimed.update(present)
+        if present:
+            panels.append((name, present))
+    other = sorted(k for k in series if k not in claimed)
+    if other:
+        panels.append(("other", other))
+    return panels
+
+
+def _fp_per_image(history: History) -> dict[str, list[tuple[int, float]]]:
+    """``val/fp / val/num_images`` per epoch, when the trial logged both (and not the ratio itself)."""
+    if "val/fp_per_image" in history or "val/fp" not in history or "val/num_images" not in history:
+        return {}
+    images = dict(_finite(history["val/num_images"]))
+    return {"val/fp_per_image": [(s, v / images[s]) for s, v in _finite(history["val/fp"]) if images.get(s)]}
+
+
+# -- many trials -----------------------------------------------------------------------------------
+
+#: What :func:`overlay_curves` draws by default (those present).
+OVERLAY_KEYS = ("train/loss", "train/loss_cls", "train/loss_box", "val/ap", "val/recall", "val/detections_per_image")
+
+
+def overlay_curves(
+    histories: Mapping[str, History],
+    categories: Mapping[str, str],
+    keys: Sequence[str] = OVERLAY_KEYS,
+    highlight: str | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Many trials' curves overlaid, one panel per metric, each line coloured by its trial's category.
+
+    Args:
+        histories: ``{trial label: history}``.
+        categories: ``{trial label: category}`` (see :func:`trial_category`); missing = ``running``.
+        keys: the metrics to draw, one panel each, those that some trial logged.
+        highlight: a trial label to draw thick and on top (the best trial).
+        title: the figure's title.
+
+    Raises:
+        ValueError: no trial logged any of ``keys``.
+    """
+    present = [k for k in keys if any(_finite(h.get(k, ())) for h in histories.values())]
+    if not present:
+        raise ValueError(f"no trial logged any of {list(keys)}")
+    ncols = min(3, len(present))
+    nrows = math.ceil(len(present) / ncols)
+    fig = Figure(figsize=(4.4 * ncols, 3.1 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    # Failures drawn last (on top): they are usually the fewer lines; the highlighted one above all.
+    order = sorted(histories, key=lambda t: (t == highlight, categories.get(t, "running") != "healthy"))
+    for ax, key in zip(axes, present):
+        values = []
+        for label in order:
+            points = _finite(histories[label].get(key, ()))
+            if not points:
+                continue
+            steps, ys = zip(*points)
+            values += ys
+            best = label == highlight
+            ax.plot(
+                steps,
+                ys,
+                color=category_color(categories.get(label, "running")),
+                linewidth=2.6 if best else 1.0,
+                alpha=1.0 if best else 0.75,
+                marker="o",
+                markersize=3 if best else 2,
+                zorder=3 if best else 2,
+            )
+        _auto_log(ax, values)
+        _epoch_axis(ax)
+        ax.set_title(key, fontsize=10)
+    for ax in axes[len(present) :]:
+        ax.set_visible(False)
+    counts = Counter(categories.get(t, "running") for t in histories)
+    handles = [Line2D([], [], color=category_color(c), linewidth=2, label=f"{c} ({counts[c]})") for c in category_order(counts)]
+    if highlight is not None and highlight in histories:
+        handles.append(Line2D([], [], color="#444444", linewidth=2.6, label=f"best: {highlight}"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+# -- the failure atlas -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AtlasPoint:
+    """One trial in the atlas: its label, category and values (sampled params and the metric)."""
+
+    label: str
+    category: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+def atlas_pairs(sampled: Iterable[str], metric: str) -> list[tuple[str, str]]:
+    """The atlas's views for a search that sampled ``sampled``: box weight x class weight, learning
+    rate x warm-up (``warmup_epochs`` or ``warmup_iters``, whichever was sampled), neg:pos ratio x
+    box weight, neg:pos ratio x ``metric``, each kept only when both of its params were sampled.
+    When none is left (a one-parameter sweep), each sampled param against ``metric``."""
+    sampled = list(sampled)
+    warmup = next((k for k in _WARMUP_KEYS if k in sampled), None)
+    pairs = [(x, warmup if y == "<warmup>" else y) for x, y in _ATLAS_PAIRS]
+    pairs = [(x, y) for x, y in pairs if x in sampled and y in sampled]
+    if "loss.neg_pos_ratio" in sampled:
+        pairs.append(("loss.neg_pos_ratio", metric))
+    return pairs or [(key, metric) for key in sampled]
+
+
+def failure_atlas(
+    points: Sequence[AtlasPoint],
+    pairs: Sequence[tuple[str, str]],
+    log_axes: Iterable[str] = (),
+    limits: Mapping[str, tuple[float, float]] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The sampled space projected on pairs of params, each trial a point coloured by its category.
+
+    A value that is missing or not finite (a stopped trial has no metric) is drawn as a hollow
+    marker on the bottom (or left) edge of its panel, so failed trials stay visible. Text values
+    (categorical params) are placed at their index with the text as tick label.
+
+    Args:
+        points: the trials.
+        pairs: ``(x key, y key)`` per panel, e.g. from :func:`atlas_pairs`.
+        log_axes: keys drawn on a log axis (log-sampled params).
+        limits: ``{key: (low, high)}``, the sampled range of a param, so that each panel shows
+            where the trials lie in the whole space (default: the trials' own range).
+        title: the figure's title.
+
+    Raises:
+        ValueError: ``pairs`` or ``points`` is empty.
+    """
+    if not pairs or not points:
+        raise ValueError("the atlas needs at least one pair of params and one trial")
+    log_axes = set(log_axes)
+    limits = limits or {}
+    ncols = min(3, len(pairs))
+    nrows = math.ceil(len(pairs) / ncols)
+    fig = Figure(figsize=(4.6 * ncols, 3.9 * nrows + 0.7), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    order = category_order(p.category for p in points)
+    for ax, (xkey, ykey) in zip(axes, pairs):
+        xs = _coordinates(ax, "x", [p.values.get(xkey) for p in points], xkey in log_axes, limits.get(xkey))
+        ys = _coordinates(ax, "y", [p.values.get(ykey) for p in points], ykey in log_axes, limits.get(ykey))
+        for category in order:
+            idx = [i for i, p in enumerate(points) if p.category == category]
+            _scatter(ax, [xs[i] for i in idx], [ys[i] for i in idx], category_color(category))
+        ax.set_xlabel(xkey, fontsize=9)
+        ax.set_ylabel(ykey, fontsize=9)
+        ax.grid(True, alpha=0.3, which="both")
+    for ax in axes[len(pairs) :]:
+        ax.set_visible(False)
+    counts = Counter(p.category for p in points)
+    handles = [
+        Line2D([], [], linestyle="", marker="o", markersize=7, color=category_color(c), label=f"{c} ({counts[c]})") for c in order
+    ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            linestyle="",
+            marker="o",
+            markersize=7,
+            markerfacecolor="none",
+            color="#444444",
+            label="no value (on the edge)",
+        )
+    )
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _coordinates(ax: Any, axis: str, values: list[Any], log: bool, limits: tuple[float, float] | None) -> list[float | None]:
+    """Numbers for one axis (``None`` = no value); text values become category indices."""
+    if any(v is not None and not _is_number(v) for v in values):
+        texts = sorted({str(v) for v in values if v is not None})
+        index = {t: i for i, t in enumerate(texts)}
+        getattr(ax, f"set_{axis}ticks")(range(len(texts)), texts, fontsize=8)
+        getattr(ax, f"set_{axis}lim")(-0.5, len(texts) - 0.5)
+        return [None if v is None else float(index[str(v)]) for v in values]
+    numbers_ = [float(v) if _is_number(v) and math.isfinite(v) and (v > 0 or not log) else None for v in values]
+    present = [v for v in numbers_ if v is not None]
+    lo, hi = limits if limits is not None else (min(present, default=1.0), max(present, default=1.0))
+    log = log and lo > 0
+    if log:
+        pad = (hi / lo) ** 0.05 if hi > lo else 2.0
+        getattr(ax, f"set_{axis}scale")("log")
+        getattr(ax, f"set_{axis}lim")(lo / pad, hi * pad)
+        # Labels at 1-2-5 within a narrow range, at the decades over a wide one; no minor labels.
+        target = getattr(ax, f"{axis}axis")
+        target.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if hi / lo < 300 else (1.0,)))
+        target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        target.set_minor_formatter(NullFormatter())
+    elif limits is not None:
+        pad = (hi - lo) * 0.05 or 0.5
+        getattr(ax, f"set_{axis}lim")(lo - pad, hi + pad)
+    return numbers_
+
+
+def _scatter(ax: Any, xs: list[float | None], ys: list[float | None], color: str) -> None:
+    full = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
+    if full:
+        ax.scatter(*zip(*full), s=42, color=color, edgecolors="white", linewidths=0.6, zorder=3)
+    # One coordinate missing: hollow marker on the edge of that axis (axes-fraction coordinates).
+    no_y = [x for x, y in zip(xs, ys) if x is not None and y is None]
+    if no_y:
+        ax.scatter(no_y, [0.02] * len(no_y), s=42, facecolors="none", edgecolors=color, linewidths=1.4,
+                   transform=ax.get_xaxis_transform(), clip_on=False, zorder=3)  # fmt: skip
+    no_x = [y for x, y in zip(xs, ys) if x is None and y is not None]
+    if no_x:
+        ax.scatter([0.02] * len(no_x), no_x, s=42, facecolors="none", edgecolors=color, linewidths=1.4,
+                   transform=ax.get_yaxis_transform(), clip_on=False, zorder=3)  # fmt: skip
+
+
+# -- importances -----------------------------------------------------------------------------------
+
+
+def importance_bars(importances: Mapping[str, float], title: str | None = None, color: str = "#1f77b4") -> Figure:
+    """Horizontal bars of parameter importances, the most important on top.
+
+    Raises:
+        ValueError: ``importances`` is empty.
+    """
+    if not importances:
+        raise ValueError("no importances to draw")
+    ranked = sorted(importances.items(), key=lambda kv: kv[1])
+    fig = Figure(figsize=(5.6, 0.45 * len(ranked) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    bars = ax.barh([k for k, _ in ranked], [v for _, v in ranked], color=color)
+    ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
+    ax.set_xlim(0, max(1.0, max(v for _, v in ranked)) * 1.12)
+    ax.set_xlabel("importance (normalised to sum 1)", fontsize=9)
+    ax.tick_params(axis="y", labelsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+def png_bytes(fig: Figure, dpi: int = 90) -> bytes:
+    """The figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})  # no tool/URL stamp
+    return buf.getvalue()
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int = 90) -> Path:
+    """Write the figure to ``path`` as PNG (parent folders created); the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(fig, dpi))
+    return path
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _finite(points: Iterable[tuple[int, float]]) -> list[tuple[int, float]]:
+    return sorted((int(s), float(v)) for s, v in points if _is_number(v) and math.isfinite(v))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _auto_log(ax: Any, values: Sequence[float]) -> None:
+    """A log y axis when positive values span more than three decades (an exploding loss)."""
+    if values and min(values) > 0 and max(values) / min(values) > 1e3:
+        ax.set_yscale("log")
+
+
+def _epoch_axis(ax: Any) -> None:
+    lo, hi = ax.dataLim.intervalx
+    if lo == hi:  # one epoch: matplotlib would spread fractional ticks around it
+        ax.set_xlim(lo - 1, hi + 1)
+    ax.set_xlabel("epoch", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.tick_params(labelsize=8)
+    ax.grid(True, alpha=0.3)

@@ -1,0 +1,226 @@
+"""``hpo/report.py`` and ``hpo/plots.py``: a report built from a small real search (Ray Tune, Optuna,
+MLflow on SQLite, the trainer on the mini set), and the figures and importances on hand-built data."""
+
+import random
+import re
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from matplotlib.figure import Figure
+from optuna.distributions import FloatDistribution
+
+from hpo import plots
+from hpo.report import ReportError, TrialRecord, build_report, load_search, param_importances, search_distributions
+from hpo.report import main as report_main
+from hpo.search import main as search_main
+from hpo.space import load_space
+from hpo.tracking import open_parent_run
+
+DIVERGING = {"optim.lr": 5.0, "schedule.warmup_epochs": 0.0, "loss.box_weight": 1.0, "loss.class_weight": 1.0}
+HEALTHY = {"optim.lr": 0.01, "schedule.warmup_epochs": 0.5, "loss.box_weight": 1.0, "loss.class_weight": 1.0}
+SECTIONS = ("outcomes", "best-trials", "learning-curves", "failure-atlas", "importances", "trials")
+
+
+def _space_file(tmp_path: Path) -> Path:
+    raw = load_space("cpu-mini").as_dict()
+    raw.update(
+        name="report-e2e",
+        budget={"num_samples": 3, "max_epochs": 2, "max_concurrent_trials": 2, "time_budget_s": None},
+        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2, "brackets": 1},
+        params={
+            "optim.lr": {"distribution": "loguniform", "low": 1e-3, "high": 10.0},
+            "schedule.warmup_epochs": {"distribution": "uniform", "low": 0.0, "high": 1.0},
+            "loss.box_weight": {"distribution": "loguniform", "low": 0.1, "high": 10.0},
+            "loss.class_weight": {"distribution": "loguniform", "low": 0.1, "high": 10.0},
+        },
+        points_to_evaluate=[DIVERGING, HEALTHY],
+    )
+    raw["sampler"]["n_startup_trials"] = 4
+    raw["fixed"].update(
+        {
+            "data.max_train_images": 32,
+            "data.max_val_images": 16,
+            "model.input_size": 128,
+            "batch_size": 8,
+            "health.check_every_steps": 2,
+        }
+    )
+    path = tmp_path / "report-e2e.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_search(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tracking URI of a finished 3-trial search (one diverging point) in experiment report-e2e."""
+    tmp = tmp_path_factory.mktemp("report-search")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    args = ["--space", str(_space_file(tmp)), "--data", str(mini_root), "--storage-path", str(tmp / "ray"), "--tracking-uri", uri]
+    assert search_main(args) == 0
+    return uri
+
+
+# -- end to end ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_report_of_a_real_search(finished_search: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report"
+    assert report_main(["--experiment", "report-e2e", "--tracking-uri", finished_search, "--out", str(out)]) == 0
+    assert "report of search" in capsys.readouterr().out
+    page = (out / "report.html").read_text()
+
+    for anchor in SECTIONS:
+        assert f'<section id="{anchor}">' in page
+    # Self-contained: every image inline, nothing fetched.
+    images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,[A-Za-z0-9+/=]{500,}">', page)
+    assert "failure atlas" in images and "learning curves of all trials" in images
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert {p.name for p in out.glob("*.png")} >= {"atlas.png", "curves_all.png"}
+
+    search = load_search(finished_search, "report-e2e")
+    assert len(search.trials) == 3
+    outcomes = {t.params["optim.lr"]: t.outcome for t in search.trials}
+    assert outcomes[5.0] == "stopped:diverged"
+    for t in search.trials:  # the all-trials table: id, outcome, diagnosis in one row
+        assert f"<tr><td>{t.trial_id}</td><td>{t.outcome}</td><td>{t.diagnosis}</td>" in page
+    assert "curves_stopped_diverged.png" in {p.name for p in out.glob("*.png")}  # the diverged example's curves
+
+    client = mlflow.MlflowClient(finished_search)
+    logged = {Path(a.path).name for a in client.list_artifacts(search.parent_run_id, "report")}
+    assert logged == {"report.html", *(p.name for p in out.glob("*.png"))}
+
+
+@pytest.mark.slow
+def test_report_errors_name_what_is_missing(finished_search: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(ReportError, match=r"no MLflow experiment 'nope'.*report-e2e"):
+        build_report(finished_search, "nope", tmp_path)
+    with pytest.raises(ReportError, match="has no search 'abc123'"):
+        build_report(finished_search, "report-e2e", tmp_path, search_id="abc123")
+    assert report_main(["--experiment", "nope", "--tracking-uri", finished_search]) == 2
+    assert "error: no MLflow experiment 'nope'" in capsys.readouterr().err
+
+
+def test_report_errors_without_a_search_or_trials(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ReportError, match="no MLflow database"):
+        build_report(f"sqlite:///{tmp_path / 'missing.db'}", "x", tmp_path)
+    client = mlflow.MlflowClient(uri)
+    client.create_experiment("empty")
+    with pytest.raises(ReportError, match="no parent run"):
+        build_report(uri, "empty", tmp_path)
+    open_parent_run(uri, "no-trials", "s1", load_space("cpu-mini"))
+    with pytest.raises(ReportError, match="search s1 .* has no trial runs"):
+        build_report(uri, "no-trials", tmp_path)
+
+
+# -- importances -----------------------------------------------------------------------------------
+
+
+def _trials(n: int, fails: callable, seed: int = 0) -> list[TrialRecord]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        params = {"a": rng.uniform(0, 1), "b": rng.uniform(0, 1), "c": rng.uniform(0, 1)}
+        failed = fails(params)
+        outcome = "stopped:diverged" if failed else "completed"
+        out.append(
+            TrialRecord(
+                f"t{i}", f"r{i}", outcome, "diverged" if failed else "healthy", params, {}, None if failed else params["b"]
+            )
+        )
+    return out
+
+
+DISTS = {k: FloatDistribution(0, 1) for k in "abc"}
+
+
+def test_failure_importance_finds_the_param_that_decides_failure() -> None:
+    trials = _trials(40, lambda p: p["a"] > 0.6)
+    importances, note = param_importances(trials, DISTS, lambda t: float(t.failed), "maximize", binary=True)
+    assert importances is not None, note
+    assert max(importances, key=importances.get) == "a" and importances["a"] > 0.6, importances
+    # The metric among the working trials is b itself: b decides it.
+    importances, note = param_importances(trials, DISTS, lambda t: t.value, "maximize")
+    assert importances is not None and max(importances, key=importances.get) == "b", (importances, note)
+
+
+def test_importances_say_why_they_are_missing() -> None:
+    assert param_importances(_trials(3, lambda p: p["a"] > 0.5), DISTS, lambda t: float(t.failed), "maximize", binary=True) == (
+        None,
+        "too few trials to rank parameters: 3 (at least 4)",
+    )
+    importances, note = param_importances(_trials(10, lambda p: False), DISTS, lambda t: float(t.failed), "maximize", binary=True)
+    assert importances is None and "the same (0) for all 10 trials" in note
+    outside = _trials(10, lambda p: p["a"] > 0.5)
+    importances, note = param_importances(
+        outside, {"a": FloatDistribution(0, 0.5)}, lambda t: float(t.failed), "maximize", binary=True
+    )
+    assert importances is None and "outside the space" in note
+
+
+def test_grid_space_distributions_span_the_grid_on_a_log_scale() -> None:
+    dists = search_distributions(load_space("seed-study-sweep"))
+    assert dists == {"loss.box_weight": FloatDistribution(0.01, 10.0, log=True)}
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+
+def _titles(fig: Figure) -> list[str]:
+    return [ax.get_title() for ax in fig.axes if ax.get_visible()]
+
+
+def test_learning_curves_draw_only_what_the_trial_logged() -> None:
+    history = {
+        "train/loss": [(1, 4.0), (2, 3.0), (3, 2.0e13)],  # an explosion: log axis
+        "train/loss_cls": [(1, 3.0), (2, 2.0), (3, float("nan"))],
+        "val/ap": [(1, 0.01), (2, 0.05)],
+        "val/fp": [(1, 30.0), (2, 40.0)],
+        "val/num_images": [(1, 16.0), (2, 16.0)],
+        "health/code": [(1, 0.0), (2, 0.0)],
+    }
+    fig = plots.learning_curves(history, title="t1")
+    assert _titles(fig) == ["training loss", "validation", "per validation image", "validation counts"]
+    loss, val, per_image, _ = (ax for ax in fig.axes if ax.get_visible())
+    assert loss.get_yscale() == "log" and val.get_yscale() == "linear"
+    assert [line.get_label() for line in per_image.get_lines()] == ["val/fp_per_image"]
+    assert list(per_image.get_lines()[0].get_ydata()) == [30 / 16, 40 / 16]
+    assert plots.png_bytes(fig).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="no finite values"):
+        plots.learning_curves({"val/ap": [(1, float("nan"))], "health/code": [(1, 0.0)]})
+
+
+def test_atlas_pairs_and_log_axes() -> None:
+    sampled = ["optim.lr", "schedule.warmup_iters", "loss.box_weight", "loss.class_weight"]
+    assert plots.atlas_pairs(sampled, "val/ap") == [
+        ("loss.box_weight", "loss.class_weight"),
+        ("optim.lr", "schedule.warmup_iters"),
+    ]
+    assert plots.atlas_pairs(["loss.box_weight"], "val/ap") == [("loss.box_weight", "val/ap")]
+    points = [
+        plots.AtlasPoint(
+            "a", "healthy", {"optim.lr": 0.01, "schedule.warmup_iters": 100, "loss.box_weight": 1.0, "loss.class_weight": 1.0}
+        ),
+        plots.AtlasPoint(
+            "b",
+            "stopped:diverged",
+            {"optim.lr": 5.0, "schedule.warmup_iters": 0, "loss.box_weight": 0.1, "loss.class_weight": 2.0},
+        ),
+    ]
+    fig = plots.failure_atlas(points, plots.atlas_pairs(sampled, "val/ap"), log_axes={"optim.lr", "loss.box_weight"})
+    box, lr = (ax for ax in fig.axes if ax.get_visible())
+    assert (box.get_xscale(), box.get_yscale(), lr.get_xscale(), lr.get_yscale()) == ("log", "linear", "log", "linear")
+    assert [t.get_text() for t in fig.legends[0].get_texts()][:2] == ["healthy (1)", "stopped:diverged (1)"]
+
+
+def test_overlay_colours_trials_by_category() -> None:
+    histories = {"a": {"val/ap": [(1, 0.1), (2, 0.2)]}, "b": {"val/ap": [(1, 0.0)]}}
+    fig = plots.overlay_curves(histories, {"a": "healthy", "b": "stopped:diverged"}, keys=["val/ap", "val/recall"], highlight="a")
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    colours = {line.get_color() for line in ax.get_lines()}
+    assert colours == {plots.category_color("healthy"), plots.category_color("stopped:diverged")}
+    assert plots.trial_category("completed", "fp-surge") == "completed:fp-surge"
+    assert plots.trial_category("completed", "healthy") == "healthy"
