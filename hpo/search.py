@@ -32,6 +32,7 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from hpo.cluster import connect
+from hpo.report import build_report
 from hpo.space import SearchSpace, SearchSpaceError, load_space, space_from_dict
 from hpo.stopping import HealthStopper, build_scheduler, build_searcher, optuna_study
 from hpo.tracking import DEFAULT_TRACKING_URI, MlflowTrialCallback, finish_parent_run, open_parent_run, unfinished_trials
@@ -58,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI (default: %(default)s)")
     p.add_argument("--experiment", help="MLflow experiment (default: the space's name)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (hpo/report.py builds it later)")
     return p.parse_args(argv)
 
 
@@ -141,6 +143,8 @@ def run_search(args: argparse.Namespace) -> int:
     rows = summarise(results, space, unfinished)
     finish_parent_run(args.tracking_uri, parent, rows, status="interrupted" if interrupted else "finished")
     print_summary(rows, space, search_dir, args.tracking_uri, experiment, interrupted=interrupted)
+    if not interrupted and not args.no_report:
+        write_report(args.tracking_uri, experiment, search_id, search_dir)
     study = optuna_study(searcher) if searcher is not None else None
     if study is not None:
         states = Counter(t.state.name for t in study.trials)
@@ -153,6 +157,21 @@ def run_search(args: argparse.Namespace) -> int:
         )
         return INTERRUPTED_EXIT
     return 0
+
+
+def write_report(tracking_uri: str, experiment: str, search_id: str, search_dir: str) -> None:
+    """The search's HTML report (``hpo/report.py``) beside its results and on the parent run.
+
+    Best effort: the search itself is done and recorded; a report that fails is a warning, and
+    ``python hpo/report.py`` can build it again later.
+    """
+    out = Path(search_dir) / "report" if "://" not in search_dir else None  # None: ./reports/...
+    try:
+        result = build_report(tracking_uri, experiment, out=out, search_id=search_id)
+    except Exception as exc:  # noqa: BLE001
+        print(f"warning: no report ({type(exc).__name__}: {exc}); build it with: python hpo/report.py --experiment {experiment}")
+        return
+    print(f"report:  {result.html}  (also on the parent run under report/)")
 
 
 def expected_trials(space: SearchSpace) -> int:

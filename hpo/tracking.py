@@ -10,7 +10,8 @@ The layout (the contract with the search entry point and the export):
   ``hpo.outcome`` (``running``, ``completed``, ``pruned`` + ``hpo.pruned_at_epoch``,
   ``stopped:<diagnosis>``, ``error``, ``interrupted`` until ``--resume`` goes on with it),
   ``hpo.diagnosis``; params = the sampled dotted keys;
-  artifact ``trial_config.yaml``; the metrics of :data:`TRIAL_METRICS` per epoch (step = epoch).
+  artifacts ``trial_config.yaml`` and, once it ended, ``learning_curves.png`` and
+  ``detections.png`` (sample detections of its last epoch); the metrics of :data:`TRIAL_METRICS` per epoch (step = epoch).
 
 Everything goes through :class:`mlflow.MlflowClient`, never the fluent API: the callback lives in
 Tune's driver next to other code, and the fluent API's global "active run" would leak into it.
@@ -35,13 +36,17 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from ray import tune
 
+from hpo import plots
 from hpo.space import SearchSpace
+from hpo.trainable import penalty
+from model.samples import DETECTIONS_FILE
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from ray.tune.experiment import Trial
 
 __all__ = [
+    "CURVES_ARTIFACT",
     "DEFAULT_TRACKING_URI",
     "TRIAL_CONFIG_ARTIFACT",
     "TRIAL_METRICS",
@@ -58,6 +63,8 @@ _LOG = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 #: The trial's full TrainConfig, on every child run (what the export reads back).
 TRIAL_CONFIG_ARTIFACT = "trial_config.yaml"
+#: A trial's learning curves, logged when it ends (its sample detections: ``detections.png``).
+CURVES_ARTIFACT = "learning_curves.png"
 
 #: The per-epoch metrics a child run records (keys of the trainable's ``tune_metrics`` output).
 TRIAL_METRICS: tuple[str, ...] = (
@@ -221,9 +228,11 @@ class MlflowTrialCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._guard("complete", trial, self._complete, trial)
+        self._guard("artifacts", trial, self._artifacts, trial)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._guard("error", trial, self._end, trial, {OUTCOME: "error"}, RunStatus.FAILED)
+        self._guard("artifacts", trial, self._artifacts, trial)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         # Also called after Ctrl-C, when Tune has just marked every running trial TERMINATED: what
@@ -289,6 +298,27 @@ class MlflowTrialCallback(tune.Callback):
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(run_id, RunStatus.to_string(status))
         self._ended.add(trial.trial_id)
+
+    def _artifacts(self, trial: Trial) -> None:
+        """The ended trial's learning curves (from its run's metric history) and its last sample
+        detections (drawn by the trainable beside its checkpoint)."""
+        run_id = self._run_id(trial)
+        worst = penalty(self.space.mode)
+        history = {}
+        for key in TRIAL_METRICS:
+            # The search metric of a stopped trial is the penalty: the search's stand-in, not a value.
+            points = [(m.step, m.value) for m in self.client.get_metric_history(run_id, key) if key != self.space.metric or m.value != worst]
+            if points:
+                history[key] = points
+        if history:
+            figure = plots.learning_curves(history, title=f"trial {trial.trial_id} ({self.space.name})")
+            self.client.log_figure(run_id, figure, CURVES_ARTIFACT)
+        checkpoint = trial.checkpoint
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                picture = Path(directory) / DETECTIONS_FILE
+                if picture.is_file():
+                    self.client.log_artifact(run_id, str(picture))
 
     def _run_id(self, trial: Trial) -> str:
         """The trial's child run: cached, else found by tags, else created (with params and config)."""

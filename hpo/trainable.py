@@ -32,6 +32,7 @@ from ray import tune
 
 from hpo.space import space_from_dict
 from model.config import TrainConfig
+from model.samples import DETECTIONS_FILE, save_sample_detections
 from model.trainer import Trainer
 
 __all__ = [
@@ -153,7 +154,18 @@ def train_trial(
         # Tune copies the directory to the trial's storage before report() returns.
         with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as directory:
             trainer.save_checkpoint(Path(directory) / CHECKPOINT_NAME)
+            _draw_detections(trainer, Path(directory) / DETECTIONS_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def _draw_detections(trainer: Trainer, path: Path) -> None:
+    """The epoch's sample detections, beside the checkpoint (the tracking callback logs the last)."""
+    try:
+        save_sample_detections(
+            trainer.model, trainer.val_set, path, trainer.device, postprocess=trainer.cfg.postprocess.model_dump()
+        )
+    except Exception as exc:  # noqa: BLE001 - a picture must never end a trial
+        _LOG.warning("no sample detections this epoch: %s: %s", type(exc).__name__, exc)
 
 
 def _trial_config(cfg: TrainConfig, data_root: str, cache_dir: str | None, *, gpu: bool) -> TrainConfig:

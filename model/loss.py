@@ -17,7 +17,6 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import (
-    box_iou,
     complete_box_iou_loss,
     distance_box_iou_loss,
     generalized_box_iou_loss,
@@ -75,7 +74,7 @@ def match_anchors(
     is_face = valid & ~is_ignore
     num_slots = padded.shape[1]
 
-    iou = box_iou(padded.view(-1, 4), anchors).view(batch, num_slots, num_anchors)
+    iou = _box_iou(padded.view(-1, 4), anchors).view(batch, num_slots, num_anchors)
     face_iou = iou.masked_fill(~is_face.unsqueeze(-1), -1.0)
     best_iou, matched = face_iou.max(dim=1)  # (B, A)
     positive = best_iou >= match_iou
@@ -252,6 +251,23 @@ class WeightedMultiBoxLoss(nn.Module):
             return per_coord.sum(dim=-1).view(batch, num_anchors)
         predicted = self.box_coder.decode_single(codes.reshape(-1, 4), flat_anchors)
         return _IOU_LOSSES[self.box_loss](predicted, flat_targets, reduction="none").view(batch, num_anchors)
+
+
+def _box_iou(boxes: Tensor, anchors: Tensor) -> Tensor:
+    """torchvision's ``box_iou`` (N, A), the same arithmetic in the same order, so bit-identical.
+
+    Each operation runs on contiguous (N, A) planes, one per coordinate, rather than on (N, A, 2)
+    broadcasts, and the temporaries are reused in place: on one CPU thread (tiny SSD, batch 16)
+    this took the loss from 22.3 to 17.8 ms a step, forward and backward (bench/README.md).
+    """
+    ax1, ay1, ax2, ay2 = anchors.t().contiguous()
+    w = torch.minimum(boxes[:, 2:3], ax2).sub_(torch.maximum(boxes[:, 0:1], ax1)).clamp_(min=0)
+    h = torch.minimum(boxes[:, 3:4], ay2).sub_(torch.maximum(boxes[:, 1:2], ay1)).clamp_(min=0)
+    inter = w.mul_(h)
+    area_boxes = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area_anchors = (ax2 - ax1) * (ay2 - ay1)
+    union = (area_boxes[:, None] + area_anchors).sub_(inter)
+    return inter.div_(union)
 
 
 def _ignore_flags(target: dict[str, Tensor], count: int, device: torch.device) -> Tensor:

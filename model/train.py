@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ConfigError, TrainConfig, config_from_dict, load_config
+from model.samples import DETECTIONS_FILE, save_sample_detections
 from model.trainer import Trainer
 
 EXIT_STOPPED = 3
@@ -137,8 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     final = reports[-1] if reports else {}
     outcome = f"stopped:{verdict.diagnosis}" if verdict.stop else "completed"
     (args.out / "metrics.json").write_text(json.dumps({"outcome": outcome, "best_val_ap": trainer.best_ap, **final}, indent=2))
+    artifacts = [args.out / "config.yaml", args.out / "metrics.json", history_file]
+    artifacts.append(
+        save_sample_detections(
+            trainer.model, trainer.val_set, args.out / DETECTIONS_FILE, trainer.device, postprocess=cfg.postprocess.model_dump()
+        )
+    )
     if tracking:
-        tracking.finish(outcome, [args.out / "config.yaml", args.out / "metrics.json", history_file])
+        tracking.finish(outcome, artifacts)
     if verdict.stop:
         print(f"training stopped: {verdict.message()}", file=sys.stderr)
         return EXIT_STOPPED

@@ -115,6 +115,14 @@ def test_search_stops_the_failures_with_their_diagnoses_and_tracks_every_trial_o
     assert healthy.data.tags["hpo.outcome"] in ("completed", "pruned") and healthy.data.tags["hpo.diagnosis"] == "healthy"
     for run in trials:
         assert run.data.tags["hpo.outcome"] in ("completed", "pruned") or run.data.tags["hpo.outcome"].startswith("stopped:")
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"trial_config.yaml", "learning_curves.png", "detections.png"} <= artifacts, artifacts
+    # The parent holds the space, the summary table and the report with its plots.
+    parent_artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"search_space.yaml", "summary.csv", "report"} <= parent_artifacts, parent_artifacts
+    report = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
+    assert "report/report.html" in report and any(p.endswith(".png") for p in report), report
+    assert (e2e["search_dir"] / "report" / "report.html").is_file()
 
 
 def test_optuna_records_stopped_trials_with_their_penalty(e2e) -> None:
@@ -196,6 +204,7 @@ def test_an_interrupted_search_resumes_without_rerunning_or_duplicating(mini_roo
         "--data", str(mini_root),
         "--storage-path", str(tmp_path / "ray"),
         "--tracking-uri", uri,
+        "--no-report",
     ]  # fmt: skip
     search_dir = tmp_path / "ray" / "interrupted"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

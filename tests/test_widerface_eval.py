@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.io import loadmat, savemat
+from scipy.io import savemat
 
+from bench import widerface_reference
 from model.widerface_eval import (
     SETTINGS,
     WiderGroundTruth,
@@ -27,86 +28,12 @@ from model.widerface_eval import (
 REAL_GT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "widerface_val_gt"
 
 
-# --- the reference, written plainly (WiderFace-Evaluation/evaluation.py, per prediction) -------
-
-
-def _reference_overlaps(boxes: np.ndarray, query: np.ndarray) -> np.ndarray:
-    out = np.zeros((len(boxes), len(query)))
-    for k in range(len(query)):
-        q_area = (query[k, 2] - query[k, 0] + 1) * (query[k, 3] - query[k, 1] + 1)
-        for n in range(len(boxes)):
-            iw = min(boxes[n, 2], query[k, 2]) - max(boxes[n, 0], query[k, 0]) + 1
-            if iw > 0:
-                ih = min(boxes[n, 3], query[k, 3]) - max(boxes[n, 1], query[k, 1]) + 1
-                if ih > 0:
-                    b_area = (boxes[n, 2] - boxes[n, 0] + 1) * (boxes[n, 3] - boxes[n, 1] + 1)
-                    out[n, k] = iw * ih / float(b_area + q_area - iw * ih)
-    return out
-
-
-def _reference_image_eval(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray, thr: float):
-    pred, gt = pred.copy(), gt.copy()
-    pred_recall, recall_list, proposal_list = np.zeros(len(pred)), np.zeros(len(gt)), np.ones(len(pred))
-    pred[:, 2] += pred[:, 0]
-    pred[:, 3] += pred[:, 1]
-    gt[:, 2] += gt[:, 0]
-    gt[:, 3] += gt[:, 1]
-    overlaps = _reference_overlaps(pred[:, :4], gt)
-    for h in range(len(pred)):
-        max_overlap, max_idx = overlaps[h].max(), overlaps[h].argmax()
-        if max_overlap >= thr:
-            if ignore[max_idx] == 0:
-                recall_list[max_idx] = -1
-                proposal_list[h] = -1
-            elif recall_list[max_idx] == 0:
-                recall_list[max_idx] = 1
-        pred_recall[h] = len(np.where(recall_list == 1)[0])
-    return pred_recall, proposal_list
-
-
-def _reference_evaluation(pred: dict[str, dict[str, np.ndarray]], gt_dir: Path, thr: float = 0.5) -> list[float]:
-    """``pred``: {event: {name: (N, 5)}}, each image sorted by score descending (the reference assumes it)."""
-    pred = {e: {n: v.astype(float).copy() for n, v in d.items()} for e, d in pred.items()}
-    max_score, min_score = 0, 1  # norm_score
-    for d in pred.values():
-        for v in d.values():
-            if len(v):
-                max_score, min_score = max(np.max(v[:, -1]), max_score), min(np.min(v[:, -1]), min_score)
-    for d in pred.values():
-        for v in d.values():
-            if len(v):
-                v[:, -1] = (v[:, -1] - min_score) / (max_score - min_score)
-    face = loadmat(gt_dir / "wider_face_val.mat")
-    aps = []
-    for setting in SETTINGS:
-        gt_list = loadmat(gt_dir / f"wider_{setting}_val.mat")["gt_list"]
-        count_face, pr_curve = 0, np.zeros((1000, 2))
-        for i in range(len(face["event_list"])):
-            event = str(face["event_list"][i][0][0])
-            for j in range(len(face["file_list"][i][0])):
-                pred_info = pred[event][str(face["file_list"][i][0][j][0][0])]
-                gt_boxes = face["face_bbx_list"][i][0][j][0].astype("float")
-                keep_index = gt_list[i][0][j][0].ravel().astype(int)
-                count_face += len(keep_index)
-                if len(gt_boxes) == 0 or len(pred_info) == 0:
-                    continue
-                ignore = np.zeros(gt_boxes.shape[0])
-                if len(keep_index) != 0:
-                    ignore[keep_index - 1] = 1
-                pred_recall, proposal_list = _reference_image_eval(pred_info, gt_boxes, ignore, thr)
-                for t in range(1000):  # img_pr_info
-                    r_index = np.where(pred_info[:, 4] >= 1 - (t + 1) / 1000)[0]
-                    if len(r_index):
-                        pr_curve[t, 0] += len(np.where(proposal_list[: r_index[-1] + 1] == 1)[0])
-                        pr_curve[t, 1] += pred_recall[r_index[-1]]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            precision, recall = pr_curve[:, 1] / pr_curve[:, 0], pr_curve[:, 1] / count_face
-        mrec, mpre = np.concatenate(([0.0], recall, [1.0])), np.concatenate(([0.0], precision, [0.0]))
-        for i in range(mpre.size - 1, 0, -1):
-            mpre[i - 1] = np.maximum(mpre[i - 1], mpre[i])
-        i = np.where(mrec[1:] != mrec[:-1])[0]
-        aps.append(float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])))
-    return aps
+def _reference_aps(predictions: dict[tuple[str, str], np.ndarray], gt: WiderGroundTruth, gt_dir: Path) -> list[float]:
+    """The plain reference loop (bench/widerface_reference.py) with the IoU kernel's loops in Python."""
+    nested = widerface_reference.nest_sorted(predictions, [(im.event, im.name) for im in gt.images])
+    return widerface_reference.evaluation(
+        nested, widerface_reference.load_gt(gt_dir), overlaps_fn=widerface_reference.bbox_overlaps_loop
+    )
 
 
 # --- a tiny ground truth in the official .mat structure ---------------------------------------
@@ -223,23 +150,13 @@ def _random_gt_and_predictions(
     return _write_gt(tmp_path / "gt", events), predictions
 
 
-def _sorted_nested(
-    predictions: dict[tuple[str, str], np.ndarray], gt: WiderGroundTruth
-) -> dict[str, dict[str, np.ndarray]]:
-    nested: dict[str, dict[str, np.ndarray]] = {}
-    for image in gt.images:
-        rows = predictions.get((image.event, image.name), np.zeros((0, 5)))
-        nested.setdefault(image.event, {})[image.name] = rows[np.argsort(-rows[:, 4], kind="stable")]
-    return nested
-
-
 @pytest.mark.parametrize(("seed", "squeeze"), [(0, False), (1, False), (2, False), (3, True)])
 def test_matches_the_reference_loop_on_random_predictions(tmp_path: Path, seed: int, squeeze: bool) -> None:
     gt_dir, predictions = _random_gt_and_predictions(tmp_path, seed, squeeze)
     gt = load_ground_truth(gt_dir)
     with pytest.warns(UserWarning, match="1 of 15 ground-truth images have no predictions"):
         ours = evaluate_widerface(predictions, gt)
-    reference = _reference_evaluation(_sorted_nested(predictions, gt), gt_dir)
+    reference = _reference_aps(predictions, gt, gt_dir)
     assert [ours[s] for s in SETTINGS] == pytest.approx(reference, abs=1e-9)
     assert 0.0 < ours["hard"] < 1.0
 
@@ -306,7 +223,7 @@ def test_matches_the_reference_loop_on_real_events(real_gt: WiderGroundTruth, tm
         predictions[(im.event, im.name)] = np.c_[rows, rng.random(len(rows))]
     gt_dir = _write_gt(tmp_path / "gt", events)  # these events alone, in the official structure
     ours = evaluate_widerface(predictions, subset)
-    reference = _reference_evaluation(_sorted_nested(predictions, subset), gt_dir)
+    reference = _reference_aps(predictions, subset, gt_dir)
     assert [ours[s] for s in SETTINGS] == pytest.approx(reference, abs=1e-9)
     assert all(0.0 < ap < 1.0 for ap in reference)
 
