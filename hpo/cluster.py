@@ -1,10 +1,146 @@
-"""Connecting the search driver to Ray: a local Ray by default, a running cluster with ``--address``."""
+"""Connecting the search driver to Ray, and what a trial needs to share a node's GPU.
+
+* :func:`connect` starts a local Ray (no ``--address``) or joins a running cluster. On a cluster
+  the trials run in worker processes on other machines, so the driver ships its code to them in a
+  runtime environment: ``working_dir`` = the checkout the driver runs from, less data, results,
+  MLflow stores, virtual environments and weights (:data:`EXCLUDES`, plus the checkout's
+  ``.gitignore``, which Ray reads too). ``working_dir`` rather than ``py_modules``: only then does
+  Ray not put the driver's current and script directories first on the workers' ``sys.path``,
+  where a stale copy of the checkout at the same path on a worker would shadow the shipped code.
+  Outside a checkout (the packages installed) ``py_modules`` ships ``model`` and ``hpo``.
+  The workers' dependencies (torch, Ray, ...) come from the nodes' own install (cluster.yaml).
+* Token authentication (on by default for ``ray start`` in Ray 2.60): every process, the driver
+  included, needs the cluster's token. Ray itself switches token mode on for ``--address auto``
+  when it finds a token, but not for an explicit address; :func:`connect` does the same for both.
+* :func:`cap_gpu_memory`: a trial with a fraction of a GPU caps its CUDA allocator at that
+  fraction, so trials sharing a GPU fail alone with an OOM of their own rather than take the
+  memory their neighbours were promised.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import ModuleType
+
 import ray
+import torch
+from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+from ray.exceptions import AuthenticationError
+
+import hpo
+import model
+
+__all__ = [
+    "CUDA_CONTEXT_RESERVE_BYTES",
+    "EXCLUDES",
+    "SHIPPED_PACKAGES",
+    "ClusterConnectionError",
+    "cap_gpu_memory",
+    "checkout_root",
+    "connect",
+    "memory_cap",
+    "runtime_env",
+]
+
+#: The packages every trial imports.
+SHIPPED_PACKAGES: tuple[ModuleType, ...] = (model, hpo)
+#: Not shipped (gitignore syntax, relative to the checkout; a leading / anchors at its root, so
+#: that ``/data/`` leaves the ``model/data`` package alone).
+EXCLUDES: tuple[str, ...] = (
+    ".git/", ".venv/", "venv/", "__pycache__/", "*.pyc", "*.egg-info/", ".pytest_cache/", ".ruff_cache/",
+    "/data/", "/runs/", "/ray_results/", "/mlruns/", "/bench/results/", "*.db",
+    "*.pt", "*.pth", "*.ckpt", "*.arrow",
+)  # fmt: skip
+#: Per process, outside the allocator's cap: the CUDA context and cuDNN/cuBLAS workspaces.
+CUDA_CONTEXT_RESERVE_BYTES = 768 * 2**20
+
+
+class ClusterConnectionError(RuntimeError):
+    """The driver could not join the Ray cluster (address, network or token)."""
+
+
+def runtime_env() -> dict:
+    """The runtime environment that ships this code to a cluster's workers (see the module's doc)."""
+    root = checkout_root()
+    if root is not None:
+        return {"working_dir": str(root), "excludes": list(EXCLUDES)}
+    return {"py_modules": [_package_dir(m) for m in SHIPPED_PACKAGES], "excludes": list(EXCLUDES)}
+
+
+def checkout_root() -> Path | None:
+    """The repository checkout holding the ``model`` and ``hpo`` packages, or None if installed."""
+    roots = {Path(_package_dir(m)).parent for m in SHIPPED_PACKAGES}
+    root = roots.pop() if len(roots) == 1 else None
+    return root if root is not None and (root / "pyproject.toml").is_file() else None
 
 
 def connect(address: str | None) -> None:
-    """Start a local Ray (``address`` None) or join the cluster at ``address`` (``auto`` on a head node)."""
-    ray.init(address=address, include_dashboard=False, configure_logging=False)
+    """Start a local Ray (``address`` None) or join the cluster at ``address`` (``auto`` on a head node).
+
+    Joining ships the code (:func:`runtime_env`) and switches Ray's token mode on when a token is
+    at hand (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and
+    ``RAY_AUTH_MODE`` is not set.
+
+    Raises:
+        ClusterConnectionError: the cluster refused the driver or could not be reached.
+    """
+    if address is None:
+        ray.init(include_dashboard=False, configure_logging=False)
+        return
+    # Ray's own rule for `--address auto` (token mode when a token is found and RAY_AUTH_MODE is
+    # unset), applied to an explicit address too; it also refreshes Ray's already-loaded config.
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    try:
+        ray.init(address=address, runtime_env=runtime_env(), configure_logging=False)
+    except ConnectionError as exc:
+        if _refused_token(exc):
+            raise ClusterConnectionError(
+                f"the Ray cluster at {address!r} refused this driver's token: give the driver the cluster's token "
+                "(RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token; `ray get-auth-token` "
+                "on the head prints it)"
+            ) from exc
+        raise ClusterConnectionError(f"could not join the Ray cluster at {address!r}: {exc}") from exc
+
+
+def cap_gpu_memory(gpu_fraction: float) -> float | None:
+    """Cap this process's CUDA allocator at its share of the GPU; the fraction set, or None.
+
+    A no-op (None) on CPU, without a GPU share, or with a whole GPU (or more). The cap is the
+    share of the device's memory less :data:`CUDA_CONTEXT_RESERVE_BYTES` for the context, which
+    the allocator does not count, so that ``n`` trials of ``1/n`` GPU fit side by side.
+    """
+    if not 0.0 < gpu_fraction < 1.0 or not torch.cuda.is_available():
+        return None
+    device = torch.cuda.current_device()  # Ray's CUDA_VISIBLE_DEVICES: the trial's own GPU
+    fraction = memory_cap(gpu_fraction, torch.cuda.get_device_properties(device).total_memory)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
+def memory_cap(gpu_fraction: float, total_bytes: int) -> float:
+    """The allocator fraction for a ``gpu_fraction`` share of a device of ``total_bytes``.
+
+    Raises:
+        ValueError: the share is no bigger than the context reserve (too many trials per GPU).
+    """
+    usable = gpu_fraction * total_bytes - CUDA_CONTEXT_RESERVE_BYTES
+    if usable <= 0:
+        raise ValueError(
+            f"a {gpu_fraction:g} GPU share is {gpu_fraction * total_bytes / 2**20:.0f} MiB of this "
+            f"{total_bytes / 2**30:.1f} GiB GPU, not more than the {CUDA_CONTEXT_RESERVE_BYTES / 2**20:.0f} MiB "
+            "a CUDA context takes: give each trial a larger share (--gpus-per-trial)"
+        )
+    return usable / total_bytes
+
+
+def _package_dir(module: ModuleType) -> str:
+    return str(Path(module.__file__).resolve().parent)
+
+
+def _refused_token(exc: BaseException | None) -> bool:
+    """Ray reports a refused token as a ConnectionError whose causes name it (in their text)."""
+    while exc is not None:
+        if isinstance(exc, AuthenticationError) or "InvalidAuthToken" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

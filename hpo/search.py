@@ -31,7 +31,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-from hpo.cluster import connect
+from hpo.cluster import ClusterConnectionError, connect
 from hpo.report import build_report
 from hpo.space import SearchSpace, SearchSpaceError, load_space, space_from_dict
 from hpo.stopping import HealthStopper, build_scheduler, build_searcher, optuna_study
@@ -261,7 +261,10 @@ def print_summary(
     else:
         print("no trial completed healthy")
     print(f"results: {search_dir}")
-    print(f"browse:  mlflow ui --backend-store-uri {tracking_uri}")
+    if tracking_uri.startswith(("http://", "https://")):
+        print(f"browse:  open {tracking_uri}  (on a cluster: ray attach cluster.yaml -p 5000 first)")
+    else:
+        print(f"browse:  mlflow ui --backend-store-uri {tracking_uri}")
     print(f"export:  python hpo/export.py --experiment {experiment} --out best.yaml --tracking-uri {tracking_uri}")
 
 
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run_search(args)
-    except SearchSpaceError as exc:
+    except (SearchSpaceError, ClusterConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -27,9 +27,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import ray
 import torch
 from ray import tune
 
+from hpo.cluster import cap_gpu_memory
 from hpo.space import space_from_dict
 from model.config import TrainConfig
 from model.samples import DETECTIONS_FILE, save_sample_detections
@@ -37,6 +39,7 @@ from model.trainer import Trainer
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "NODE_ID_KEY",
     "NONFINITE_FILL",
     "PENALTY_MAX",
     "PENALTY_MIN",
@@ -59,6 +62,9 @@ PENALTY_MIN = 1.0e12
 NONFINITE_FILL = 1.0e30
 #: The checkpoint file inside each reported Tune checkpoint.
 CHECKPOINT_NAME = "last.pt"
+#: The Ray node a trial's epoch ran on, in every report (Tune's ``node_ip`` cannot tell apart
+#: nodes that share an address, and a trial restarted after a node loss moves).
+NODE_ID_KEY = "ray/node_id"
 
 _STOP_KEY = "health/stop"
 _NONFINITE_KEY = "health/nonfinite"
@@ -132,6 +138,7 @@ def train_trial(
     """
     search_space = space_from_dict(space, source=f"search space {space.get('name', '?')!r}")
     resources = _trial_resources()
+    cap_gpu_memory(resources.get("GPU", 0.0))  # a GPU share: stay inside it (no-op on CPU)
     cfg = _trial_config(search_space.trial_config(sampled), data_root, cache_dir, gpu=resources.get("GPU", 0.0) > 0)
     # One intra-op thread per reserved CPU: torch's default (one per core) oversubscribes a node
     # that runs several trials side by side.
@@ -151,6 +158,7 @@ def train_trial(
     while not trainer.finished:
         report = trainer.run_epoch()
         metrics = tune_metrics(report, search_space.metric, search_space.mode)
+        metrics[NODE_ID_KEY] = ray.get_runtime_context().get_node_id()  # where it ran (nodes may share an IP)
         # Tune copies the directory to the trial's storage before report() returns.
         with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as directory:
             trainer.save_checkpoint(Path(directory) / CHECKPOINT_NAME)
