@@ -1,0 +1,480 @@
+"""Failure zoo: measure the health monitor against configurations whose failure is known.
+
+Each entry of :data:`ZOO` is a configuration labelled with the diagnosis it produces on the mini
+set (``diverged``, ``background-collapse``, ``stalled``, ... or ``healthy``); most reuse the
+named configurations of ``bench/failure_probe.py`` (their overrides are imported, not copied).
+Every (entry, seed) trains with the production :class:`model.trainer.Trainer` at the ``cpu-mini``
+sizes (160 px, 300 train / 60 val images, batch 8) with the monitor in observe mode
+(``health.stop_on: []``): nothing stops a run, every verdict is recorded. Then the verdicts are
+scored against the labels: detection rate per kind, right label, how long after the failure's
+onset (read from the run's own curves, see :func:`onset`) the monitor fired, and the share of
+healthy runs it would have stopped with the default ``stop_on`` (false stops).
+
+Entries marked ``candidate`` are configurations tried for a kind that has no reliable one yet;
+they are reported but not counted in the targets.
+
+Usage::
+
+    python bench/failure_zoo.py                      # default zoo, seeds 0,1, ~15-25 min on 2 cores
+    python bench/failure_zoo.py --list
+    python bench/failure_zoo.py --runs healthy,diverged_lr5 --seeds 0,1,2 --out /tmp/zoo
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: the sibling probe module
+from failure_probe import RUNS, read_outcome  # noqa: E402
+
+from model.config import DEFAULT_MINI_ROOT, TrainConfig  # noqa: E402
+from model.data.mini import ensure_mini  # noqa: E402
+from model.health import HealthConfig  # noqa: E402
+from model.trainer import Trainer  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+#: The cpu-mini search space's fixed sizes (search_spaces/cpu-mini.yaml): ~5 s per epoch on 1 thread.
+SIZES: dict[str, Any] = {
+    "model.backbone": "tiny",
+    "model.input_size": 160,
+    "data.max_train_images": 300,
+    "data.max_val_images": 60,
+    "data.num_workers": 0,
+    "batch_size": 8,
+    "device": "cpu",
+    "health.stop_on": [],  # observe mode: record every verdict, never stop
+}
+DEFAULT_STOP_ON: tuple[str, ...] = tuple(HealthConfig().stop_on)
+FAILURE_KINDS = ("diverged", "background-collapse", "stalled", "fp-surge", "recall-decline", "overfitting")
+#: "Caught within a few steps" for diverged: at most two step checks (every 5 steps) after onset.
+DIVERGED_MAX_STEPS = 10
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    label: str
+    """``healthy`` or one of :data:`FAILURE_KINDS`: what this configuration does on the mini set."""
+    overrides: dict[str, Any]
+    epochs: int
+    candidate: bool = False
+    """True: not yet shown to produce ``label`` reliably; reported, not counted in the targets."""
+    note: str = ""
+
+
+def _probe(name: str, label: str, epochs: int, **kw: Any) -> ZooEntry:
+    return ZooEntry(label, RUNS[name].overrides, epochs, note=f"failure_probe.RUNS[{name!r}]", **kw)
+
+
+ZOO: dict[str, ZooEntry] = {
+    "healthy": _probe("healthy", "healthy", 8),
+    "healthy_warmup1ep": ZooEntry(
+        "healthy", {"schedule.warmup_epochs": 1.0}, 8, note="the cpu-mini space's baseline point (1-epoch warm-up)"
+    ),
+    "healthy_neg100_nowarm": _probe("nofail_neg100_nowarm", "healthy", 8),
+    "diverged_lr1": _probe("diverged_lr1", "diverged", 2),
+    "diverged_lr5": _probe("diverged_lr5", "diverged", 2),
+    "stalled_lr1e-5": _probe("stalled_lr1e-5", "stalled", 8),
+    "stalled_lr1e-5_nowarm": ZooEntry(
+        "stalled",
+        {"optim.lr": 1e-5, "schedule.warmup_iters": 0},
+        6,
+        note="stalled_lr1e-5 without warm-up: the monitor may judge it from epoch 3",
+    ),
+    "collapse_bw10_neg30_nowarm": _probe("collapse_bw10_neg30_nowarm", "background-collapse", 8),
+    "fp_bw0.01": ZooEntry(
+        "fp-surge",
+        {"loss.box_weight": 0.01},
+        8,
+        candidate=True,
+        note="the study's box weight 0.01: scores may rise while boxes stay off (false positives)",
+    ),
+    "overfit_32img_noaug": _probe("overfit_32img_noaug", "overfitting", 40, candidate=True),
+}
+DEFAULT_RUNS = list(ZOO)
+
+
+def config_for(entry: ZooEntry, seed: int, data_root: Path, epochs: int | None = None) -> TrainConfig:
+    overrides = {
+        **SIZES,
+        "data.root": str(data_root),
+        "data.cache_dir": str(data_root / ".cache"),
+        "seed": seed,
+        "epochs": epochs or entry.epochs,
+        **entry.overrides,
+    }
+    return TrainConfig().with_overrides(overrides)
+
+
+def train_one(name: str, entry: ZooEntry, seed: int, data_root: Path, epochs: int | None = None) -> dict[str, Any]:
+    """Train one (entry, seed) with the production Trainer; return its record (curves and verdicts)."""
+    cfg = config_for(entry, seed, data_root, epochs)
+    start = time.perf_counter()
+    trainer = Trainer(cfg, log=lambda _line: None)
+    steps: list[dict[str, Any]] = []
+
+    def record_step(_module: Any, _inputs: Any, out: dict[str, torch.Tensor]) -> None:
+        # Every step's loss (the monitor only sees every check_every_steps-th): the onset curves.
+        steps.append(
+            {
+                "step": trainer.global_step + 1,
+                "epoch": trainer.epoch,
+                "loss": float(out["loss"].detach()),
+                "loss_cls": float(out["loss_cls"]),
+                "loss_box": float(out["loss_box"]),
+            }
+        )
+
+    trainer.loss_fn.register_forward_hook(record_step)
+    reports: list[dict[str, Any]] = []
+    ended = None
+    while trainer.epoch < cfg.epochs:
+        try:
+            report = trainer.run_epoch()
+        except Exception as exc:  # noqa: BLE001 - only after the monitor has said diverged, see below
+            if not any(v.diagnosis == "diverged" for v in trainer.monitor.history()):
+                raise
+            ended = f"epoch {trainer.epoch} raised {type(exc).__name__}: {exc}"[:300]
+            break
+        reports.append({k: v for k, v in report.items() if isinstance(v, (int, float, str))})
+        print(f"[{name} s{seed}] epoch {report['epoch']}: loss {report['train/loss']:.4g} "
+              f"AP {report['val/ap']:.4f} top {report['val/top_score']:.3f} -> {report['health/diagnosis']}",
+              flush=True)
+        if not math.isfinite(report["train/loss"]):
+            ended = f"non-finite training loss in epoch {trainer.epoch}: nothing more to measure"
+            break
+    history = [v.as_dict() for v in trainer.monitor.history()]
+    record = {
+        "name": name,
+        "seed": seed,
+        "label": entry.label,
+        "candidate": entry.candidate,
+        "overrides": {**SIZES, **entry.overrides},
+        "epochs_run": trainer.epoch,
+        "iters_per_epoch": trainer.iters_per_epoch,
+        "ended": ended,
+        "reports": reports,
+        "steps": steps,
+        "verdicts": history,
+        "seconds": time.perf_counter() - start,
+    }
+    # failure_probe's hindsight reading of the whole run (a cross-check of the label, not the monitor).
+    probe_view = {
+        "steps": steps,
+        "epochs": [{"epoch": r["epoch"], "val/ap": r["val/ap"]} for r in reports],
+        "stopped": ended if ended and "non-finite" in ended else None,
+        "config": cfg.model_dump(mode="json"),
+    }
+    record["hindsight"] = read_outcome(probe_view) if reports else "diverged"
+    record["onset"] = onset(entry.label, steps, reports)
+    record["score"] = score(record)
+    return record
+
+
+# -- onset: when the failure starts, read from the run's own curves ------------------------------------
+
+
+def onset(label: str, steps: list[dict[str, Any]], reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The step (diverged) or epoch (the others) at which the run's curves show the failure.
+
+    * diverged: the first step whose loss is non-finite or above 100x the first step's loss;
+    * background-collapse: the first epoch from which every evaluation has AP <= 0.01 and a top
+      face score <= 0.05 or at most half its peak so far;
+    * stalled: the first epoch from which AP stays <= 0.01 and the classification loss stays
+      above 90 % of its first-step value (epoch 1 when the run never learns);
+    * overfitting / recall-decline: the epoch after the best AP / recall, when the last value is
+      below 80 % of that best (and the best AP >= 0.02 / recall >= 0.05);
+    * fp-surge: the first epoch from which false positives per image rise at every evaluation to
+      at least 1.5x (and +1) while precision falls.
+    None when the curves do not show the labelled failure.
+    """
+    if label == "diverged":
+        if not steps:
+            return None
+        first = steps[0]["loss"]
+        for s in steps:
+            if not math.isfinite(s["loss"]) or s["loss"] > 100 * first:
+                return {"step": s["step"], "epoch": s["epoch"]}
+        return None
+    if not reports:
+        return None
+    ap = [r["val/ap"] for r in reports]
+    epochs = [r["epoch"] for r in reports]
+
+    def first_from(condition: list[bool]) -> int | None:
+        index = len(condition)
+        while index > 0 and condition[index - 1]:
+            index -= 1
+        return epochs[index] if index < len(condition) else None
+
+    if label == "background-collapse":
+        tops, peak, cond = [r["val/top_score"] for r in reports], 0.0, []
+        for a, top in zip(ap, tops):
+            peak = max(peak, top)
+            cond.append(a <= 0.01 and (top <= 0.05 or top <= 0.5 * peak))
+        found = first_from(cond)
+    elif label == "stalled":
+        cls0 = steps[0]["loss_cls"] if steps else math.nan
+        cond = [a <= 0.01 and r["train/loss_cls"] >= 0.9 * cls0 for a, r in zip(ap, reports)]
+        found = first_from(cond)
+    elif label in ("overfitting", "recall-decline"):
+        key, floor = ("val/ap", 0.02) if label == "overfitting" else ("val/recall", 0.05)
+        values = [r[key] for r in reports]
+        best = max(range(len(values)), key=values.__getitem__)
+        ok = values[best] >= floor and values[-1] < 0.8 * values[best] and best < len(values) - 1
+        found = epochs[best + 1] if ok else None
+    elif label == "fp-surge":
+        fp = [r["val/fp"] / max(r["val/num_images"], 1) for r in reports]
+        found = None
+        for i in range(len(fp) - 1):
+            tail = fp[i:]
+            rising = all(b >= a for a, b in zip(tail, tail[1:]))
+            if rising and tail[-1] >= 1.5 * tail[0] and tail[-1] - tail[0] >= 1 and (
+                reports[-1]["val/precision"] < reports[i]["val/precision"]
+            ):
+                found = epochs[i]
+                break
+    else:
+        return None
+    return {"epoch": found} if found is not None else None
+
+
+def score(record: dict[str, Any]) -> dict[str, Any]:
+    """What the monitor did on this run, against its label."""
+    verdicts = record["verdicts"]
+    first = verdicts[0] if verdicts else None
+    label = record["label"]
+    out: dict[str, Any] = {
+        "first_diagnosis": first["diagnosis"] if first else "healthy",
+        "first_step": first["step"] if first else None,
+        "first_epoch": first["epoch"] if first else None,
+        "diagnoses": sorted({v["diagnosis"] for v in verdicts}),
+        "caught": bool(verdicts),
+        "right_label": (first["diagnosis"] == label) if first else label == "healthy",
+        "would_stop": any(v["diagnosis"] in DEFAULT_STOP_ON for v in verdicts),
+        "latency": None,
+    }
+    on = record["onset"]
+    if first is not None and on is not None:
+        if label == "diverged" and first["step"] is not None:
+            out["latency"] = {"steps": first["step"] - on["step"]}
+        elif first["epoch"] is not None and "epoch" in on:
+            out["latency"] = {"epochs": first["epoch"] - on["epoch"]}
+    return out
+
+
+# -- summary ------------------------------------------------------------------------------------------
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    counted = [r for r in records if not r["candidate"]]
+    kinds: dict[str, Any] = {}
+    for kind in ("healthy", *FAILURE_KINDS):
+        runs = [r for r in counted if r["label"] == kind]
+        if not runs:
+            tried = [r for r in records if r["candidate"] and r["label"] == kind]
+            said = ", ".join(f"{r['name']} s{r['seed']}: monitor {r['score']['first_diagnosis']}, "
+                             f"curves {'show it' if r['onset'] else 'do not show it'}" for r in tried)
+            note = "no reliable configuration in this zoo" + (f" (candidates: {said})" if said else "")
+            kinds[kind] = {"runs": 0, "note": note}
+            continue
+        unit = "steps" if kind == "diverged" else "epochs"
+        latencies = [r["score"]["latency"][unit] for r in runs if r["score"]["latency"]]
+        kinds[kind] = {
+            "runs": len(runs),
+            "caught": sum(r["score"]["caught"] for r in runs),
+            "right_label": sum(r["score"]["right_label"] for r in runs),
+            "would_stop": sum(r["score"]["would_stop"] for r in runs),
+            "with_onset": sum(r["onset"] is not None for r in runs),
+            "latency_unit": unit,
+            "latency_median": statistics.median(latencies) if latencies else None,
+            "latency_max": max(latencies) if latencies else None,
+        }
+    diverged = [r for r in counted if r["label"] == "diverged"]
+    others = [r for r in counted if r["label"] in FAILURE_KINDS and r["label"] != "diverged"]
+    healthy = [r for r in counted if r["label"] == "healthy"]
+
+    def share(n: int, d: int) -> float | None:
+        return n / d if d else None
+
+    fast = [r for r in diverged if r["score"]["latency"] and r["score"]["latency"]["steps"] <= DIVERGED_MAX_STEPS]
+    targets = {
+        "diverged_caught_within_steps": {
+            "value": share(len(fast), len(diverged)), "target": 1.0, "max_steps": DIVERGED_MAX_STEPS,
+        },
+        "other_failures_caught": {
+            "value": share(sum(r["score"]["caught"] for r in others), len(others)), "target": 0.9,
+        },
+        "other_failures_right_label": {
+            "value": share(sum(r["score"]["right_label"] for r in others), len(others)), "target": 0.7,
+        },
+        "healthy_false_stops": {
+            "value": share(sum(r["score"]["would_stop"] for r in healthy), len(healthy)), "target_max": 0.05,
+        },
+    }
+    for t in targets.values():
+        v = t["value"]
+        t["met"] = None if v is None else (v <= t["target_max"] if "target_max" in t else v >= t["target"])
+    return {"kinds": kinds, "targets": targets}
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+
+
+def write_markdown(result: dict[str, Any], path: Path) -> None:
+    s, m = result["summary"], result["machine"]
+    lines = [
+        "# Failure zoo: the health monitor against labelled runs",
+        "",
+        f"Generated by `bench/failure_zoo.py` on {result['date']}: {m['cpu']}, {m['cores']} cores (shared), "
+        f"{m['threads']} torch thread, torch {m['torch']}, Python {m['python']}; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in m['load_average'])}. Sizes: cpu-mini (160 px, 300 train / 60 val "
+        f"images, batch 8); monitor in observe mode (`health.stop_on: []`), default thresholds. "
+        f"Seeds {result['seeds']}; {len(result['runs'])} runs, {result['seconds']:.0f} s of training "
+        "(summed over processes).",
+        "",
+        "## Targets (issue 6)",
+        "",
+        "| target | measured | goal | met |",
+        "|---|---|---|---|",
+    ]
+    names = {
+        "diverged_caught_within_steps": f"diverged caught within {DIVERGED_MAX_STEPS} steps of onset",
+        "other_failures_caught": "other labelled failures caught",
+        "other_failures_right_label": "other labelled failures, right label first",
+        "healthy_false_stops": "healthy runs stopped (default stop_on)",
+    }
+    for key, t in s["targets"].items():
+        v = "n/a" if t["value"] is None else f"{t['value']:.0%}"
+        goal = f"<= {t['target_max']:.0%}" if "target_max" in t else f">= {t['target']:.0%}"
+        met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
+        lines.append(f"| {names[key]} | {v} | {goal} | {met} |")
+    lines += ["", "## Per kind", "", "| label | runs | caught | right label | would stop | onset found | "
+              "latency after onset (median / max) |", "|---|---|---|---|---|---|---|"]
+    for kind, k in s["kinds"].items():
+        if not k["runs"]:
+            lines.append(f"| {kind} | 0 | | | | | {k['note']} |")
+            continue
+        lat = "-"
+        if k["latency_median"] is not None:
+            lat = f"{k['latency_median']:g} / {k['latency_max']:g} {k['latency_unit']}"
+        lines.append(f"| {kind} | {k['runs']} | {k['caught']} | {k['right_label']} | {k['would_stop']} | "
+                     f"{k['with_onset']} | {lat} |")
+    lines += ["", "## Runs", "", "| run | seed | label | hindsight | first verdict | at | onset | latency | "
+              "all diagnoses | final AP | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        sc = r["score"]
+        at = f"step {sc['first_step']}" if sc["first_step"] else f"epoch {sc['first_epoch']}"
+        at = at if sc["caught"] else "-"
+        on = "-" if r["onset"] is None else ", ".join(f"{k} {v}" for k, v in r["onset"].items())
+        lat = "-" if sc["latency"] is None else ", ".join(f"{v:+d} {k}" for k, v in sc["latency"].items())
+        ap = r["reports"][-1]["val/ap"] if r["reports"] else float("nan")
+        label = r["label"] + (" (candidate)" if r["candidate"] else "")
+        lines.append(f"| {r['name']} | {r['seed']} | {label} | {r['hindsight']} | {sc['first_diagnosis']} | {at} | "
+                     f"{on} | {lat} | {', '.join(sc['diagnoses']) or '-'} | {ap:.3f} | {r['seconds']:.0f} |")
+    lines += ["", "Onset definitions: see `onset()` in `bench/failure_zoo.py`. `hindsight` is "
+              "`failure_probe.read_outcome` of the same run (a cross-check of the label, not the monitor)."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=",".join(DEFAULT_RUNS), help="comma-separated zoo names (--list)")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--epochs", type=int, default=None, help="override every entry's own epoch count")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for failure_zoo.{json,md}")
+    parser.add_argument("--data", type=Path, default=DEFAULT_MINI_ROOT, help="mini set root (generated on first use)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--list", action="store_true", help="print the zoo and exit")
+    parser.add_argument("--rescore", action="store_true", help="re-score <out>/failure_zoo.json without training")
+    parser.add_argument(
+        "--merge", type=Path, nargs="*", default=[], help="with --rescore: add the runs of these failure_zoo.json files"
+    )
+    args = parser.parse_args(argv)
+
+    if args.rescore:
+        path = args.out / "failure_zoo.json"
+        result = json.loads(path.read_text())
+        for other in args.merge:  # zoo parts run side by side in separate processes
+            part = json.loads(other.read_text())
+            result["runs"] += part["runs"]
+            result["seconds"] += part["seconds"]
+            result["seeds"] = sorted(set(result["seeds"]) | set(part["seeds"]))
+        for rec in result["runs"]:
+            rec["onset"] = onset(rec["label"], rec["steps"], rec["reports"])
+            rec["score"] = score(rec)
+        result["summary"] = summarise(result["runs"])
+        path.write_text(json.dumps(result, indent=1))
+        write_markdown(result, args.out / "failure_zoo.md")
+        print(json.dumps(result["summary"]["targets"], indent=1))
+        return 0
+
+    if args.list:
+        for name, e in ZOO.items():
+            tag = " (candidate)" if e.candidate else ""
+            print(f"{name:28s} {e.label + tag:32s} {e.epochs:3d} ep  {e.overrides}  {e.note}")
+        return 0
+    names = [n for n in args.runs.split(",") if n]
+    unknown = [n for n in names if n not in ZOO]
+    if unknown:
+        parser.error(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(ZOO)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data_root = ensure_mini(args.data)
+    start = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    for name in names:
+        for seed in seeds:
+            rec = train_one(name, ZOO[name], seed, data_root, args.epochs)
+            records.append(rec)
+            sc = rec["score"]
+            print(f"== {name} seed {seed}: label {rec['label']}, monitor {sc['first_diagnosis']} "
+                  f"(step {sc['first_step']}, epoch {sc['first_epoch']}), onset {rec['onset']}, "
+                  f"hindsight {rec['hindsight']}, {rec['seconds']:.0f} s", flush=True)
+            result = {
+                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "machine": machine(),
+                "seeds": seeds,
+                "sizes": SIZES,
+                "default_stop_on": list(DEFAULT_STOP_ON),
+                "seconds": time.perf_counter() - start,
+                "summary": summarise(records),
+                "runs": records,
+            }
+            # Written after every run: an interrupted zoo still leaves its measured part.
+            (args.out / "failure_zoo.json").write_text(json.dumps(result, indent=1))
+            write_markdown(result, args.out / "failure_zoo.md")
+    print(json.dumps(result["summary"]["targets"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
