@@ -18,17 +18,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -37,132 +32,29 @@ import yaml
 from ray._private.ray_constants import get_runtime_env_default_excludes
 from ray._private.runtime_env.packaging import create_package
 
+from bench import loopback_cluster as loopback
+from bench.loopback_cluster import BIN, Cluster, Node, free_port, kill_group
 from hpo.cluster import CUDA_CONTEXT_RESERVE_BYTES, EXCLUDES, cap_gpu_memory, memory_cap, runtime_env
 from hpo.space import load_space
 from hpo.trainable import NODE_ID_KEY
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 #: Per search: (trials, epochs each). Spreading needs trials, not epochs; the fault test needs a
 #: trial with epochs left after its first checkpoint.
 SIZE = {"spread": (4, 2), "fault": (3, 4)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-@dataclass
-class Node:
-    """One ``ray start`` on this machine: its process group and temporary directory."""
-
-    pgid: int
-    temp_dir: Path
-
-    @property
-    def node_id(self) -> str:
-        # The node writes its ports to files named after its id in its session directory.
-        found = {p.name.rsplit("_", 1)[1] for p in (self.temp_dir / "session_latest").glob("*_port_*")}
-        assert len(found) == 1, f"cannot tell the node id of the Ray node in {self.temp_dir}: {found}"
-        return found.pop()
-
-    def kill(self) -> None:
-        """Lose the node: SIGKILL its raylet, agents and workers (all in its process group)."""
-        _kill_group(self.pgid)
-        for pid in _pids():  # anything that left the group but still names our directory
-            try:
-                if str(self.temp_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-    def stop(self) -> None:
-        """Shut the node down (SIGTERM: the raylet tells the head it leaves), then kill what is left."""
-        try:
-            os.killpg(self.pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_pgid(pid) == self.pgid for pid in _pids()):
-            time.sleep(0.5)
-        self.kill()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
-
-
-@dataclass
-class Cluster:
-    address: str
-    env: dict[str, str]
-    head: Node
-
-
-def _ray_start(args: list[str], env: dict[str, str]) -> Node:
-    temp_dir = Path(tempfile.mkdtemp(prefix="rayh2-", dir="/tmp"))  # short: Ray's socket paths
-    ports = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
-             "--metrics-export-port", "--node-manager-port", "--object-manager-port"]  # fmt: skip
-    cmd = [str(BIN / "ray"), "start", *args, "--num-cpus", "1", "--temp-dir", str(temp_dir), "--disable-usage-stats"]
-    for flag in ports:
-        cmd += [flag, str(_free_port())]
-    # Its own session: the nodes' processes stay in this process group, which teardown kills.
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    node = Node(proc.pid, temp_dir)
-    try:
-        out, _ = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        node.kill()
-        raise
-    if proc.returncode != 0:
-        node.kill()
-        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
-    return node
-
-
 @pytest.fixture(scope="module")
 def token_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment of every process of the cluster: token auth on, our own token."""
-    token = tmp_path_factory.mktemp("auth") / "token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN_PATH=str(token),
-        RAY_USAGE_STATS_ENABLED="0",
-        # The head notices a lost node in about 3 s rather than Ray's default 30.
-        RAY_health_check_period_ms="1000",
-        RAY_health_check_timeout_ms="1000",
-        RAY_health_check_failure_threshold="3",
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    return loopback.token_env(tmp_path_factory.mktemp("auth"))
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A real tracking server on loopback: SQLite backend, artifacts served from a directory."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]  # fmt: skip
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -172,7 +64,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     try:
         yield uri, root
     finally:
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
         log.close()
 
 
@@ -191,22 +83,18 @@ def _wait_for_server(uri: str, root: Path, timeout_s: float = 240) -> None:
 @pytest.fixture(scope="module")
 def cluster(token_env: dict[str, str], mlflow_server: tuple[str, Path]) -> Iterator[Cluster]:
     """A head node (started while the MLflow server starts); each test adds its worker node."""
-    port = _free_port()
-    head = _ray_start(["--head", "--port", str(port), "--include-dashboard", "false",
-                       "--dashboard-port", str(_free_port()), "--resources", '{"head": 1}'], token_env)  # fmt: skip
-    cluster = Cluster(f"127.0.0.1:{port}", token_env, head)
+    cluster = loopback.start_head(token_env)
     try:
         _wait_for_server(*mlflow_server)
         yield cluster
     finally:
-        head.kill()  # the last node: nobody left to tell
-        shutil.rmtree(head.temp_dir, ignore_errors=True)
+        loopback.stop_head(cluster)
 
 
 @pytest.fixture
 def worker(cluster: Cluster) -> Iterator[Node]:
     """A worker node of this test only (one CPU), gone when the test ends."""
-    node = _ray_start(["--address", cluster.address, "--resources", '{"worker": 1}'], cluster.env)
+    node = loopback.add_worker(cluster)
     try:
         yield node
     finally:
@@ -248,7 +136,7 @@ def _finish(search: subprocess.Popen, tmp_path: Path, timeout_s: float = 300) ->
     try:
         search.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        _kill_group(search.pid)
+        kill_group(search.pid)
         search.wait()
     out = (tmp_path / "search.log").read_text()
     assert search.returncode == 0, f"search exited {search.returncode}:\n{out[-6000:]}"
@@ -378,7 +266,7 @@ def test_losing_the_worker_node_resumes_its_trial_from_checkpoint_elsewhere(
         victim, killed_after = _kill_worker_mid_trial(search, worker, tmp_path)
         out = _finish(search, tmp_path)
     finally:
-        _kill_group(search.pid)  # left running only when the test failed before it ended
+        kill_group(search.pid)  # left running only when the test failed before it ended
     num_trials, max_epochs = SIZE["fault"]
     assert "== search finished ==" in out and f"completed: {num_trials}" in out, out[-3000:]
     trials = _epochs(tmp_path, "fault")
