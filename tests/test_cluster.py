@@ -274,9 +274,12 @@ def test_losing_the_worker_node_resumes_its_trial_from_checkpoint_elsewhere(
     rows = trials[victim]
     epochs = [row["epoch"] for row in rows]
     nodes = [row[NODE_ID_KEY] for row in rows]
-    # Resumed, not restarted: each epoch reported once, in order, through to the end (a restart
-    # from scratch would report epoch 1 again) ...
-    assert epochs == list(range(1, max_epochs + 1)), f"trial {victim}: epochs {epochs} (killed after {killed_after})"
+    # Resumed, not restarted: epochs in order through to the end, epoch 1 only once (a restart from
+    # scratch would report it again). An epoch the dying node reported before its checkpoint
+    # reached the driver is run again from the previous checkpoint: at most one repeat.
+    where = f"trial {victim}: epochs {epochs} (killed after {killed_after})"
+    assert sorted(set(epochs)) == list(range(1, max_epochs + 1)) and epochs == sorted(epochs), where
+    assert epochs.count(1) == 1 and len(epochs) - max_epochs <= 1, where
     assert [row["training_iteration"] for row in rows] == epochs
     # ... the first epochs on the worker, the rest, from its last checkpoint, on the head.
     moved_at = nodes.index(head_id) if head_id in nodes else len(nodes)
