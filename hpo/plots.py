@@ -36,6 +36,9 @@ __all__ = [
     "overlay_curves",
     "png_bytes",
     "save_png",
+    "setting_curves",
+    "sweep_summary",
+    "SettingRow",
     "trial_category",
 ]
 
@@ -383,6 +386,130 @@ def _scatter(ax: Any, xs: list[float | None], ys: list[float | None], color: str
     if no_x:
         ax.scatter([0.02] * len(no_x), no_x, s=42, facecolors="none", edgecolors=color, linewidths=1.4,
                    transform=ax.get_yaxis_transform(), clip_on=False, zorder=3)  # fmt: skip
+
+
+# -- a grid sweep, setting by setting -------------------------------------------------------------
+
+#: The columns of :func:`setting_curves`: (title, keys).
+SETTING_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("loss parts (unweighted)", ("train/loss_cls", "train/loss_box")),
+    ("AP", ("val/ap",)),
+    ("recall, precision", ("val/recall", "val/precision")),
+    ("mean IoU", ("val/mean_iou",)),
+    ("per validation image", ("val/detections_per_image", "val/fp_per_image")),
+)
+#: Shading of the seed study's stages (``hpo/stages.py``) behind the curves.
+STAGE_COLORS = {"avoidance": "#9e9e9e", "fp-growth": "#bcbd22", "overfitting": "#ff7f0e"}
+
+
+@dataclass(frozen=True)
+class SettingRow:
+    """One setting of a sweep: a row of :func:`setting_curves`."""
+
+    label: str
+    """What distinguishes the setting, e.g. ``box_weight=0.01``."""
+    category: str
+    history: History
+    stages: Sequence[tuple[str, int, int]] = ()
+    """``(stage name, first epoch, last epoch)`` to shade."""
+    verdicts: Sequence[tuple[int, str]] = ()
+    """``(epoch, diagnosis)`` of the health monitor, drawn as dashed lines."""
+
+
+def setting_curves(rows: Sequence[SettingRow], title: str | None = None) -> Figure:
+    """Small multiples of a sweep: one row per setting, one column per group of
+    :data:`SETTING_PANELS`, the same y range down each column so settings compare at a glance.
+    Stages are shaded behind the curves; the first epoch of each monitor diagnosis is a dashed line.
+
+    Raises:
+        ValueError: no rows, or no row logged any of the panels' metrics.
+    """
+    series = [{k: _finite(v) for k, v in {**row.history, **_fp_per_image(row.history)}.items()} for row in rows]
+    columns = [(name, keys) for name, keys in SETTING_PANELS if any(s.get(k) for s in series for k in keys)]
+    if not rows or not columns:
+        raise ValueError("no setting logged any of the sweep's curves")
+    fig = Figure(figsize=(3.3 * len(columns), 1.75 * len(rows) + 1.0), layout="constrained")
+    axes = fig.subplots(len(rows), len(columns), squeeze=False, sharex=True)
+    for c, (name, keys) in enumerate(columns):
+        values = [v for s in series for k in keys for _, v in s.get(k, ())]
+        for r, (row, points) in enumerate(zip(rows, series)):
+            ax = axes[r][c]
+            for stage, first, last in row.stages:
+                ax.axvspan(first - 0.5, last + 0.5, color=STAGE_COLORS.get(stage, "#dddddd"), alpha=0.22, linewidth=0)
+            for k, key in enumerate(keys):
+                if points.get(key):
+                    ax.plot(*zip(*points[key]), marker="o", markersize=2.5, linewidth=1.2, color=f"C{k}", label=key)
+            for epoch, diagnosis in _first_of_each(row.verdicts):
+                ax.axvline(epoch, color=category_color(f"stopped:{diagnosis}"), linestyle="--", linewidth=1.2)
+            _auto_log(ax, values)
+            if values and ax.get_yscale() == "linear":
+                lo, hi = min(values), max(values)
+                pad = (hi - lo) * 0.06 or 0.05
+                ax.set_ylim(lo - pad, hi + pad)
+            _epoch_axis(ax)
+            if r < len(rows) - 1:
+                ax.set_xlabel("")
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"{row.label}\n{row.category}", fontsize=8)
+    handles = [Line2D([], [], color=f"C{k}", linewidth=1.5, label=key) for name, keys in columns for k, key in enumerate(keys) if len(keys) > 1]
+    handles += [Line2D([], [], color=color, linewidth=6, alpha=0.35, label=stage) for stage, color in STAGE_COLORS.items()]
+    diagnoses = sorted({d for row in rows for _, d in row.verdicts})
+    handles += [Line2D([], [], color=category_color(f"stopped:{d}"), linestyle="--", label=f"monitor: {d}") for d in diagnoses]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(5, len(handles)), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def sweep_summary(
+    key: str, points: Sequence[tuple[float, float | None, float | None, str]], log: bool, metric: str = "val/ap"
+) -> Figure:
+    """The sweep's outcome against its one swept value: best and last ``metric`` per setting.
+
+    Args:
+        key: the swept param, e.g. ``loss.box_weight``.
+        points: ``(value, best, last, category)`` per setting (``None``: no value logged).
+        log: a log x axis (a sweep over decades).
+
+    Raises:
+        ValueError: ``points`` is empty.
+    """
+    if not points:
+        raise ValueError("no settings to draw")
+    points = sorted(points, key=lambda p: p[0])
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.subplots()
+    xs = [p[0] for p in points]
+    ax.plot(xs, [p[1] if p[1] is not None else math.nan for p in points], color="#444444", linewidth=1, zorder=1)
+    for x, best, last, category in points:
+        color = category_color(category)
+        ax.scatter([x], [best if best is not None else 0.0], s=55, color=color, zorder=3,
+                   marker="o" if best is not None else "x")  # fmt: skip
+        if last is not None:
+            ax.scatter([x], [last], s=40, facecolors="none", edgecolors=color, linewidths=1.4, zorder=3)
+    if log and min(xs) > 0:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel(key, fontsize=9)
+    ax.set_ylabel(metric, fontsize=9)
+    ax.grid(True, alpha=0.3, which="both")
+    counts = Counter(p[3] for p in points)
+    handles = [Line2D([], [], linestyle="", marker="o", color=category_color(c), label=c) for c in category_order(counts)]
+    handles += [
+        Line2D([], [], linestyle="", marker="o", color="#444444", label=f"best {metric}"),
+        Line2D([], [], linestyle="", marker="o", markerfacecolor="none", color="#444444", label=f"last {metric}"),
+    ]
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    return fig
+
+
+def _first_of_each(verdicts: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
+    first: dict[str, int] = {}
+    for epoch, diagnosis in sorted(verdicts):
+        first.setdefault(diagnosis, epoch)
+    return [(epoch, diagnosis) for diagnosis, epoch in first.items()]
 
 
 # -- importances -----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from mlflow import MlflowClient
 
 from hpo import plots
 from hpo.export import ExportError, check_store_exists, find_parent
+from hpo.stages import STAGES, monitor_verdicts, read_stages
 from hpo.space import GridParam, IntParam, LogUniformParam, SearchSpace, SearchSpaceError, space_from_dict
 from hpo.tracking import DEFAULT_TRACKING_URI, SEARCH_ID, STATUS, trial_outcomes
 from hpo.trainable import penalty
@@ -57,6 +58,8 @@ REPORT_ARTIFACT_DIR = "report"
 SPACE_ARTIFACT = "search_space.yaml"
 #: Fewer trials than this in a study: no importances (a handful of points says nothing).
 MIN_IMPORTANCE_TRIALS = 4
+#: A sweep's per-setting figure draws at most this many settings (one row each).
+MAX_SWEEP_ROWS = 30
 #: Diagnoses that count as a failed trial even when it was not stopped for them.
 FAILURE_DIAGNOSES = ("diverged", "background-collapse", "stalled", "no-positives")
 # Outcomes that say nothing about failure: the trial did not end on its own.
@@ -353,6 +356,7 @@ def build_report(
         _outcomes_section(search),
         _best_section(search, top),
         _curves_section(search, figures),
+        *([_sweep_section(search, figures)] if _grid_keys(search) else []),
         _atlas_section(search, figures),
         _importance_section(search, figures),
         _trials_section(search),
@@ -448,6 +452,75 @@ def _curves_section(search: SearchRecord, figures: _Figures) -> str:
     if best is None:
         parts.insert(1, "<p class=note>No healthy completed trial: no best trial to show.</p>")
     return _section("learning-curves", "Learning curves", "\n".join(parts))
+
+
+def _sweep_section(search: SearchRecord, figures: _Figures) -> str:
+    """A grid search (the seed study's sweep) setting by setting: curves, the study's stages, verdicts."""
+    keys = _grid_keys(search)
+    trials = sorted(search.trials, key=lambda t: tuple(_sort_key(t.params.get(k)) for k in keys))
+    settings = [", ".join(f"{k.rsplit('.', 1)[-1]}={_num(t.params.get(k))}" for k in keys) for t in trials]
+    stages = {t.trial_id: read_stages(t.history) for t in trials}
+    verdicts = {t.trial_id: monitor_verdicts(t.history) for t in trials}
+    parts = [
+        "<p>Each setting of the grid, in grid order. Shaded behind the curves, the seed study's stages read from the "
+        "curves after the run (<code>hpo/stages.py</code>): early-stage <b>avoidance</b> (AP and detections per image at "
+        "the collapse levels: every run starts there, a failing one never leaves), mid-stage <b>fp-growth</b> (false "
+        "positives per image rising over consecutive evaluations) and late <b>overfitting</b> (AP well below its best "
+        "while the training loss falls); dashed lines mark the first epoch of each health-monitor diagnosis.</p>"
+    ]
+    ap = search.metric
+    rows = []
+    for t, setting in zip(trials, settings):
+        found = stages[t.trial_id]
+        points = sorted(t.history.get(ap, []))
+        best = (max if search.mode == "max" else min)(points, key=lambda p: p[1], default=None)  # earliest of ties
+        cells = [setting, t.outcome, str(t.epochs), f"{_num(best[1])} (epoch {best[0]})" if best else "–", _num(t.value)]
+        for name in STAGES:
+            of_kind = [s for s in found if s.name == name]
+            cells.append("; ".join(f"epochs {s.span}: {s.detail}" for s in of_kind) or "–")
+        first = {}
+        for epoch, diagnosis in verdicts[t.trial_id]:
+            first.setdefault(diagnosis, epoch)
+        cells.append(", ".join(f"{d} (epoch {e})" for d, e in first.items()) or "healthy")
+        rows.append(cells)
+    parts.append(_table(["setting", "outcome", "epochs", f"best {ap}", f"last {ap}", *STAGES, "monitor"], rows))
+    valued = sorted((t.value, s) for t, s in zip(trials, settings) if t.value is not None)
+    if len(valued) > 1:
+        (low, low_s), (high, high_s) = valued[0], valued[-1]
+        best, worst = ((high_s, high), (low_s, low)) if search.mode == "max" else ((low_s, low), (high_s, high))
+        parts.append(f"<p>Last {_e(ap)}: best {_e(best[0])} ({_num(best[1])}), worst {_e(worst[0])} ({_num(worst[1])}).</p>")
+    if len(keys) == 1 and all(_is_number(t.params.get(keys[0])) for t in trials):
+        points = []
+        for t in trials:
+            values = [v for _, v in t.history.get(ap, [])]
+            best_value = (max if search.mode == "max" else min)(values) if values else None
+            points.append((float(t.params[keys[0]]), best_value, t.value, t.category))
+        fig = plots.sweep_summary(keys[0], points, log=keys[0] in _log_keys(search), metric=ap)
+        parts.append(figures.img(fig, "sweep_summary", f"best and last {ap} per setting"))
+    shown = trials[:MAX_SWEEP_ROWS]
+    if len(trials) > len(shown):
+        parts.append(f"<p class=note>Curves of the first {len(shown)} of {len(trials)} settings (grid order).</p>")
+    rows_ = [
+        plots.SettingRow(setting, t.category, t.history, [(s.name, s.first, s.last) for s in stages[t.trial_id]], verdicts[t.trial_id])
+        for t, setting in zip(shown, settings)
+    ]
+    try:
+        fig = plots.setting_curves(rows_, title="The sweep, setting by setting")
+        parts.append(figures.img(fig, "sweep_curves", "learning curves of every setting"))
+    except ValueError as exc:
+        parts.append(f"<p class=note>No curves: {_e(str(exc))}.</p>")
+    return _section("sweep", "The sweep, setting by setting", "\n".join(parts))
+
+
+def _grid_keys(search: SearchRecord) -> list[str]:
+    """The params a grid search swept (empty for other samplers or an unknown space)."""
+    if search.space is None:
+        return []
+    return [k for k, spec in search.space.params.items() if isinstance(spec, GridParam)]
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, value) if _is_number(value) else (1, str(value))
 
 
 def _failure_examples(search: SearchRecord) -> list[TrialRecord]:
@@ -559,11 +632,9 @@ def _page(search: SearchRecord, sections: list[str]) -> str:
     else:
         meta.append(["space", search.space_note])
     meta.append(["generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")])
-    nav = " · ".join(
-        f'<a href="#{i}">{t}</a>'
-        for i, t in [("outcomes", "Outcomes"), ("best-trials", "Best trials"), ("learning-curves", "Learning curves"),
-                     ("failure-atlas", "Failure atlas"), ("importances", "Importances"), ("trials", "All trials")]
-    )  # fmt: skip
+    links = [("outcomes", "Outcomes"), ("best-trials", "Best trials"), ("learning-curves", "Learning curves"),
+             ("sweep", "Sweep"), ("failure-atlas", "Failure atlas"), ("importances", "Importances"), ("trials", "All trials")]  # fmt: skip
+    nav = " · ".join(f'<a href="#{i}">{t}</a>' for i, t in links if i != "sweep" or _grid_keys(search))
     return (
         f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>Search report: {_e(search.experiment)}</title>"
         f"<style>{_CSS}</style></head><body>\n<h1>Search report: {_e(search.experiment)}</h1>\n"

@@ -100,7 +100,8 @@ def run_search(args: argparse.Namespace) -> int:
     connect(args.address)
     search_id = _search_id(search_dir, args.resume)
     parent = open_parent_run(args.tracking_uri, experiment, search_id, space)
-    print(f"search {name!r}: space {space.source}, {space.budget.num_samples} trials x up to {space.budget.max_epochs} epochs")
+    trials = expected_trials(space) or f"up to {space.budget.num_samples}"  # 0: a time budget may end it sooner
+    print(f"search {name!r}: space {space.source}, {trials} trials x up to {space.budget.max_epochs} epochs")
     print(f"  data {root}\n  results {search_dir}\n  MLflow {args.tracking_uri} (experiment {experiment!r}, parent run {parent})")
 
     trainable = tune.with_resources(

@@ -81,6 +81,7 @@ TRIAL_METRICS: tuple[str, ...] = (
     "val/tp",
     "val/fp",
     "val/fn",
+    "val/num_images",  # with val/fp: false positives per image (the fp-surge signal)
     "val/detections_per_image",
     "val/top_score",
     "health/code",

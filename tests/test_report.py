@@ -1,6 +1,7 @@
 """``hpo/report.py`` and ``hpo/plots.py``: a report built from a small real search (Ray Tune, Optuna,
 MLflow on SQLite, the trainer on the mini set), and the figures and importances on hand-built data."""
 
+import html
 import random
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from hpo.report import ReportError, TrialRecord, build_report, load_search, para
 from hpo.report import main as report_main
 from hpo.search import main as search_main
 from hpo.space import load_space
+from hpo.stages import read_stages
 from hpo.tracking import open_parent_run
 
 DIVERGING = {"optim.lr": 5.0, "schedule.warmup_epochs": 0.0, "loss.box_weight": 1.0, "loss.class_weight": 1.0}
@@ -91,6 +93,43 @@ def test_report_of_a_real_search(finished_search: str, tmp_path: Path, capsys) -
     client = mlflow.MlflowClient(finished_search)
     logged = {Path(a.path).name for a in client.list_artifacts(search.parent_run_id, "report")}
     assert logged == {"report.html", *(p.name for p in out.glob("*.png"))}
+
+
+@pytest.mark.slow
+def test_report_of_a_grid_sweep_shows_every_setting(mini_root: Path, tmp_path: Path) -> None:
+    """The seed study's sweep, shrunk: two box weights on the grid sampler, read setting by setting."""
+    raw = load_space("seed-study-sweep").as_dict()
+    raw.update(name="sweep-e2e", params={"loss.box_weight": {"distribution": "grid", "values": [0.01, 10.0]}})
+    raw["budget"].update(max_epochs=2)
+    raw["fixed"].update({"data.max_train_images": 32, "data.max_val_images": 16, "model.input_size": 128})
+    space = tmp_path / "sweep-e2e.yaml"
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["--space", str(space), "--data", str(mini_root), "--storage-path", str(tmp_path / "ray"), "--tracking-uri", uri]
+    assert search_main([*args, "--no-report"]) == 0
+
+    result = build_report(uri, "sweep-e2e", tmp_path / "report", log_to_parent=False)
+    page = result.html.read_text()
+    assert '<section id="sweep">' in page and '<a href="#sweep">' in page
+    assert {"sweep_curves.png", "sweep_summary.png"} <= {p.name for p in result.images}
+    sweep = page.split('<section id="sweep">')[1].split("</section>")[0]
+    rows = [[html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", row)] for row in re.findall(r"<tr>(.*?)</tr>", sweep)]
+    rows = [r for r in rows if r]  # the header row has <th> cells only
+    assert [r[0] for r in rows] == ["box_weight=0.01", "box_weight=10"]  # grid order
+    for setting, outcome, epochs, _best, _last, avoidance, fp_growth, overfitting, monitor in rows:
+        trial = next(t for t in result.search.trials if f"box_weight={t.params['loss.box_weight']:g}" == setting)
+        assert (outcome, int(epochs)) == (trial.outcome, trial.epochs)
+        # val/fp and val/num_images are logged, so false positives per image can be read back.
+        assert len(trial.history["val/num_images"]) == trial.epochs == 2
+        stages = {s.name: f"epochs {s.span}: {s.detail}" for s in read_stages(trial.history)}
+        assert [avoidance, fp_growth, overfitting] == [stages.get(n, "–") for n in ("avoidance", "fp-growth", "overfitting")]
+        assert monitor == "healthy" or "(epoch" in monitor
+
+
+@pytest.mark.slow
+def test_a_non_grid_search_has_no_sweep_section(finished_search: str, tmp_path: Path) -> None:
+    page = build_report(finished_search, "report-e2e", tmp_path, log_to_parent=False).html.read_text()
+    assert '<section id="sweep">' not in page and 'href="#sweep"' not in page
 
 
 @pytest.mark.slow
