@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -45,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script (bench/ is not an installed package)
     sys.path.insert(0, str(REPO))
 from bench import widerface_reference as reference  # noqa: E402
+from bench.machine import machine_info  # noqa: E402
 DEFAULT_GT = REPO.parent / "shared" / "data" / "widerface_val_gt"
 DEFAULT_OUT = REPO / "bench" / "results"
 TOLERANCE = 1e-6
@@ -68,31 +67,6 @@ def generate_predictions(gt: WiderGroundTruth, seed: int, false_positives: float
         scores = np.r_[rng.beta(5, 2, len(hits)), rng.beta(2, 5, n_fp)]
         predictions[(im.event, im.name)] = np.c_[np.r_[hits, fps], scores]
     return predictions
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "torch": torch.__version__,
-    }
-    try:
-        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    return info
 
 
 def _time(fn: Any, repeats: int) -> tuple[Any, list[float]]:
@@ -122,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     diff = max(abs(ours[s] - ref[s]) for s in SETTINGS)
     results: dict[str, Any] = {
         "benchmark": "WIDER FACE evaluation: model.widerface_eval vs the plain reference loop",
-        "machine": machine_info(),
+        "machine": machine_info(numpy=np.__version__, scipy=scipy.__version__),
         "settings": {
             "gt": str(args.gt),
             "images": len(gt),

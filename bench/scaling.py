@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import loopback_cluster as loopback  # noqa: E402
-from bench.search_efficiency import machine_info, read_trials  # noqa: E402
+from bench.machine import load_average, machine_info  # noqa: E402
+from bench.search_efficiency import ray_version, read_trials  # noqa: E402
 from hpo.space import load_space  # noqa: E402
 from hpo.trainable import NODE_ID_KEY  # noqa: E402
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = p.parse_args(argv)
 
-    machine = machine_info()
+    machine = machine_info(ray=ray_version())
     from model.data.mini import ensure_mini, generated_params  # the driver would make it; do it before timing
 
     ensure_mini(args.data.resolve(), **generated_params(args.data.resolve()))
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(res)
         print(f"  {res['command_wall_s']:.0f} s, {res['trials_per_hour']:.0f} trials/h, trials per node {res['trials_per_node']}, "
               f"median overhead {res['median']['overhead_s']:.1f} s of {res['median']['wall_s']:.1f} s per trial", flush=True)  # fmt: skip
-    machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    machine["load_average_at_end"] = load_average()
     out = {"benchmark": "scaling: trials per hour on one and two Ray nodes (loopback), orchestration overhead per trial",
            "machine": machine,
            "settings": {"space": "cpu-mini, lr 1e-3..3e-2, warm-up 0..1 epoch, no scheduler", "trials": args.trials,

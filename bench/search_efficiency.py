@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.machine import load_average, machine_info  # noqa: E402
 from hpo.space import load_space  # noqa: E402
 from model.health import HealthConfig  # noqa: E402
 
@@ -52,29 +53,20 @@ VARIANTS = {
 }
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import ray
-    import torch
+def ray_version() -> str:
+    import ray  # only for the record: the searches run in subprocesses
 
-    return {
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
+    return ray.__version__
 
 
-def space_file(directory: Path, name: str, *, trials: int, epochs: int, seed: int, variant: str) -> Path:
-    """cpu-mini with the benchmark's budget, seed and the variant's stopping rules."""
+def space_file(directory: Path, name: str, *, trials: int, epochs: int, seed: int, variant: str, points: bool = True) -> Path:
+    """cpu-mini with the benchmark's budget, seed and the variant's stopping rules; ``points=False``
+    drops its ``points_to_evaluate`` (the healthy baseline and the known diverging point), so every
+    trial is sampled and the best AP has to be found, not given."""
     raw = load_space("cpu-mini").as_dict()
     raw["name"] = name
+    if not points:
+        raw.pop("points_to_evaluate", None)
     raw["budget"].update(num_samples=trials, max_epochs=epochs)
     raw["sampler"]["seed"] = seed
     if variant in ("b", "c"):
@@ -150,6 +142,54 @@ def analyse(search_dir: Path, max_epochs: int) -> dict[str, Any]:
     }
 
 
+def replay_cuts(search_dir: Path, max_epochs: int, grace: int, reduction_factor: int, top: int) -> dict[str, Any]:
+    """Which of the no-stopping search's best trials early stopping would have cut, replayed on its
+    full curves (every trial ran to ``max_epochs`` with the monitor observing).
+
+    * the monitor: a trial stops at the first epoch whose diagnosis is a stopping one (default
+      ``stop_on``);
+    * ASHA (Ray's asynchronous rule, one bracket): at each rung ``grace * rf**k < max_epochs``, a trial
+      is cut when its AP there is below the ``1 - 1/rf`` quantile of the APs recorded at that rung
+      before it (in the order the trials reached the rung in this search), and trials the monitor
+      stopped earlier never reach the rung.
+
+    The best trials are the ``top`` with the highest last AP (healthy ones, by that definition)."""
+    import numpy as np
+
+    trials = read_trials(search_dir)
+    rungs = []
+    milestone = grace
+    while milestone < max_epochs:
+        rungs.append(milestone)
+        milestone *= reduction_factor
+    cut: dict[str, str] = {}
+    for trial_id, trial in trials.items():
+        stop = next((r["epoch"] for r in trial["rows"] if r.get("health/diagnosis") in FAILURES), None)
+        if stop is not None:
+            cut[trial_id] = f"monitor@{stop}"
+    for milestone in rungs:
+        arrivals = []
+        for trial_id, trial in trials.items():
+            row = next((r for r in trial["rows"] if r["epoch"] == milestone), None)
+            stopped_before = trial_id in cut and int(cut[trial_id].split("@")[1]) <= milestone
+            if row is not None and not stopped_before:
+                arrivals.append((row["timestamp"], trial_id, row.get("raw/val/ap", 0.0)))
+        recorded: list[float] = []
+        for _, trial_id, ap in sorted(arrivals):
+            if recorded and ap < np.nanpercentile(recorded, (1 - 1 / reduction_factor) * 100):
+                cut[trial_id] = f"asha@{milestone}"
+            recorded.append(ap)
+    final = {tid: t["rows"][-1].get("raw/val/ap", 0.0) for tid, t in trials.items()}
+    best = sorted(final, key=final.__getitem__, reverse=True)[:top]
+    return {
+        "rungs": rungs,
+        "best": [{"trial_id": tid, "last_ap": final[tid], "cut": cut.get(tid)} for tid in best],
+        "best_cut_share": sum(tid in cut for tid in best) / len(best) if best else None,
+        "cut_trials": len(cut),
+        "trials": len(trials),
+    }
+
+
 def spent_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((spent for spent, best in curve if best >= target - 1e-12), None)
 
@@ -175,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--data", type=Path, default=REPO / "data" / "wider-mini")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--no-points", action="store_true", help="drop cpu-mini's points_to_evaluate: every trial sampled")
+    p.add_argument("--top", type=int, default=3, help="best trials of search c checked against the replayed cuts")
     p.add_argument("--keep", type=Path, help="keep the searches' results here (default: a temporary directory)")
     p.add_argument("--reanalyse", action="store_true", help="do not search: analyse the searches kept in --keep again "
                    "(wall times from the previous results JSON)")
@@ -185,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reanalyse and args.keep is None:
         p.error("--reanalyse needs --keep DIR")
     previous = json.loads((args.out / "search_efficiency.json").read_text()) if args.reanalyse else None
-    machine = previous["machine"] if args.reanalyse else machine_info()
+    machine = previous["machine"] if args.reanalyse else machine_info(ray=ray_version())
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-search-"))
     work.mkdir(parents=True, exist_ok=True)
     runs: dict[int, dict[str, Any]] = {}
@@ -193,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         runs[seed] = {}
         for variant in args.variants:
             name = f"eff-s{seed}-{variant}"
-            space = space_file(work, name, trials=args.trials, epochs=args.epochs, seed=seed, variant=variant)
+            space = space_file(work, name, trials=args.trials, epochs=args.epochs, seed=seed, variant=variant,
+                               points=not args.no_points)
             print(f"seed {seed}, {variant}: {VARIANTS[variant]} ...", flush=True)
             if args.reanalyse:
                 wall = previous["runs"][str(seed)][variant]["wall_s"]
@@ -208,10 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         for res in runs[seed].values():
             res["to_reach"] = {f"{f:g}": spent_to_reach(res["best_ap_curve"], f * ref) for f in TARGET_FRACTIONS}
         runs[seed]["c_budget"] = runs[seed]["c"]["trial_epochs"]
+        asha = load_space("cpu-mini").scheduler
+        runs[seed]["c_replay"] = replay_cuts(work / "ray" / f"eff-s{seed}-c", args.epochs, asha.grace_period,
+                                             asha.reduction_factor, args.top)
     if not args.reanalyse:
-        machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        machine["load_average_at_end"] = load_average()
     settings = {"space": "cpu-mini (search_spaces/cpu-mini.yaml)", "trials": args.trials, "max_epochs": args.epochs,
-                "seeds": args.seeds, "variants": {v: VARIANTS[v] for v in args.variants}, "ap_floor": AP_FLOOR,
+                "seeds": args.seeds, "points_to_evaluate": not args.no_points, "variants": {v: VARIANTS[v] for v in args.variants}, "ap_floor": AP_FLOOR,
                 "failures": sorted(FAILURES), "target_fractions": TARGET_FRACTIONS,
                 "torch_threads_per_trial": 1, "concurrent_trials": 2}  # fmt: skip
     out = {"benchmark": "search efficiency: collapse-aware vs plain ASHA vs no early stopping", "machine": machine,
@@ -231,7 +277,9 @@ def markdown(out: dict[str, Any]) -> str:
         f"{', '.join(map(str, m['load_average_at_start']))}, at end {', '.join(map(str, m.get('load_average_at_end', [])))}; "
         f"Python {m['python']}, torch {m['torch']}, Ray {m['ray']}.",
         f"Space {s['space']}: {s['trials']} trials x up to {s['max_epochs']} epochs per search, "
-        f"{s['concurrent_trials']} at a time, 1 torch thread each; seeds {s['seeds']}.",
+        f"{s['concurrent_trials']} at a time, 1 torch thread each; seeds {s['seeds']}; "
+        + ("the space's points_to_evaluate first (a healthy baseline, a diverging point)." if s.get("points_to_evaluate", True)
+           else "no points_to_evaluate: every trial sampled by TPE."),
         "Failure: the monitor diagnosed one of " + ", ".join(s["failures"])
         + f" at some epoch, or the trial errored, or its last AP < {s['ap_floor']:g}.", "",
         "| seed | search | trial-epochs | best AP | trial-epochs to reach best AP of c (x of c's total) | to 0.9 / 0.75 / 0.5 of it | failure share of trial-epochs | wall s |",
@@ -240,7 +288,7 @@ def markdown(out: dict[str, Any]) -> str:
     for seed, by_variant in out["runs"].items():
         budget = by_variant["c_budget"]
         for v, res in by_variant.items():
-            if v == "c_budget":
+            if v not in VARIANTS:
                 continue
             reach = res["to_reach"]
             full = reach["1"]
@@ -248,13 +296,45 @@ def markdown(out: dict[str, Any]) -> str:
             rest = " / ".join("-" if reach[k] is None else str(reach[k]) for k in ("0.9", "0.75", "0.5"))
             lines.append(f"| {seed} | {v}: {s['variants'][v]} | {res['trial_epochs']} | {res['best_ap']:.4f} | {full_s} | {rest} | "
                          f"{res['failure_share']:.0%} ({res['failure_trial_epochs']}) | {res['wall_s']:.0f} |")  # fmt: skip
+    lines += summary_lines(out)
     lines += ["", "## Trials", ""]
     for seed, by_variant in out["runs"].items():
         for v, res in by_variant.items():
-            if v == "c_budget":
+            if v not in VARIANTS:
                 continue
             lines.append(f"- seed {seed}, {v}: " + "; ".join(f"{t['trial_id'][-5:]} {t['outcome']} {t['epochs']} ep AP {t['best_ap']:.4f}" for t in res["trials"]))
     return "\n".join(lines) + "\n"
+
+
+def summary_lines(out: dict[str, Any]) -> list[str]:
+    """Across seeds: how often each search reached c's best AP, its compute as a fraction of c's,
+    and the replay of early stopping on c's best trials."""
+    runs, s = out["runs"], out["settings"]
+    lines = ["", "## Across seeds", "",
+             "| search | seeds reaching c's best AP | within 1/3 of c's compute | trial-epochs to c's best, x of c's total (median, max) "
+             "| compute on failures (median) |", "|---|---|---|---|---|"]  # fmt: skip
+    for v, label in s["variants"].items():
+        fractions = [r[v]["to_reach"]["1"] / r["c_budget"] for r in runs.values() if r[v]["to_reach"]["1"] is not None]
+        shares = sorted(r[v]["failure_share"] for r in runs.values())
+        within = sum(f <= 1 / 3 + 1e-9 for f in fractions)
+        spread = f"{statistics.median(fractions):.2f}x, {max(fractions):.2f}x" if fractions else "-"
+        lines.append(f"| {v}: {label} | {len(fractions)}/{len(runs)} | {within}/{len(runs)} | {spread} | "
+                     f"{statistics.median(shares):.0%} |")  # fmt: skip
+    replays = {seed: r["c_replay"] for seed, r in runs.items() if "c_replay" in r}
+    if replays:
+        lines += ["", "## Early stopping replayed on c's best trials", "",
+                  "Search c ran every trial to the end with the monitor observing; the monitor's default stop rule and "
+                  "ASHA's asynchronous rung rule are replayed on its curves (see `replay_cuts`). A best trial that would "
+                  "have been cut is what early stopping costs.", "",
+                  "| seed | ASHA rungs | c's best trials by last AP (cut by) | best cut | trials cut |", "|---|---|---|---|---|"]  # fmt: skip
+        for seed, rep in replays.items():
+            best = "; ".join(f"{b['trial_id'][-5:]} {b['last_ap']:.4f} ({b['cut'] or 'kept'})" for b in rep["best"])
+            lines.append(f"| {seed} | {rep['rungs']} | {best} | {rep['best_cut_share']:.0%} | {rep['cut_trials']}/{rep['trials']} |")
+        cut = sum(sum(b["cut"] is not None for b in rep["best"]) for rep in replays.values())
+        total = sum(len(rep["best"]) for rep in replays.values())
+        lines += ["", f"Share of the final best trials that ASHA or the monitor would have cut: {cut}/{total} "
+                  f"({cut / total:.0%})." if total else ""]  # fmt: skip
+    return lines
 
 
 if __name__ == "__main__":

@@ -33,8 +33,6 @@ import argparse
 import copy
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -53,6 +51,10 @@ from model.ssd import FaceSSD
 from model.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script (bench/ is not an installed package)
+    sys.path.insert(0, str(REPO))
+from bench.machine import machine_info  # noqa: E402
+
 DEFAULT_DATA = REPO / "data" / "wider-mini"
 DEFAULT_OUT = REPO / "bench" / "results"
 LOOPS = ("ours", "ours_nomonitor", "reference")
@@ -216,33 +218,6 @@ def _timed(run: Callable[[], int], device: torch.device) -> tuple[int, float, fl
     return images, time.perf_counter() - start, time.process_time() - cpu_start
 
 
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    return info
-
-
 def build_config(args: argparse.Namespace) -> TrainConfig:
     overrides: dict[str, Any] = {
         "seed": args.seed,
@@ -306,7 +281,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     monitor_direct = monitor_cost_per_step(ours)
     return {
         "benchmark": "training throughput: model.trainer.Trainer vs a torchvision references/detection loop",
-        "machine": machine_info(device),
+        "machine": machine_info(
+            torchvision=torchvision.__version__, device=str(device),
+            **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
+        ),
         "settings": {
             "backbone": cfg.model.backbone,
             "input_size": cfg.model.input_size,

@@ -1,0 +1,44 @@
+"""The machine a benchmark ran on, recorded beside its figures (every figure names its machine)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (empty where the OS has none): how shared the machine was."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine_info(**extra: Any) -> dict[str, Any]:
+    """CPU, cores, platform, Python, torch and its thread count, the load average now
+    (``load_average_at_start``), plus ``extra`` (library versions, the device)."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        **extra,
+        "load_average_at_start": load_average(),
+    }
