@@ -142,6 +142,10 @@ TRIED: dict[str, tuple[str, dict[str, Any], str]] = {
     "rd_prior0.9_lr1e-4": ("recall-decline", {"model.prior_prob": 0.9, "optim.lr": 1e-4, "schedule.warmup_iters": 0},
                            "recall 0.29 -> 0 by epoch 7, but AP rises 0.003 -> 0.013: the score calibration moving, "
                            "which the monitor rightly does not call recall-decline"),
+    "rd_warm3_lr0.1_thr0.3": ("recall-decline", {"optim.lr": 0.1, "schedule.warmup_epochs": 3.0, "schedule.decay": "none",
+                                                 "eval.score_threshold": 0.3},
+                              "learns during the warm-up, then the top face score falls 1.0 -> 0.25 with AP ~0.005: "
+                              "the monitor calls it background-collapse at epoch 8 (right: nothing is left to recall)"),
     "rd_cw_fade": ("recall-decline", {"loss.class_weight": 0.02, "schedule.class_weight_start_factor": 50.0,
                                       "schedule.loss_ramp_epochs": 10.0},
                    "class weight fading 1 -> 0.02: nothing declines, AP reaches 0.14 (better than the defaults)"),
@@ -174,8 +178,8 @@ def train_one(name: str, entry: ZooEntry, seed: int, data_root: Path, epochs: in
                 "step": trainer.global_step + 1,
                 "epoch": trainer.epoch,
                 "loss": float(out["loss"].detach()),
-                "loss_cls": float(out["loss_cls"]),
-                "loss_box": float(out["loss_box"]),
+                "loss_cls": float(out["loss_cls"].detach()),
+                "loss_box": float(out["loss_box"].detach()),
             }
         )
 
@@ -235,7 +239,8 @@ def onset(label: str, steps: list[dict[str, Any]], reports: list[dict[str, Any]]
     * background-collapse: the first epoch from which every evaluation has AP <= 0.01 and a top
       face score <= 0.05 or at most half its peak so far;
     * stalled: the first epoch from which AP stays <= 0.01 and the classification loss stays
-      above 90 % of its first-step value (epoch 1 when the run never learns);
+      above 80 % of its first-step value (epoch 1 when the run never learns; 80 %, not 90 %: at lr 1e-5
+      the loss still drifts to ~88 % in 8 epochs while AP stays <= 0.0002);
     * overfitting / recall-decline: the epoch after the best AP / recall, when the last value is
       below 80 % of that best (and the best AP >= 0.02 / recall >= 0.05);
     * fp-surge: the first epoch from which false positives per image rise at every evaluation to
@@ -269,7 +274,7 @@ def onset(label: str, steps: list[dict[str, Any]], reports: list[dict[str, Any]]
         found = first_from(cond)
     elif label == "stalled":
         cls0 = steps[0]["loss_cls"] if steps else math.nan
-        cond = [a <= 0.01 and r["train/loss_cls"] >= 0.9 * cls0 for a, r in zip(ap, reports)]
+        cond = [a <= 0.01 and r["train/loss_cls"] >= 0.8 * cls0 for a, r in zip(ap, reports)]
         found = first_from(cond)
     elif label in ("overfitting", "recall-decline"):
         key, floor = ("val/ap", 0.02) if label == "overfitting" else ("val/recall", 0.05)
@@ -313,11 +318,19 @@ def score(record: dict[str, Any]) -> dict[str, Any]:
         if label == "diverged" and first["step"] is not None:
             out["latency"] = {"steps": first["step"] - on["step"]}
         elif first["epoch"] is not None and "epoch" in on:
-            out["latency"] = {"epochs": first["epoch"] - on["epoch"]}
+            epochs = first["epoch"] - on["epoch"]  # and in steps: the zoo's epochs range from 4 to 38 steps
+            out["latency"] = {"epochs": epochs, "steps": epochs * record["iters_per_epoch"]}
     return out
 
 
 # -- summary ------------------------------------------------------------------------------------------
+
+
+def failed(record: dict[str, Any]) -> bool:
+    """The run did what its label says: healthy, or its curves show the labelled failure (an onset).
+    A failure-labelled run whose curves never show it did not fail this time: it says how reliable
+    the configuration is, not how good the monitor is, and is left out of the detection targets."""
+    return record["label"] == "healthy" or record["onset"] is not None
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -326,29 +339,31 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     for kind in ("healthy", *FAILURE_KINDS):
         runs = [r for r in counted if r["label"] == kind]
         if not runs:
-            tried = [r for r in records if r["candidate"] and r["label"] == kind]
+            candidates = [r for r in records if r["candidate"] and r["label"] == kind]
             said = ", ".join(f"{r['name']} s{r['seed']}: monitor {r['score']['first_diagnosis']}, "
-                             f"curves {'show it' if r['onset'] else 'do not show it'}" for r in tried)
-            tried = "; ".join(f"{name}: {what}" for name, (label, _, what) in TRIED.items() if label == kind)
+                             f"curves {'show it' if r['onset'] else 'do not show it'}" for r in candidates)
+            also = "; ".join(f"{name}: {what}" for name, (label, _, what) in TRIED.items() if label == kind)
             note = "no reliable configuration in this zoo" + (f" (candidates: {said})" if said else "")
-            note += f"; also tried: {tried}" if tried else ""
+            note += f"; also tried: {also}" if also else ""
             kinds[kind] = {"runs": 0, "note": note}
             continue
+        judged = [r for r in runs if failed(r)]
         unit = "steps" if kind == "diverged" else "epochs"
-        latencies = [r["score"]["latency"][unit] for r in runs if r["score"]["latency"]]
+        latencies = [r["score"]["latency"][unit] for r in judged if r["score"]["latency"]]
         kinds[kind] = {
             "runs": len(runs),
-            "caught": sum(r["score"]["caught"] for r in runs),
-            "right_label": sum(r["score"]["right_label"] for r in runs),
-            "would_stop": sum(r["score"]["would_stop"] for r in runs),
-            "with_onset": sum(r["onset"] is not None for r in runs),
+            "failed": len(judged),
+            "caught": sum(r["score"]["caught"] for r in judged),
+            "right_label": sum(r["score"]["right_label"] for r in judged),
+            "would_stop": sum(r["score"]["would_stop"] for r in judged),
             "latency_unit": unit,
             "latency_median": statistics.median(latencies) if latencies else None,
             "latency_max": max(latencies) if latencies else None,
         }
-    diverged = [r for r in counted if r["label"] == "diverged"]
-    others = [r for r in counted if r["label"] in FAILURE_KINDS and r["label"] != "diverged"]
-    healthy = [r for r in counted if r["label"] == "healthy"]
+    judged = [r for r in counted if failed(r)]
+    diverged = [r for r in judged if r["label"] == "diverged"]
+    others = [r for r in judged if r["label"] in FAILURE_KINDS and r["label"] != "diverged"]
+    healthy = [r for r in judged if r["label"] == "healthy"]
 
     def share(n: int, d: int) -> float | None:
         return n / d if d else None
@@ -403,8 +418,13 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         goal = f"<= {t['target_max']:.0%}" if "target_max" in t else f">= {t['target']:.0%}"
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
         lines.append(f"| {names[key]} | {v} | {goal} | {met} |")
-    lines += ["", "## Per kind", "", "| label | runs | caught | right label | would stop | onset found | "
-              "latency after onset (median / max) |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "## Per kind", "",
+              "Runs: (entry, seed) pairs. Failed: runs whose own curves show the labelled failure (see `onset`); a "
+              "failure-labelled run that did not fail says the configuration is not fully reliable and is left out "
+              "of the detection figures. Caught, right label, would stop and the latency are counted over the failed "
+              "runs (over all runs for healthy).", "",
+              "| label | runs | failed | caught | right label first | would stop | latency after onset (median / max) |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for kind, k in s["kinds"].items():
         if not k["runs"]:
             lines.append(f"| {kind} | 0 | | | | | {k['note']} |")
@@ -412,8 +432,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         lat = "-"
         if k["latency_median"] is not None:
             lat = f"{k['latency_median']:g} / {k['latency_max']:g} {k['latency_unit']}"
-        lines.append(f"| {kind} | {k['runs']} | {k['caught']} | {k['right_label']} | {k['would_stop']} | "
-                     f"{k['with_onset']} | {lat} |")
+        lines.append(f"| {kind} | {k['runs']} | {k['failed']} | {k['caught']} | {k['right_label']} | {k['would_stop']} | "
+                     f"{lat} |")
     lines += ["", "## Runs", "", "| run | seed | label | hindsight | first verdict | at | onset | latency | "
               "all diagnoses | final AP | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
@@ -427,7 +447,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         lines.append(f"| {r['name']} | {r['seed']} | {label} | {r['hindsight']} | {sc['first_diagnosis']} | {at} | "
                      f"{on} | {lat} | {', '.join(sc['diagnoses']) or '-'} | {ap:.3f} | {r['seconds']:.0f} |")
     lines += ["", "Onset definitions: see `onset()` in `bench/failure_zoo.py`. `hindsight` is "
-              "`failure_probe.read_outcome` of the same run (a cross-check of the label, not the monitor)."]
+              "`failure_probe.read_outcome` of the same run (a cross-check of the label, not the monitor). "
+              "The share of a search's final best trials that ASHA or the monitor would have cut is measured on "
+              "whole searches by `bench/search_efficiency.py` (replayed on its no-stopping search)."]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -11,10 +11,16 @@ runs it (a local Ray, MLflow in a temporary SQLite store), same trials, epochs a
 Compute is counted in trial-epochs from Tune's ``result.json`` (one row per epoch a trial ran,
 retries after an error included). Per search: best AP (``raw/val/ap``, any epoch), trial-epochs
 spent until a report first reached a target AP (the best of c, and fractions of it), in the order
-the reports arrived, and the share of trial-epochs spent on trials that ended as failures.
+the reports arrived, and the share of trial-epochs spent on trials that ended as failures. Then,
+on c's full curves, the monitor's stop rule and ASHA's rung rule are replayed (``replay_cuts``):
+how many of c's final best trials early stopping would have cut.
+
+``--no-points`` drops the space's ``points_to_evaluate`` (its healthy baseline would otherwise hand
+every search a good trial first).
 
     python bench/search_efficiency.py                       # 8 trials x 6 epochs x 3 searches, seed 0 (37 min at load 6-10)
     python bench/search_efficiency.py --seeds 0 1 2 --trials 12
+    python bench/search_efficiency.py --seeds 0 1 2 --no-points   # no given baseline: results in *_nopoints.{json,md}
 """
 
 from __future__ import annotations
@@ -226,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.reanalyse and args.keep is None:
         p.error("--reanalyse needs --keep DIR")
-    previous = json.loads((args.out / "search_efficiency.json").read_text()) if args.reanalyse else None
+    # With and without the given points are two benchmarks: each keeps its own results.
+    stem = "search_efficiency_nopoints" if args.no_points else "search_efficiency"
+    previous = json.loads((args.out / f"{stem}.json").read_text()) if args.reanalyse else None
     machine = previous["machine"] if args.reanalyse else machine_info(ray=ray_version())
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-search-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -263,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"benchmark": "search efficiency: collapse-aware vs plain ASHA vs no early stopping", "machine": machine,
            "settings": settings, "runs": {str(k): v for k, v in runs.items()}}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "search_efficiency.json").write_text(json.dumps(out, indent=1))
-    (args.out / "search_efficiency.md").write_text(markdown(out))
+    (args.out / f"{stem}.json").write_text(json.dumps(out, indent=1))
+    (args.out / f"{stem}.md").write_text(markdown(out))
     print(markdown(out))
     return 0
 

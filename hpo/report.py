@@ -461,55 +461,55 @@ def _sweep_section(search: SearchRecord, figures: _Figures) -> str:
     settings = [", ".join(f"{k.rsplit('.', 1)[-1]}={_num(t.params.get(k))}" for k in keys) for t in trials]
     stages = {t.trial_id: read_stages(t.history) for t in trials}
     verdicts = {t.trial_id: monitor_verdicts(t.history) for t in trials}
+    best = {t.trial_id: _best_point(t, search) for t in trials}
     parts = [
         "<p>Each setting of the grid, in grid order. Shaded behind the curves, the seed study's stages read from the "
-        "curves after the run (<code>hpo/stages.py</code>): early-stage <b>avoidance</b> (AP and detections per image at "
-        "the collapse levels: every run starts there, a failing one never leaves), mid-stage <b>fp-growth</b> (false "
-        "positives per image rising over consecutive evaluations) and late <b>overfitting</b> (AP well below its best "
-        "while the training loss falls); dashed lines mark the first epoch of each health-monitor diagnosis.</p>"
+        "curves after the run (<code>hpo/stages.py</code>, the health monitor's thresholds): early <b>avoidance</b> "
+        "(after the random start nothing passes the score threshold; a healthy run's AP keeps rising meanwhile, a "
+        "failing one stays at the collapse level), mid-stage <b>fp-growth</b> (false positives per image rising at "
+        "consecutive evaluations) and late <b>overfitting</b> (AP well below its best while the training loss falls); "
+        "dashed lines mark the first epoch of each health-monitor diagnosis.</p>"
     ]
-    ap = search.metric
     rows = []
     for t, setting in zip(trials, settings):
-        found = stages[t.trial_id]
-        points = sorted(t.history.get(ap, []))
-        best = (max if search.mode == "max" else min)(points, key=lambda p: p[1], default=None)  # earliest of ties
-        cells = [setting, t.outcome, str(t.epochs), f"{_num(best[1])} (epoch {best[0]})" if best else "–", _num(t.value)]
+        top = best[t.trial_id]
+        cells = [setting, t.outcome, str(t.epochs), f"{_num(top[1])} (epoch {top[0]})" if top else "–", _num(t.value)]
         for name in STAGES:
-            of_kind = [s for s in found if s.name == name]
-            cells.append("; ".join(f"epochs {s.span}: {s.detail}" for s in of_kind) or "–")
-        first = {}
+            cells.append("; ".join(f"epochs {s.span}: {s.detail}" for s in stages[t.trial_id] if s.name == name) or "–")
+        first: dict[str, int] = {}
         for epoch, diagnosis in verdicts[t.trial_id]:
             first.setdefault(diagnosis, epoch)
         cells.append(", ".join(f"{d} (epoch {e})" for d, e in first.items()) or "healthy")
         rows.append(cells)
-    parts.append(_table(["setting", "outcome", "epochs", f"best {ap}", f"last {ap}", *STAGES, "monitor"], rows))
-    valued = sorted((t.value, s) for t, s in zip(trials, settings) if t.value is not None)
-    if len(valued) > 1:
-        (low, low_s), (high, high_s) = valued[0], valued[-1]
-        best, worst = ((high_s, high), (low_s, low)) if search.mode == "max" else ((low_s, low), (high_s, high))
-        parts.append(f"<p>Last {_e(ap)}: best {_e(best[0])} ({_num(best[1])}), worst {_e(worst[0])} ({_num(worst[1])}).</p>")
+    metric = search.metric
+    parts.append(_table(["setting", "outcome", "epochs", f"best {metric}", f"last {metric}", *STAGES, "monitor"], rows))
+    ranked = sorted(((t.value, s) for t, s in zip(trials, settings) if t.value is not None), reverse=search.mode == "max")
+    if len(ranked) > 1:
+        parts.append(f"<p>Last {_e(metric)}: best {_e(ranked[0][1])} ({_num(ranked[0][0])}), "
+                     f"worst {_e(ranked[-1][1])} ({_num(ranked[-1][0])}).</p>")  # fmt: skip
     if len(keys) == 1 and all(_is_number(t.params.get(keys[0])) for t in trials):
-        points = []
-        for t in trials:
-            values = [v for _, v in t.history.get(ap, [])]
-            best_value = (max if search.mode == "max" else min)(values) if values else None
-            points.append((float(t.params[keys[0]]), best_value, t.value, t.category))
-        fig = plots.sweep_summary(keys[0], points, log=keys[0] in _log_keys(search), metric=ap)
-        parts.append(figures.img(fig, "sweep_summary", f"best and last {ap} per setting"))
+        points = [(float(t.params[keys[0]]), (best[t.trial_id] or (0, None))[1], t.value, t.category) for t in trials]
+        fig = plots.sweep_summary(keys[0], points, log=keys[0] in _log_keys(search), metric=metric)
+        parts.append(figures.img(fig, "sweep_summary", f"best and last {metric} per setting"))
     shown = trials[:MAX_SWEEP_ROWS]
     if len(trials) > len(shown):
         parts.append(f"<p class=note>Curves of the first {len(shown)} of {len(trials)} settings (grid order).</p>")
-    rows_ = [
+    curves = [
         plots.SettingRow(setting, t.category, t.history, [(s.name, s.first, s.last) for s in stages[t.trial_id]], verdicts[t.trial_id])
         for t, setting in zip(shown, settings)
     ]
     try:
-        fig = plots.setting_curves(rows_, title="The sweep, setting by setting")
+        fig = plots.setting_curves(curves, title="The sweep, setting by setting")
         parts.append(figures.img(fig, "sweep_curves", "learning curves of every setting"))
     except ValueError as exc:
         parts.append(f"<p class=note>No curves: {_e(str(exc))}.</p>")
     return _section("sweep", "The sweep, setting by setting", "\n".join(parts))
+
+
+def _best_point(t: TrialRecord, search: SearchRecord) -> tuple[int, float] | None:
+    """The trial's best ``(epoch, value)`` of the search metric (the earliest of ties)."""
+    points = sorted(t.history.get(search.metric, []))
+    return (max if search.mode == "max" else min)(points, key=lambda p: p[1], default=None)
 
 
 def _grid_keys(search: SearchRecord) -> list[str]:
