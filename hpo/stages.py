@@ -3,10 +3,10 @@
 The study (``shared/seeds/000_*``) describes three stages where SSD training goes wrong, and its
 loss-weight sweep shows where each setting meets them:
 
-* **avoidance** (3.1, early stage): after the random start (many boxes everywhere) the model
-  lowers every face score to escape the loss, so no detection passes the evaluation threshold.
-  On the mini set every run goes there; a healthy one keeps improving its ranking meanwhile (AP
-  rises) and its detections come back, a collapsed one stays at AP ~0.
+* **avoidance** (3.1, early stage): after the random start (boxes everywhere) the model lowers
+  its face scores to escape the loss, and the detections above the evaluation threshold fall
+  away. On the mini set every run goes there; a healthy one keeps improving its ranking meanwhile
+  (AP rises) and its detections come back, a collapsed one stays at AP ~0.
 * **fp-growth** (3.2, mid stage): false positives per image rise over consecutive evaluations
   (many small, redundant boxes), while precision falls.
 * **overfitting** (3.3, late stage): validation AP falls well below its best while the training
@@ -21,6 +21,7 @@ stage and a diagnosis of the same trial speak the same language.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +29,9 @@ from typing import Literal
 from model.health import LABELS, HealthConfig
 
 __all__ = ["STAGES", "Stage", "monitor_verdicts", "read_stages"]
+
+#: Avoidance: the detections per image fell to at most this fraction of the random start's.
+AVOIDANCE_FRACTION = 0.5
 
 StageName = Literal["avoidance", "fp-growth", "overfitting"]
 STAGES: tuple[StageName, ...] = ("avoidance", "fp-growth", "overfitting")
@@ -75,25 +79,29 @@ def monitor_verdicts(history: History) -> list[tuple[int, str]]:
 
 
 def _avoidance(series: dict[str, dict[int, float]], epochs: list[int], cfg: HealthConfig) -> Stage | None:
-    """The first run of evaluations where (almost) nothing passes the score threshold: at most the
-    monitor's ``collapse_max_detections`` per image. Its AP says which kind it is: a rising AP is a
-    model whose ranking still learns under the threshold, an AP that stays at the collapse level is
-    the study's failure to escape the early stage."""
+    """After the first evaluation (the random start, boxes everywhere), the first run of
+    evaluations whose detections per image are at most :data:`AVOIDANCE_FRACTION` of the first
+    one's (or at the monitor's ``collapse_max_detections``), beginning in the first third of the
+    run. Its AP says which kind it is: a rising AP is a model whose ranking still learns while it
+    predicts little, an AP that stays at the collapse level is the study's failure to escape."""
     dets, ap = series.get("val/detections_per_image", {}), series["val/ap"]
     scored = [e for e in epochs if e in dets]
-    start = next((i for i, e in enumerate(scored) if dets[e] <= cfg.collapse_max_detections), None)
+    if len(scored) < 2:
+        return None
+    limit = max(cfg.collapse_max_detections, AVOIDANCE_FRACTION * dets[scored[0]])
+    early = max(2, math.ceil(len(scored) / 3))
+    start = next((i for i in range(1, early) if dets[scored[i]] <= limit), None)
     if start is None:
         return None
     end = start
-    while end + 1 < len(scored) and dets[scored[end + 1]] <= cfg.collapse_max_detections:
+    while end + 1 < len(scored) and dets[scored[end + 1]] <= limit:
         end += 1
     first, last = scored[start], scored[end]
     ongoing = end == len(scored) - 1
-    before = f"from {dets[scored[start - 1]]:.3g} detections/image at epoch {scored[start - 1]} " if start else ""
-    parts = [f"{before}to <= {cfg.collapse_max_detections:g}"]
+    parts = [f"detections/image {dets[scored[0]]:.3g} at epoch {scored[0]} -> {min(dets[e] for e in scored[start : end + 1]):.3g}"]
     top = series.get("val/top_score", {})
-    if first in top and last in top and first != last:
-        parts.append(f"top face score {top[first]:.3g} -> {top[last]:.3g}")
+    if scored[0] in top and last in top:
+        parts.append(f"top face score {top[scored[0]]:.3g} -> {top[last]:.3g}")
     low = max(ap[e] for e in scored[start : end + 1]) <= cfg.collapse_max_ap
     parts.append(f"AP {ap[first]:.3g} -> {ap[last]:.3g}" + (" (at the collapse level)" if low else " (the ranking still learns)"))
     parts.append("never left" if ongoing else f"left at epoch {scored[end + 1]} ({dets[scored[end + 1]]:.3g} detections/image)")
@@ -101,20 +109,23 @@ def _avoidance(series: dict[str, dict[int, float]], epochs: list[int], cfg: Heal
 
 
 def _fp_growth(series: dict[str, dict[int, float]], epochs: list[int], cfg: HealthConfig) -> list[Stage]:
-    """Maximal runs of evaluations over which false positives per image never fall and grow by the
-    monitor's ``fp_surge_factor`` and ``fp_surge_min_increase``."""
+    """Runs of at least ``fp_surge_window + 1`` evaluations over which false positives per image,
+    as a running median of 3 (one evaluation swinging around the score threshold is not growth),
+    never fall and grow by the monitor's ``fp_surge_factor`` and ``fp_surge_min_increase``."""
     fp, images = series.get("val/fp", {}), series.get("val/num_images", {})
-    points = [(e, fp[e] / images[e]) for e in epochs if e in fp and images.get(e)]
+    scored = [e for e in epochs if e in fp and images.get(e)]
+    raw = [fp[e] / images[e] for e in scored]
+    smooth = [statistics.median(raw[max(0, i - 2) : i + 1]) for i in range(len(raw))]
     precision = series.get("val/precision", {})
     stages, start = [], 0
-    for end in range(1, len(points) + 1):
-        if end < len(points) and points[end][1] >= points[end - 1][1]:
+    for end in range(1, len(smooth) + 1):
+        if end < len(smooth) and smooth[end] >= smooth[end - 1]:
             continue  # still rising (or flat): extend the run
-        (first, low), (last, high) = points[start], points[end - 1]
-        if end - 1 > start and high >= cfg.fp_surge_factor * low and high - low >= cfg.fp_surge_min_increase:
+        low, high, first, last = smooth[start], smooth[end - 1], scored[start], scored[end - 1]
+        if end - start > cfg.fp_surge_window and high >= cfg.fp_surge_factor * low and high - low >= cfg.fp_surge_min_increase:
             p = f", precision {precision[first]:.3g} -> {precision[last]:.3g}" if first in precision and last in precision else ""
-            ongoing = end == len(points)
-            stages.append(Stage("fp-growth", first, last, ongoing, f"false positives/image {low:.3g} -> {high:.3g}{p}"))
+            detail = f"false positives/image (running median of 3) {low:.3g} -> {high:.3g}{p}"
+            stages.append(Stage("fp-growth", first, last, end == len(smooth), detail))
         start = end
     return stages
 
