@@ -27,6 +27,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 __all__ = [
     "AtlasPoint",
     "History",
+    "SettingRow",
     "atlas_pairs",
     "category_color",
     "category_order",
@@ -38,7 +39,6 @@ __all__ = [
     "save_png",
     "setting_curves",
     "sweep_summary",
-    "SettingRow",
     "trial_category",
 ]
 
