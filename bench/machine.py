@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -42,3 +43,20 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         **extra,
         "load_average_at_start": load_average(),
     }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """The results' "Machine:" line of a benchmark that runs searches (load at start and end, Ray)."""
+    return (
+        f"Machine: {m['cpu']}, {m['cpu_cores']} cores (shared), load average at start "
+        f"{', '.join(map(str, m['load_average_at_start']))}, at end {', '.join(map(str, m.get('load_average_at_end', [])))}; "
+        f"Python {m['python']}, torch {m['torch']}, Ray {m['ray']}."
+    )
+
+
+def write_results(folder: Path, stem: str, results: dict[str, Any], markdown: str) -> None:
+    """``<folder>/<stem>.json`` and ``.md``, and the markdown on stdout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    (folder / f"{stem}.md").write_text(markdown)
+    print(markdown)

@@ -22,7 +22,6 @@ the part inside the trainable (``time_total_s`` minus training) and outside it.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import loopback_cluster as loopback  # noqa: E402
-from bench.machine import load_average, machine_info  # noqa: E402
+from bench.machine import load_average, machine_info, machine_line, write_results  # noqa: E402
 from bench.search_efficiency import ray_version, read_trials  # noqa: E402
 from hpo.space import load_space  # noqa: E402
 from hpo.trainable import NODE_ID_KEY  # noqa: E402
@@ -164,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                         "epochs": args.epochs, "cpus_per_node": args.cpus_per_node, "cpus_per_trial": 1,
                         "torch_threads_per_trial": 1, "token_auth": True, "tracking": "MLflow, SQLite file"},
            "runs": runs, "speedup": runs[1]["trials_per_hour"] / runs[0]["trials_per_hour"]}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scaling.json").write_text(json.dumps(out, indent=1))
-    (args.out / "scaling.md").write_text(markdown(out))
-    print(markdown(out))
+    write_results(args.out, "scaling", out, markdown(out))
     return 0
 
 
@@ -175,9 +171,7 @@ def markdown(out: dict[str, Any]) -> str:
     m, s = out["machine"], out["settings"]
     lines = [
         "# Scaling", "",
-        f"Machine: {m['cpu']}, {m['cpu_cores']} cores (shared), load average at start "
-        f"{', '.join(map(str, m['load_average_at_start']))}, at end {', '.join(map(str, m.get('load_average_at_end', [])))}; "
-        f"Python {m['python']}, torch {m['torch']}, Ray {m['ray']}.",
+        machine_line(m),
         f"Search: {s['space']}; {s['trials']} trials x {s['epochs']} epochs, 1 CPU and 1 torch thread per trial, "
         f"{s['cpus_per_node']} CPU per node, loopback cluster with token auth, {s['tracking']}.", "",
         "| nodes | command wall s | trials/h (command) | trials/h (first trial start to last end) | trials per node "

@@ -41,7 +41,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.machine import load_average, machine_info  # noqa: E402
+from bench.machine import load_average, machine_info, machine_line, write_results  # noqa: E402
 from hpo.space import load_space  # noqa: E402
 from model.health import HealthConfig  # noqa: E402
 
@@ -270,10 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 "torch_threads_per_trial": 1, "concurrent_trials": 2}  # fmt: skip
     out = {"benchmark": "search efficiency: collapse-aware vs plain ASHA vs no early stopping", "machine": machine,
            "settings": settings, "runs": {str(k): v for k, v in runs.items()}}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(out, indent=1))
-    (args.out / f"{stem}.md").write_text(markdown(out))
-    print(markdown(out))
+    write_results(args.out, stem, out, markdown(out))
     return 0
 
 
@@ -281,9 +278,7 @@ def markdown(out: dict[str, Any]) -> str:
     m, s = out["machine"], out["settings"]
     lines = [
         "# Search efficiency", "",
-        f"Machine: {m['cpu']}, {m['cpu_cores']} cores (shared), load average at start "
-        f"{', '.join(map(str, m['load_average_at_start']))}, at end {', '.join(map(str, m.get('load_average_at_end', [])))}; "
-        f"Python {m['python']}, torch {m['torch']}, Ray {m['ray']}.",
+        machine_line(m),
         f"Space {s['space']}: {s['trials']} trials x up to {s['max_epochs']} epochs per search, "
         f"{s['concurrent_trials']} at a time, 1 torch thread each; seeds {s['seeds']}; "
         + ("the space's points_to_evaluate first (a healthy baseline, a diverging point)." if s.get("points_to_evaluate", True)
