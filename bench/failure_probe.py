@@ -351,6 +351,15 @@ def _update_readme(out: Path) -> None:
     (out / "README.txt").write_text(header + "".join(lines))
 
 
+def select_runs(parser: argparse.ArgumentParser, runs: str, seeds: str, known: Any) -> tuple[list[str], list[int]]:
+    """``--runs a,b`` and ``--seeds 0,1`` as lists; an unknown run name is a usage error naming the known ones."""
+    names = [n for n in runs.split(",") if n]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return names, [int(s) for s in seeds.split(",") if s]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="folder for the JSON records and README.txt (required to train)")
@@ -368,11 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out is None:
         parser.error("--out is required unless --list is given")
-    names = [n for n in args.runs.split(",") if n]
-    unknown = [n for n in names if n not in RUNS]
-    if unknown:
-        parser.error(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(RUNS)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    names, seeds = select_runs(parser, args.runs, args.seeds, RUNS)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     data_root = ensure_mini(args.data)

@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: the sibling probe module
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from failure_probe import RUNS, read_outcome  # noqa: E402
+from failure_probe import RUNS, read_outcome, select_runs  # noqa: E402
 
 from bench.machine import load_average, machine_info  # noqa: E402
 from model.config import DEFAULT_MINI_ROOT, TrainConfig  # noqa: E402
@@ -490,11 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             tag = " (candidate)" if e.candidate else ""
             print(f"{name:28s} {e.label + tag:32s} {e.epochs:3d} ep  {e.overrides}  {e.note}")
         return 0
-    names = [n for n in args.runs.split(",") if n]
-    unknown = [n for n in names if n not in ZOO]
-    if unknown:
-        parser.error(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(ZOO)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    names, seeds = select_runs(parser, args.runs, args.seeds, ZOO)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     data_root = ensure_mini(args.data)

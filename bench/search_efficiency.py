@@ -168,28 +168,29 @@ def replay_cuts(search_dir: Path, max_epochs: int, grace: int, reduction_factor:
     while milestone < max_epochs:
         rungs.append(milestone)
         milestone *= reduction_factor
-    cut: dict[str, str] = {}
+    cut: dict[str, tuple[str, int]] = {}  # trial -> (who cut it, at which epoch)
     for trial_id, trial in trials.items():
         stop = next((r["epoch"] for r in trial["rows"] if r.get("health/diagnosis") in FAILURES), None)
         if stop is not None:
-            cut[trial_id] = f"monitor@{stop}"
+            cut[trial_id] = ("monitor", stop)
     for milestone in rungs:
         arrivals = []
         for trial_id, trial in trials.items():
             row = next((r for r in trial["rows"] if r["epoch"] == milestone), None)
-            stopped_before = trial_id in cut and int(cut[trial_id].split("@")[1]) <= milestone
+            stopped_before = trial_id in cut and cut[trial_id][1] <= milestone
             if row is not None and not stopped_before:
                 arrivals.append((row["timestamp"], trial_id, row.get("raw/val/ap", 0.0)))
         recorded: list[float] = []
         for _, trial_id, ap in sorted(arrivals):
             if recorded and ap < np.nanpercentile(recorded, (1 - 1 / reduction_factor) * 100):
-                cut[trial_id] = f"asha@{milestone}"
+                cut[trial_id] = ("asha", milestone)
             recorded.append(ap)
     final = {tid: t["rows"][-1].get("raw/val/ap", 0.0) for tid, t in trials.items()}
     best = sorted(final, key=final.__getitem__, reverse=True)[:top]
     return {
         "rungs": rungs,
-        "best": [{"trial_id": tid, "last_ap": final[tid], "cut": cut.get(tid)} for tid in best],
+        "best": [{"trial_id": tid, "last_ap": final[tid], "cut": "@".join(map(str, cut[tid])) if tid in cut else None}
+                 for tid in best],
         "best_cut_share": sum(tid in cut for tid in best) / len(best) if best else None,
         "cut_trials": len(cut),
         "trials": len(trials),
