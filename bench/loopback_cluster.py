@@ -46,7 +46,7 @@ def kill_group(pgid: int) -> None:
 
 @dataclass
 class Node:
-    """One ``ray start`` on this machine: its process group and temporary directory."""
+    """One ``ray start`` on this machine: its session (and process group) id and temporary directory."""
 
     pgid: int
     temp_dir: Path
@@ -59,11 +59,16 @@ class Node:
         return found.pop()
 
     def kill(self) -> None:
-        """Lose the node: SIGKILL its raylet, agents and workers (all in its process group)."""
+        """Lose the node: SIGKILL its raylet, agents and workers (every process of its session).
+
+        Ray moves each worker process into a process group of its own, so killing the node's
+        group alone would leave the trials' actors running, reporting epochs from a "lost" node
+        until they notice their raylet is gone; they stay in the node's session, though.
+        """
         kill_group(self.pgid)
-        for pid in _pids():  # anything that left the group but still names our directory
+        for pid in _pids():
             try:
-                if str(self.temp_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                if os.getsid(pid) == self.pgid or str(self.temp_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                     os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
@@ -75,7 +80,7 @@ class Node:
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_pgid(pid) == self.pgid for pid in _pids()):
+        while time.monotonic() < deadline and any(_sid(pid) == self.pgid for pid in _pids()):
             time.sleep(0.5)
         self.kill()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
@@ -85,9 +90,9 @@ def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-def _pgid(pid: int) -> int | None:
+def _sid(pid: int) -> int | None:
     try:
-        return os.getpgid(pid)
+        return os.getsid(pid)
     except OSError:
         return None
 
