@@ -24,16 +24,17 @@ Usage::
     python bench/throughput.py --rounds 40 --iters 5 --threads 2
     python bench/throughput.py --device cuda --amp --batch-size 32
 
-Writes ``bench/results/throughput.json`` and ``.md`` (``--out`` to change).
+Writes ``bench/results/throughput.json`` and ``.md`` (``throughput_cuda.*`` on CUDA, with the GPU
+utilisation of each loop running alone; ``--out``/``--stem`` to change).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -53,7 +54,7 @@ from model.trainer import Trainer
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script (bench/ is not an installed package)
     sys.path.insert(0, str(REPO))
-from bench.machine import machine_info  # noqa: E402
+from bench.machine import machine_info, write_results  # noqa: E402
 
 DEFAULT_DATA = REPO / "data" / "wider-mini"
 DEFAULT_OUT = REPO / "bench" / "results"
@@ -201,6 +202,84 @@ def monitor_cost_per_step(trainer: Trainer, samples: int = 2000) -> float:
     return per_check / trainer.cfg.health.check_every_steps
 
 
+class CachedBatches:
+    """The first ``count`` batches of a loader, kept in memory and replayed: a training loop fed
+    from it does no image loading, so its rate is the training step's alone (host to device copy
+    included), the bound the input pipeline holds the real loop under."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, count: int) -> None:
+        self.batches = [batch for _, batch in zip(range(count), loader)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Any:
+        return iter(self.batches)
+
+
+def loader_rate(loader: torch.utils.data.DataLoader, seconds: float) -> float:
+    """Images per second the loader alone delivers (decoding, augmentation, collation), epochs back to back."""
+    images, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for batch_images, _ in loader:
+            images += len(batch_images)
+    return images / (time.perf_counter() - start)
+
+
+# -- GPU utilisation -----------------------------------------------------------------------------
+
+
+class GpuSampler:
+    """``nvidia-smi`` sampling the GPU's utilisation and memory every ``interval_ms`` in the background.
+
+    ``utilization.gpu`` is the share of the last sample period in which a kernel ran: how busy the
+    loop keeps the GPU (a loop starved by its data loader or host syncs leaves it idle).
+    """
+
+    QUERY = "utilization.gpu,memory.used"
+
+    def __init__(self, gpu_index: int, interval_ms: int = 100) -> None:
+        self.cmd = ["nvidia-smi", "-i", str(gpu_index), f"--query-gpu={self.QUERY}", "--format=csv,noheader,nounits",
+                    "-lms", str(interval_ms)]  # fmt: skip
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> GpuSampler:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        self.samples = [tuple(float(x) for x in line.split(",")) for line in out.splitlines() if line.strip()]
+
+
+def gpu_utilisation(loop: Any, seconds: float, device: torch.device) -> dict[str, Any]:
+    """One loop alone, passes back to back for ``seconds``, ``nvidia-smi`` sampling meanwhile.
+
+    The first second of samples is dropped (the sampler's start and the loop's first pass)."""
+    torch.cuda.reset_peak_memory_stats(device)
+    passes, images = 0, 0
+    with GpuSampler(device.index or 0) as sampler:
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            images += loop.train_epoch()
+            passes += 1
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    util = [u for u, _ in sampler.samples[10:]] or [u for u, _ in sampler.samples]
+    return {
+        "seconds": round(elapsed, 2),
+        "passes": passes,
+        "images_per_s": round(images / elapsed, 2),
+        "samples": len(util),
+        "gpu_util_mean": round(statistics.fmean(util), 1) if util else None,
+        "gpu_util_median": statistics.median(util) if util else None,
+        "gpu_memory_used_mib_max": max((m for _, m in sampler.samples), default=None),
+        "torch_max_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+    }
+
+
 # -- the benchmark ------------------------------------------------------------------------------
 
 
@@ -228,7 +307,10 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         "epochs": (args.rounds + WARMUP_ROUNDS) * args.iters,
         "data": {"root": str(args.data), "num_workers": args.workers},
         "optim": {"amp": args.amp},
+        "model": {"backbone": args.backbone, "input_size": args.input_size},
     }
+    if args.pin_memory is not None:
+        overrides["data"]["pin_memory"] = args.pin_memory
     return TrainConfig.model_validate(overrides)
 
 
@@ -244,6 +326,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # The same Dataset class and DataLoader settings, a loader of its own with the same seed.
     ref_loader, _ = build_loaders(cfg, ours.train_set, ours.val_set)
     loops["reference"] = ReferenceLoop(cfg, ours.model, ref_loader, device, args.iters)
+    pin_memory = ref_loader.pin_memory  # the effective setting (the config's None: on for CUDA)
+    if args.cached:
+        # Every loop replays the same batches from memory: the steps alone, no input pipeline.
+        for loop in loops.values():
+            torch.manual_seed(args.seed)
+            loop.clock.loader = CachedBatches(loop.clock.loader, args.iters)
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -277,6 +365,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"round {r + 1}/{args.rounds} (img/s): " + "  ".join(f"{n} {row[n]['images_per_s']:.2f}" for n in LOOPS))
 
     summary = {metric: summarise(per_round, metric, args.batch_size) for metric in METRICS}
+    utilisation, bounds = {}, {}
+    if device.type == "cuda" and args.util_seconds > 0:
+        # Our loop again, fed from batches held in memory: what the step alone keeps the GPU at.
+        cached = OurLoop(cfg, args.iters)
+        cached.clock.loader = CachedBatches(cached.clock.loader, args.iters)
+        for name, loop in [*((name, loops[name]) for name in LOOPS), ("ours_cached_batches", cached)]:
+            utilisation[name] = gpu_utilisation(loop, args.util_seconds, device)
+            log(f"GPU utilisation, {name} alone: {utilisation[name]}")
+        bounds["loader_images_per_s"] = round(loader_rate(build_loaders(cfg, ours.train_set, ours.val_set)[0], args.util_seconds), 1)
+        log(f"the training loader alone: {bounds['loader_images_per_s']} images/s")
+    if args.loader_workers:
+        # How the input pipeline scales with the CPUs a trial gets (its loader workers).
+        by_workers = {}
+        for n in args.loader_workers:
+            cfg_n = cfg.model_copy(deep=True)
+            cfg_n.data.num_workers = n
+            by_workers[n] = round(loader_rate(build_loaders(cfg_n, ours.train_set, ours.val_set)[0], 10.0), 1)
+            log(f"the training loader alone, {n} workers: {by_workers[n]} images/s")
+        bounds["loader_images_per_s_by_workers"] = by_workers
     step_s = args.batch_size / summary["images_per_s"]["median"]["ours"]
     monitor_direct = monitor_cost_per_step(ours)
     return {
@@ -287,6 +394,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "settings": {
             "backbone": cfg.model.backbone,
+            "pin_memory": pin_memory,
             "input_size": cfg.model.input_size,
             "batch_size": cfg.batch_size,
             "steps_per_round": args.iters,
@@ -295,6 +403,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "threads": args.threads,
             "num_workers": args.workers,
             "amp": args.amp and device.type == "cuda",
+            "cached_batches": args.cached,
             "health_check_every_steps": cfg.health.check_every_steps,
             "data": str(args.data),
             "train_images_per_round": args.iters * args.batch_size,
@@ -308,6 +417,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "fraction_of_step": round(monitor_direct / step_s, 6),
             "step_seconds_ours": round(step_s, 4),
         },
+        **({"gpu_utilisation": utilisation} if utilisation else {}),
+        **({"bounds": bounds} if bounds else {}),
     }
 
 
@@ -361,7 +472,9 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"load average at start {', '.join(f'{x:.2f}' for x in m.get('load_average_at_start', []))}.",
         f"Settings: {s['backbone']} SSD, {s['input_size']} px, batch {s['batch_size']}, {s['steps_per_round']} steps "
         f"per round, {s['rounds']} rounds after {s['warmup_rounds']} warm-up round, {s['num_workers']} loader workers, "
-        f"AMP {'on' if s['amp'] else 'off'}, health checks every {s['health_check_every_steps']} steps, data {s['data']}.",
+        f"pin_memory {s.get('pin_memory')}, "
+        + ("**every loop replays the same batches from memory (no image loading)**, " if s.get("cached_batches") else "")
+        + f"AMP {'on' if s['amp'] else 'off'}, health checks every {s['health_check_every_steps']} steps, data {s['data']}.",
         "",
         "A: ours (health monitor on), B: the reference loop, C: ours with `health.enabled: false`.",
         "Images/s per round: wall clock of the pass / from the median step / per CPU second.",
@@ -401,6 +514,28 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"{100 * d['fraction_of_step']:.4f} % of a {1e3 * d['step_seconds_ours']:.0f} ms step. Targets: ours / reference "
         ">= 1 with the monitor on; monitor overhead <= 2 %.",
     ]
+    if "gpu_utilisation" in res:
+        lines += [
+            "",
+            "GPU utilisation, each loop alone for a while after the timed rounds (`nvidia-smi` every 100 ms, "
+            "`utilization.gpu`: the share of time a kernel ran):",
+            "",
+            "| loop | images/s alone | GPU utilisation mean / median (%) | GPU memory used, max (MiB) | torch peak allocated (MiB) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, u in res["gpu_utilisation"].items():
+            lines.append(f"| {name} | {u['images_per_s']:.1f} | {u['gpu_util_mean']} / {u['gpu_util_median']} | "
+                         f"{u['gpu_memory_used_mib_max']} | {u['torch_max_allocated_mib']} |")  # fmt: skip
+        lines += [
+            "",
+            f"`ours_cached_batches`: our loop fed from {s['steps_per_round']} batches held in memory (no image loading): "
+            f"the training step's own rate. The training loader alone (same settings, epochs back to back) delivers "
+            f"{res['bounds']['loader_images_per_s']} images/s.",
+        ]
+    if "loader_images_per_s_by_workers" in res.get("bounds", {}):
+        by = res["bounds"]["loader_images_per_s_by_workers"]
+        lines += ["", "The training loader alone, by loader workers (images/s): "
+                  + ", ".join(f"{n} workers {rate}" for n, rate in by.items()) + "."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -411,20 +546,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only), for both loops")
+    parser.add_argument("--backbone", choices=("tiny", "mobilenet_v3", "vgg16"), default="tiny",
+                        help="the SSD's backbone, untrained (default tiny; mobilenet_v3 at 320 px is the GPU space's)")
+    parser.add_argument("--input-size", type=int, default=256, help="input size in pixels (default 256)")
+    parser.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
+                        help="the loader's pin_memory (default: the config's, on for CUDA)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0, the config default)")
+    parser.add_argument("--cached", action="store_true",
+                        help="every loop replays --iters batches held in memory: the training steps alone, no loading")
+    parser.add_argument("--loader-workers", type=int, nargs="*", default=[], metavar="N",
+                        help="also time the training loader alone with each of these worker counts (10 s each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the mini set (generated if missing)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where throughput.json/.md go")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the results folder (default bench/results)")
+    parser.add_argument("--stem", help="results file name without extension (default throughput, throughput_cuda on CUDA)")
+    parser.add_argument("--util-seconds", type=float, default=20.0,
+                        help="CUDA only: seconds each loop runs alone while nvidia-smi samples GPU utilisation (0: skip)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.iters < 2 or args.batch_size < 1 or args.threads < 1:
         parser.error("--rounds, --batch-size and --threads must be >= 1, --iters >= 2")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
     res = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "throughput.json").write_text(json.dumps(res, indent=2) + "\n")
-    md = to_markdown(res)
-    (args.out / "throughput.md").write_text(md)
-    print(md)
+    stem = args.stem or ("throughput_cuda" if args.device == "cuda" else "throughput")
+    write_results(args.out, stem, res, to_markdown(res))
     return 0
 
 

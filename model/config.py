@@ -45,6 +45,8 @@ class DataConfig(_Section):
     """Defaults to ``<root>/.cache``."""
     cache_max_side: int = Field(640, ge=32)
     num_workers: int = Field(0, ge=0)
+    pin_memory: bool | None = None
+    """Page-locked batches, so the copy to the GPU overlaps compute; ``None``: on when training on CUDA."""
     max_train_images: int | None = Field(None, ge=1)
     max_val_images: int | None = Field(None, ge=1)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +71,10 @@ def build_loaders(cfg: TrainConfig, train: WiderFaceDataset, val: WiderFaceDatas
     # A seeded generator makes the shuffling order, and so a resumed run, reproducible.
     generator = torch.Generator().manual_seed(cfg.seed)
     workers = cfg.data.num_workers
-    common = dict(batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate_fn, persistent_workers=workers > 0)
+    pin = cfg.data.pin_memory if cfg.data.pin_memory is not None else resolve_device(cfg.device).type == "cuda"
+    common = dict(
+        batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate_fn, persistent_workers=workers > 0, pin_memory=pin
+    )
     train_loader = DataLoader(train, shuffle=True, drop_last=len(train) > cfg.batch_size, generator=generator, **common)
     val_loader = DataLoader(val, shuffle=False, **common)
     return train_loader, val_loader

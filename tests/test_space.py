@@ -19,7 +19,6 @@ from hpo.space import (
     METRIC_MODES,
     SPACES_DIR,
     CategoricalParam,
-    GridParam,
     IntParam,
     LogUniformParam,
     SearchSpace,

@@ -54,6 +54,16 @@ def test_a_few_optimisation_steps_lower_the_loss_on_one_batch(mini_root: Path) -
     assert history[-1] < 0.7 * history[0], history
 
 
+def test_batches_are_pinned_for_cuda_only_unless_the_config_says(mini_root: Path) -> None:
+    cpu = _cfg(mini_root, device="cpu")
+    train, val = build_datasets(cpu)
+    assert [loader.pin_memory for loader in build_loaders(cpu, train, val)] == [False, False]
+    pinned = _cfg(mini_root, device="cpu", **{"data.pin_memory": True})
+    assert [loader.pin_memory for loader in build_loaders(pinned, train, val)] == [True, True]
+    auto = _cfg(mini_root, device="auto")
+    assert build_loaders(auto, train, val)[0].pin_memory == torch.cuda.is_available()
+
+
 def test_scheduler_warms_up_linearly_then_decays(mini_root: Path) -> None:
     cfg = _cfg(mini_root, **{"schedule.warmup_iters": 10, "schedule.warmup_start_factor": 0.1, "epochs": 2})
     model = build_model(cfg)

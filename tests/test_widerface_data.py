@@ -134,7 +134,7 @@ FACE = _face_line(1, 2, 3, 4)
         (f"a.jpg\n-1\n{FACE}\n", 2, "negative face count"),
         (f"a.jpg\n1\n{FACE}\nb.jpg\n2\n{FACE}\n1 2 3 4 0 0 0 0 0\n", 7, "expected 10 values"),
         (f"a.jpg\n2\n{FACE}\n1 2 x 4 0 0 0 0 0 0\n", 4, "expected numbers"),
-        (f"a.jpg\n1\n1 2 3 4 0 0 0.5 0 0 0\n", 3, "expected numbers"),
+        ("a.jpg\n1\n1 2 3 4 0 0 0.5 0 0 0\n", 3, "expected numbers"),
         (f"a.jpg\n1\n{FACE}\nb.jpg\n3\n{FACE}\n{FACE}", 5, "declares 3 faces"),
         (f"a.jpg\n1\n{FACE}\nb.jpg", 4, "truncated"),
         (f"a.jpg\n1\n{FACE}\n{FACE}\nb.jpg\n0\n", 4, "expected an image path"),
