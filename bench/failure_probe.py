@@ -44,6 +44,7 @@ from model.engine import (
     evaluate_model,
     seed_everything,
 )
+from model.health import constant_predictor_cls_loss
 
 
 @dataclass(frozen=True)
@@ -283,17 +284,6 @@ def train_probe(name: str, run: ProbeRun, seed: int, data_root: Path, epochs: in
     }
     record["outcome"] = read_outcome(record)
     return record
-
-
-def constant_predictor_cls_loss(neg_pos_ratio: float) -> float:
-    """Hard-mined CE of a classifier that gives every anchor the same face probability.
-
-    With ``k`` negatives per positive the best constant is ``p = 1 / (k + 1)`` and the loss per
-    positive ``ln(k + 1) + k * ln((k + 1) / k)`` (2.25 for 3:1, 4.42 for 30:1): a classification
-    loss sitting at this value means the classifier has learnt only the class prior.
-    """
-    k = neg_pos_ratio
-    return math.log(k + 1) + k * math.log((k + 1) / k)
 
 
 def read_outcome(record: dict[str, Any]) -> str:

@@ -95,6 +95,15 @@ ZOO: dict[str, ZooEntry] = {
         note="stalled_lr1e-5 without warm-up: the monitor may judge it from epoch 3",
     ),
     "collapse_bw10_neg30_nowarm": _probe("collapse_bw10_neg30_nowarm", "background-collapse", 8),
+    "dead_lr0.1_nowarm_thr0.2": ZooEntry(
+        "background-collapse",
+        {**RUNS["dead_lr0.1_nowarm"].overrides, "eval.score_threshold": 0.2},
+        8,
+        candidate=True,
+        note="a dead network (every anchor at the ~0.23 prior) judged at a score threshold below that prior: "
+        "~50-160 detections per image, so only the spread of the images' top scores shows it. Seeds 1, 2 die "
+        "by epoch 2-4 (spread < 1e-7); seed 0 explodes in epoch 1 (diverged), then stays weak (AP 0.005)",
+    ),
     "fp_bw0.01": ZooEntry(
         "fp-surge",
         {"loss.box_weight": 0.01},
@@ -196,7 +205,8 @@ def train_one(name: str, entry: ZooEntry, seed: int, data_root: Path, epochs: in
             break
         reports.append({k: v for k, v in report.items() if isinstance(v, (int, float, str))})
         print(f"[{name} s{seed}] epoch {report['epoch']}: loss {report['train/loss']:.4g} "
-              f"AP {report['val/ap']:.4f} top {report['val/top_score']:.3f} -> {report['health/diagnosis']}",
+              f"AP {report['val/ap']:.4f} top {report['val/top_score']:.3f} (spread {report['val/top_score_spread']:.2g}) "
+              f"-> {report['health/diagnosis']}",
               flush=True)
         if not math.isfinite(report["train/loss"]):
             ended = f"non-finite training loss in epoch {trainer.epoch}: nothing more to measure"
@@ -237,7 +247,8 @@ def onset(label: str, steps: list[dict[str, Any]], reports: list[dict[str, Any]]
 
     * diverged: the first step whose loss is non-finite or above 100x the first step's loss;
     * background-collapse: the first epoch from which every evaluation has AP <= 0.01 and a top
-      face score <= 0.05 or at most half its peak so far;
+      face score <= 0.05 or at most half its peak so far, or the same top face score for every
+      validation image (spread <= 1e-3: a dead network, its output independent of the input);
     * stalled: the first epoch from which AP stays <= 0.01 and the classification loss stays
       above 80 % of its first-step value (epoch 1 when the run never learns; 80 %, not 90 %: at lr 1e-5
       the loss still drifts to ~88 % in 8 epochs while AP stays <= 0.0002);
@@ -268,9 +279,10 @@ def onset(label: str, steps: list[dict[str, Any]], reports: list[dict[str, Any]]
 
     if label == "background-collapse":
         tops, peak, cond = [r["val/top_score"] for r in reports], 0.0, []
-        for a, top in zip(ap, tops):
+        spreads = [r.get("val/top_score_spread", math.inf) for r in reports]  # older records lack it
+        for a, top, spread in zip(ap, tops, spreads):
             peak = max(peak, top)
-            cond.append(a <= 0.01 and (top <= 0.05 or top <= 0.5 * peak))
+            cond.append(a <= 0.01 and (top <= 0.05 or top <= 0.5 * peak or spread <= 1e-3))
         found = first_from(cond)
     elif label == "stalled":
         cls0 = steps[0]["loss_cls"] if steps else math.nan

@@ -84,6 +84,7 @@ TRIAL_METRICS: tuple[str, ...] = (
     "val/num_images",  # with val/fp: false positives per image (the fp-surge signal)
     "val/detections_per_image",
     "val/top_score",
+    "val/top_score_spread",
     "health/code",
     "health/stop",
 )

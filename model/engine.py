@@ -154,4 +154,17 @@ def evaluate_model(model: FaceSSD, loader: DataLoader, device: torch.device, cfg
     result = evaluate(
         predictions, targets, iou_threshold=cfg.eval.iou_threshold, score_threshold=cfg.eval.score_threshold
     )
-    return {f"val/{k}": float(v) for k, v in result.items()}
+    report = {f"val/{k}": float(v) for k, v in result.items()}
+    report["val/top_score_spread"] = top_score_spread(predictions)
+    return report
+
+
+def top_score_spread(predictions: list[dict[str, torch.Tensor]]) -> float:
+    """Standard deviation over images of each image's highest face score (0 for an image without one).
+
+    About 0 when the network's output no longer depends on its input: a dead network that scores
+    every anchor of every image at the same prior. A network that still sees the images, however
+    weak, gives each image its own top score.
+    """
+    tops = torch.tensor([float(p["scores"].max()) if p["scores"].numel() else 0.0 for p in predictions])
+    return float(tops.std(correction=0)) if tops.numel() else 0.0

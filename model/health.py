@@ -37,7 +37,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["LABELS", "HealthConfig", "HealthMonitor", "Verdict"]
+__all__ = ["LABELS", "MIN_IMAGES_FOR_SPREAD", "HealthConfig", "HealthMonitor", "Verdict", "constant_predictor_cls_loss"]
 
 Problem = Literal[
     "diverged", "background-collapse", "stalled", "fp-surge", "recall-decline", "overfitting", "no-positives"
@@ -46,6 +46,8 @@ Problem = Literal[
 LABELS: tuple[str, ...] = ("healthy", *get_args(Problem))
 
 _STATE_VERSION = 1
+#: Fewest validation images on which the spread of their top face scores says anything.
+MIN_IMAGES_FOR_SPREAD = 8
 
 
 class HealthConfig(BaseModel):
@@ -115,12 +117,22 @@ class HealthConfig(BaseModel):
     0.5 for many epochs, but its AP rises: AP near 0 *and* a fallen or absent top score is collapse."""
     collapse_min_score: float = Field(0.05, ge=0, le=1)
     """A top face score at or below this counts as no face predicted at all."""
+    collapse_max_spread: float = Field(1e-3, ge=0)
+    """Also collapsed: validation AP at most ``collapse_max_ap`` and every validation image's top
+    face score the same to within this standard deviation (``val/top_score_spread``): the output no
+    longer depends on the input (a dead network scoring every anchor at one prior, above the score
+    threshold or not). Judged on at least :data:`MIN_IMAGES_FOR_SPREAD` validation images."""
     stall_epochs: int = Field(3, ge=2)
     """Evaluations over which the classification loss must stay flat before ``stalled``."""
     stall_max_change: float = Field(0.05, ge=0)
     """Flat: the classification loss varies by at most this fraction over the window..."""
     stall_min_fraction: float = Field(0.8, ge=0)
     """...is still at least this fraction of its starting value (the early step checks)..."""
+    stall_prior_margin: float = Field(0.05, ge=0)
+    """Not stalled: a flat classification loss at most this fraction above the constant
+    predictor's (:func:`constant_predictor_cls_loss`): the classifier did move, to the class prior
+    and no further, which is collapse (with 30:1 mining that level is ~80 % of the start, where a
+    stall and a collapse would otherwise look alike)."""
     stall_max_ap: float = Field(0.01, ge=0)
     """...and the validation AP stays at most this. A model whose top face score rose and then fell
     is not stalled but collapsing (the collapse check owns it)."""
@@ -269,6 +281,17 @@ def _running_median(values: Sequence[float], window: int) -> list[float]:
     return [statistics.median(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
 
 
+def constant_predictor_cls_loss(neg_pos_ratio: float) -> float:
+    """Hard-mined CE of a classifier that gives every anchor the same face probability.
+
+    With ``k`` negatives per positive the best constant is ``p = 1 / (k + 1)`` and the loss per
+    positive ``ln(k + 1) + k * ln((k + 1) / k)`` (2.25 for 3:1, 4.42 for 30:1): a classification
+    loss sitting at this value means the classifier has learnt only the class prior.
+    """
+    k = neg_pos_ratio
+    return math.log(k + 1) + k * math.log((k + 1) / k)
+
+
 def _number(metrics: Mapping[str, Any], key: str) -> float | None:
     value = metrics.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -295,10 +318,19 @@ class HealthMonitor:
             diagnoses wait for it to end (plus ``cfg.grace_epochs``).
         iters_per_epoch: optimiser steps per epoch.
         eval_score_threshold: the score threshold of the validation operating point (for messages).
+        prior_cls_loss: the classification loss of a constant predictor under this run's loss
+            (:func:`constant_predictor_cls_loss` for hard-mined CE; ``None`` when unknown, e.g.
+            focal loss): a loss flat at that level is not a stall.
     """
 
     def __init__(
-        self, cfg: HealthConfig, *, warmup_iters: int, iters_per_epoch: int, eval_score_threshold: float = 0.5
+        self,
+        cfg: HealthConfig,
+        *,
+        warmup_iters: int,
+        iters_per_epoch: int,
+        eval_score_threshold: float = 0.5,
+        prior_cls_loss: float | None = None,
     ) -> None:
         if warmup_iters < 0 or iters_per_epoch < 0:
             raise ValueError(
@@ -306,6 +338,7 @@ class HealthMonitor:
             )
         self.cfg = cfg
         self.eval_score_threshold = eval_score_threshold
+        self.prior_cls_loss = prior_cls_loss
         #: The last epoch during which the learning rate is still warming up (0: none).
         self.warmup_epochs = math.ceil(warmup_iters / iters_per_epoch) if warmup_iters and iters_per_epoch else 0
         self._iters_per_epoch = max(1, iters_per_epoch)
@@ -492,6 +525,8 @@ class HealthMonitor:
             "fp_per_image": fp / images if fp is not None and images else None,
             "detections_per_image": _number(metrics, "val/detections_per_image"),
             "top_score": _number(metrics, "val/top_score"),
+            "top_spread": _number(metrics, "val/top_score_spread"),
+            "images": images,
             "loss": _number(metrics, "train/loss"),
             "loss_cls": _number(metrics, "train/loss_cls"),
         }
@@ -532,6 +567,14 @@ class HealthMonitor:
         top, cfg = record["top_score"], self.cfg
         return _finite(top) and peak > cfg.collapse_min_score and top <= cfg.collapse_score_drop * peak
 
+    def _constant_output(self, record: dict[str, Any]) -> bool:
+        """Every validation image gets the same top face score: the output ignores the input."""
+        spread, images = record.get("top_spread"), record.get("images")
+        return (
+            _finite(spread) and images is not None and images >= MIN_IMAGES_FOR_SPREAD
+            and spread <= self.cfg.collapse_max_spread
+        )  # fmt: skip
+
     def _collapsed(self, records: Sequence[dict[str, Any]], first: int) -> tuple[str, str, dict[str, Any]] | None:
         cfg = self.cfg
         peaks = self._top_peaks(records)
@@ -546,7 +589,9 @@ class HealthMonitor:
                 and r["recall"] <= cfg.collapse_max_recall
                 and r["detections_per_image"] <= cfg.collapse_max_detections
             )
-            return no_faces and (r["top_score"] <= cfg.collapse_min_score or self._top_fallen(r, peaks[index][0]))
+            if no_faces and (r["top_score"] <= cfg.collapse_min_score or self._top_fallen(r, peaks[index][0])):
+                return True
+            return r["ap"] <= cfg.collapse_max_ap and self._constant_output(r)
 
         streak = _streak(records, collapsed)
         if streak < self._span(cfg.collapse_patience):
@@ -562,9 +607,14 @@ class HealthMonitor:
             "best_top_score": best_top,
             "best_top_epoch": best_epoch,
             "top_scores": [r["top_score"] for r in records[-streak:]],
+            "top_score_spread": last.get("top_spread"),
+            "constant_output": self._constant_output(last),
             "evaluations": streak,
         }
-        return "background-collapse", "no faces predicted after warm-up", evidence
+        reason = "no faces predicted after warm-up"
+        if evidence["constant_output"] and last["detections_per_image"] > cfg.collapse_max_detections:
+            reason = "the same face score for every image after warm-up (the output ignores the input)"
+        return "background-collapse", reason, evidence
 
     def _stalled(self, records: Sequence[dict[str, Any]], first: int) -> tuple[str, str, dict[str, Any]] | None:
         cfg = self.cfg
@@ -579,6 +629,8 @@ class HealthMonitor:
         aps = [r["ap"] for r in window]
         if not all(_finite(v) for v in losses) or not all(_finite(v) for v in aps):
             return None
+        if self.prior_cls_loss is not None and losses[-1] <= (1 + cfg.stall_prior_margin) * self.prior_cls_loss:
+            return None  # at the class prior's loss: it moved there (collapse), it did not stall
         mean = sum(losses) / len(losses)
         change = (max(losses) - min(losses)) / mean if mean > 0 else math.inf
         fraction = losses[-1] / start

@@ -33,7 +33,7 @@ from model.engine import (
     resolve_device,
     seed_everything,
 )
-from model.health import LABELS, HealthMonitor, Verdict
+from model.health import LABELS, HealthMonitor, Verdict, constant_predictor_cls_loss
 
 #: Validation metrics every report carries (zeros when a run stopped before it could validate).
 VAL_KEYS = (
@@ -48,6 +48,7 @@ VAL_KEYS = (
     "val/num_images",
     "val/detections_per_image",
     "val/top_score",
+    "val/top_score_spread",
 )
 _TRAIN_SUMS = ("train/loss", "train/loss_cls", "train/loss_box", "train/grad_norm", "train/pos_anchors", "empty")
 
@@ -89,6 +90,7 @@ class Trainer:
             warmup_iters=cfg.schedule.warmup_length(self.iters_per_epoch),
             iters_per_epoch=self.iters_per_epoch,
             eval_score_threshold=cfg.eval.score_threshold,
+            prior_cls_loss=constant_predictor_cls_loss(cfg.loss.neg_pos_ratio) if cfg.loss.cls_loss == "ce" else None,
         )
         self.epoch = 0
         self.global_step = 0

@@ -14,15 +14,25 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from model.health import LABELS, HealthConfig, HealthMonitor, Verdict
+from model.health import (
+    LABELS,
+    MIN_IMAGES_FOR_SPREAD,
+    HealthConfig,
+    HealthMonitor,
+    Verdict,
+    constant_predictor_cls_loss,
+)
 
 EVERY = 5  # check_every_steps in these tests
 IPE = 25  # iterations per epoch (400 mini images, batch 16)
 
 
-def monitor(warmup_iters: int = 100, iters_per_epoch: int = IPE, **cfg) -> HealthMonitor:
+def monitor(warmup_iters: int = 100, iters_per_epoch: int = IPE, prior_cls_loss: float | None = None, **cfg) -> HealthMonitor:
     return HealthMonitor(
-        HealthConfig(check_every_steps=EVERY, **cfg), warmup_iters=warmup_iters, iters_per_epoch=iters_per_epoch
+        HealthConfig(check_every_steps=EVERY, **cfg),
+        warmup_iters=warmup_iters,
+        iters_per_epoch=iters_per_epoch,
+        prior_cls_loss=prior_cls_loss,
     )
 
 
@@ -83,8 +93,10 @@ def epoch_metrics(
     dets: float | None = None,
     loss: float = 6.0,
     loss_cls: float = 3.0,
+    spread: float | None = None,
+    images: int = 100,
 ) -> dict[str, float]:
-    images, num_gt = 100, 500
+    num_gt = 500
     tp = round(recall * num_gt)
     fp = fp_per_image * images
     return {
@@ -105,6 +117,7 @@ def epoch_metrics(
         "val/num_images": float(images),
         "val/detections_per_image": (tp + fp) / images if dets is None else dets,
         "val/top_score": top,
+        **({} if spread is None else {"val/top_score_spread": spread}),
     }
 
 
@@ -322,6 +335,35 @@ def test_a_rising_top_score_below_the_threshold_is_not_collapse() -> None:
     assert all(v.diagnosis == "healthy" for v in feed_epochs(monitor(warmup_iters=0), reports))
 
 
+def dead(spread: float, images: int = 100, epochs: int = 10) -> list[dict[str, float]]:
+    """lr 0.1 without warm-up, seed 0 at 400 images: from step ~56 every anchor of every image
+    scores the 1/(k+1) prior ~0.23, above a 0.2 score threshold: hundreds of detections per image,
+    AP ~0, the top score neither low nor fallen; only its spread over images says the output is constant."""
+    return [
+        epoch_metrics(0.0008, 0.2301, dets=180.0, fp_per_image=180.0, loss_cls=2.25, spread=spread, images=images)
+        for _ in range(epochs)
+    ]
+
+
+def test_a_dead_network_with_a_constant_output_is_collapse() -> None:
+    mon = monitor(warmup_iters=0)
+    start_with(mon, [4.6] * 13)  # the loss fell from its start to the prior's level: not a stall
+    verdict = feed_epochs(mon, dead(spread=2e-5))[-1]
+    assert verdict.diagnosis == "background-collapse" and verdict.stop
+    assert verdict.epoch == HealthConfig().grace_epochs + HealthConfig().collapse_patience
+    assert verdict.evidence["constant_output"] is True and verdict.evidence["top_score_spread"] == 2e-5
+    assert "the same face score for every image" in verdict.message()
+
+
+@pytest.mark.parametrize(("spread", "images"), [(0.02, 100), (2e-5, MIN_IMAGES_FOR_SPREAD - 1)])
+def test_a_constant_looking_output_needs_a_small_spread_over_enough_images(spread: float, images: int) -> None:
+    """A network that still gives each image its own top score is weak, not dead; and the spread of
+    a handful of images says nothing."""
+    mon = monitor(warmup_iters=0)
+    start_with(mon, [4.6] * 13)
+    assert all(v.diagnosis == "healthy" for v in feed_epochs(mon, dead(spread, images)))
+
+
 def test_stalled_when_classification_loss_stays_at_its_start() -> None:
     mon = monitor(warmup_iters=0)
     curves = healthy_steps(8, n=3 * IPE)
@@ -333,6 +375,23 @@ def test_stalled_when_classification_loss_stays_at_its_start() -> None:
     assert verdict.epoch == HealthConfig().grace_epochs + HealthConfig().stall_epochs
     assert verdict.evidence["start"] == pytest.approx(2.8, rel=0.1)
     assert "loss_cls" in verdict.message() and "classification loss flat" in verdict.message()
+
+
+def test_a_loss_flat_at_the_class_prior_is_not_a_stall() -> None:
+    """30:1 mining: the constant predictor's loss (4.42) is 80 % of the start (5.5), so a classifier
+    that learnt the prior and nothing more sits right at the stall threshold (a CI run read 0.82 of
+    its start as stalled). Told the prior's loss, the monitor leaves that run to the collapse check."""
+    prior = constant_predictor_cls_loss(30.0)
+    assert prior == pytest.approx(4.42, abs=0.01) and constant_predictor_cls_loss(3.0) == pytest.approx(2.25, abs=0.01)
+    reports = [epoch_metrics(0.0, 0.9, loss_cls=4.51 + 0.01 * (e % 2), loss=50.0) for e in range(8)]
+    for prior_cls_loss, expected in [(None, "stalled"), (prior, "healthy")]:
+        mon = monitor(warmup_iters=0, prior_cls_loss=prior_cls_loss)
+        start_with(mon, [5.5] * 13)
+        assert feed_epochs(mon, reports)[-1].diagnosis == expected
+    # A loss well above the prior's, at its start, is still a stall.
+    mon = monitor(warmup_iters=0, prior_cls_loss=prior)
+    start_with(mon, [5.5] * 13)
+    assert feed_epochs(mon, [epoch_metrics(0.0, 0.9, loss_cls=5.4, loss=50.0)] * 8)[-1].diagnosis == "stalled"
 
 
 def test_avoidance_with_a_flat_classification_loss_is_collapse_not_a_stall() -> None:
