@@ -70,7 +70,8 @@ class HealthConfig(BaseModel):
 
     # -- step checks ------------------------------------------------------------------------------
     reference_checks: int = Field(5, ge=1)
-    """The early loss reference is the median of the first this many (finite) step checks."""
+    """The early loss reference is the median of the first this many (finite) step checks (the
+    trainer checks step 1 as well, so the untrained network's loss is among them)."""
     explosion_factor: float = Field(100.0, gt=1)
     """``diverged`` when the loss exceeds this many times its early reference."""
     explosion_min_loss: float = Field(10.0, ge=0)

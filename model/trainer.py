@@ -174,7 +174,9 @@ class Trainer:
                 [losses["loss"].detach(), losses["loss_cls"].detach(), losses["loss_box"].detach(), grad_norm.detach().float(), num_pos]
             )
             sums += torch.cat([current, (num_pos == 0).float().view(1)])
-            if check_every and self.global_step % check_every == 0:
+            # Step 1 too: its loss is the untrained network's, the one clean reference when the
+            # loss has already exploded by the first regular check (lr 1: x56 at step 5).
+            if check_every and (self.global_step % check_every == 0 or self.global_step == 1):
                 loss, loss_cls, loss_box, gnorm, pos = current.tolist()
                 verdict = self.monitor.check_step(
                     self.global_step, self.epoch, loss=loss, loss_cls=loss_cls, loss_box=loss_box, grad_norm=gnorm, num_pos=pos

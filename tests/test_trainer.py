@@ -49,6 +49,15 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(mini_root: Path,
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
 
 
+def test_the_monitor_checks_step_one_so_its_reference_is_the_untrained_loss(mini_root: Path) -> None:
+    trainer = Trainer(small_cfg(mini_root, **{"health.check_every_steps": 3}), log=lambda _: None)
+    losses: list[float] = []
+    trainer.loss_fn.register_forward_hook(lambda _m, _i, out: losses.append(float(out["loss"].detach())))
+    trainer.run_epoch()  # 4 steps: checks at steps 1 and 3
+    assert len(losses) == 4
+    assert trainer.monitor.state_dict()["loss_ref"] == [losses[0], losses[2]]
+
+
 def test_every_report_has_the_same_keys_and_finite_numbers_or_a_label(mini_root: Path) -> None:
     trainer = Trainer(small_cfg(mini_root, epochs=1), log=lambda _: None)
     report = trainer.run_epoch()
