@@ -55,6 +55,10 @@ class AugmentConfig(_Section):
     """The SSD augmentation recipe (torchvision.transforms.v2), each part switchable."""
 
     photometric: bool = True
+    photometric_on_device: bool = False
+    """Apply the photometric distortion to each batch on the training device instead of in the
+    loader. The same transform and distribution, moved off the loader's CPU workers, where it is
+    ~2/3 of a sample's time (``bench/augment_profile.py``): on a GPU that the loader starves, on."""
     zoom_out: bool = True
     zoom_out_max: float = Field(2.0, ge=1.0)
     iou_crop: bool = True

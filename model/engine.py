@@ -52,7 +52,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[WiderFaceDataset, WiderFaceDataset
         "train",
         transform=build_train_transforms(
             size,
-            photometric=aug.photometric,
+            photometric=aug.photometric and not aug.photometric_on_device,
             zoom_out=aug.zoom_out,
             zoom_out_max=aug.zoom_out_max,
             iou_crop=aug.iou_crop,

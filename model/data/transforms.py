@@ -71,8 +71,15 @@ def build_train_transforms(
     steps += _to_network_input(input_size)
     if photometric:
         # On the float [0, 1] network input: several times fewer pixels than the source image.
-        steps.append(v2.RandomPhotometricDistort(p=0.5))
+        steps.append(photometric_distortion())
     return v2.Compose([*steps, v2.ToPureTensor()])
+
+
+def photometric_distortion() -> v2.Transform:
+    """SSD's photometric distortion (brightness, contrast, saturation, hue, channel order, each with
+    p=0.5) on a float [0, 1] image: the loader's last step, or the trainer's on the device
+    (``augment.photometric_on_device``)."""
+    return v2.RandomPhotometricDistort(p=0.5)
 
 
 def build_eval_transforms(input_size: int) -> v2.Compose:
