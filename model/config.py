@@ -54,11 +54,15 @@ class DataConfig(_Section):
 class AugmentConfig(_Section):
     """The SSD augmentation recipe (torchvision.transforms.v2), each part switchable."""
 
+    pipeline: Literal["auto", "batched", "per_sample"] = "auto"
+    """``batched``: the loader only draws each sample's random parameters and moves its boxes; the
+    pixels (zoom-out, crop, flip, resize, colour) are rendered for the whole batch on the training
+    device (``model/data/batch_augment.py``). ``per_sample``: torchvision's transforms on each
+    image in the loader. Same parameters from the same random state, so the same boxes; the
+    images differ only by the resampling filter. ``auto``: batched when training on CUDA, where
+    the loader's CPUs are the bound; per-sample on a CPU, where torchvision's uint8 kernels on
+    each image cost less than the float batch (``bench/augment_pipeline.py``)."""
     photometric: bool = True
-    photometric_on_device: bool = False
-    """Apply the photometric distortion to each batch on the training device instead of in the
-    loader. The same transform and distribution, moved off the loader's CPU workers, where it is
-    ~2/3 of a sample's time (``bench/augment_profile.py``): on a GPU that the loader starves, on."""
     zoom_out: bool = True
     zoom_out_max: float = Field(2.0, ge=1.0)
     iou_crop: bool = True

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from model.config import TrainConfig
 from model.data.mini import ensure_mini, generated_params
+from model.data.batch_augment import DrawSSDAugmentation, collate_canvas
 from model.data.transforms import build_eval_transforms, build_train_transforms
 from model.data.widerface import WiderFaceDataset, collate_fn
 from model.loss import WeightedMultiBoxLoss
@@ -37,6 +38,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def batched_augmentation(cfg: TrainConfig) -> bool:
+    """Whether this run renders its augmentation per batch on the device (``augment.pipeline``)."""
+    pipeline = cfg.augment.pipeline
+    return pipeline == "batched" or (pipeline == "auto" and resolve_device(cfg.device).type == "cuda")
+
+
 def build_datasets(cfg: TrainConfig) -> tuple[WiderFaceDataset, WiderFaceDataset]:
     """Train and validation sets; the mini set is generated at ``data.root`` on first use."""
     data = cfg.data
@@ -47,20 +54,11 @@ def build_datasets(cfg: TrainConfig) -> tuple[WiderFaceDataset, WiderFaceDataset
     size = cfg.model.input_size
     aug = cfg.augment
     common = dict(min_face_size=data.min_face_size, cache_dir=cache_dir, cache_max_side=data.cache_max_side)
-    train = WiderFaceDataset(
-        data.root,
-        "train",
-        transform=build_train_transforms(
-            size,
-            photometric=aug.photometric and not aug.photometric_on_device,
-            zoom_out=aug.zoom_out,
-            zoom_out_max=aug.zoom_out_max,
-            iou_crop=aug.iou_crop,
-            hflip=aug.hflip,
-        ),
-        max_images=data.max_train_images,
-        **common,
+    parts = dict(
+        photometric=aug.photometric, zoom_out=aug.zoom_out, zoom_out_max=aug.zoom_out_max, iou_crop=aug.iou_crop, hflip=aug.hflip
     )
+    augment = DrawSSDAugmentation(size, **parts) if batched_augmentation(cfg) else build_train_transforms(size, **parts)
+    train = WiderFaceDataset(data.root, "train", transform=augment, max_images=data.max_train_images, **common)
     val = WiderFaceDataset(
         data.root, "val", transform=build_eval_transforms(size), max_images=data.max_val_images, **common
     )
@@ -72,11 +70,13 @@ def build_loaders(cfg: TrainConfig, train: WiderFaceDataset, val: WiderFaceDatas
     generator = torch.Generator().manual_seed(cfg.seed)
     workers = cfg.data.num_workers
     pin = cfg.data.pin_memory if cfg.data.pin_memory is not None else resolve_device(cfg.device).type == "cuda"
-    common = dict(
-        batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate_fn, persistent_workers=workers > 0, pin_memory=pin
+    common = dict(batch_size=cfg.batch_size, num_workers=workers, persistent_workers=workers > 0, pin_memory=pin)
+    # The batched pipeline's loader hands over the decoded images on one canvas, to be rendered on the device.
+    train_collate = collate_canvas if batched_augmentation(cfg) else collate_fn
+    train_loader = DataLoader(
+        train, shuffle=True, drop_last=len(train) > cfg.batch_size, generator=generator, collate_fn=train_collate, **common
     )
-    train_loader = DataLoader(train, shuffle=True, drop_last=len(train) > cfg.batch_size, generator=generator, **common)
-    val_loader = DataLoader(val, shuffle=False, **common)
+    val_loader = DataLoader(val, shuffle=False, collate_fn=collate_fn, **common)
     return train_loader, val_loader
 
 

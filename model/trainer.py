@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from model.config import TrainConfig
 from model.engine import (
+    batched_augmentation,
     build_datasets,
     build_loaders,
     build_loss,
@@ -33,7 +34,7 @@ from model.engine import (
     resolve_device,
     seed_everything,
 )
-from model.data.transforms import photometric_distortion
+from model.data.batch_augment import RENDER_KEYS, render_batch
 from model.health import LABELS, HealthMonitor, Verdict, constant_predictor_cls_loss
 
 #: Validation metrics every report carries (zeros when a run stopped before it could validate).
@@ -76,9 +77,8 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.model = build_model(cfg).to(self.device)
         self.memory_format = torch.channels_last if cuda and cfg.optim.channels_last else torch.contiguous_format
+        self.batched_augmentation = batched_augmentation(cfg)
         self.model = self.model.to(memory_format=self.memory_format)
-        aug = cfg.augment
-        self.device_photometric = photometric_distortion() if aug.photometric and aug.photometric_on_device else None
         self.loss_fn = build_loss(cfg, self.model)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.iters_per_epoch)
@@ -223,11 +223,10 @@ class Trainer:
     def _batches(self, bar: tqdm) -> Iterator[tuple[torch.Tensor, list[dict[str, Any]]]]:
         for batch_images, targets in self.train_loader:
             batch_images = batch_images.to(self.device, non_blocking=True)
-            if self.device_photometric is not None:
-                # One image at a time: each draws its own distortion, as it would in the loader.
-                batch_images = torch.stack([self.device_photometric(image) for image in batch_images])
+            if self.batched_augmentation:
+                batch_images = render_batch(batch_images, targets, self.cfg.model.input_size)
             batch_images = batch_images.contiguous(memory_format=self.memory_format)
-            yield batch_images, [{k: _to(v, self.device) for k, v in t.items()} for t in targets]
+            yield batch_images, [{k: _to(v, self.device) for k, v in t.items() if k not in RENDER_KEYS} for t in targets]
             bar.update()
 
     # -- checkpoints ----------------------------------------------------------------------------

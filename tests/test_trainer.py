@@ -28,9 +28,9 @@ def small_cfg(root: Path, **overrides) -> TrainConfig:
     return TrainConfig().with_overrides({**base, **overrides})
 
 
-@pytest.mark.parametrize("on_device", [False, True])
-def test_resume_after_interruption_matches_an_uninterrupted_run(mini_root: Path, tmp_path: Path, on_device: bool) -> None:
-    cfg = small_cfg(mini_root, **{"augment.photometric_on_device": on_device})
+@pytest.mark.parametrize("pipeline", ["per_sample", "batched"])
+def test_resume_after_interruption_matches_an_uninterrupted_run(mini_root: Path, tmp_path: Path, pipeline: str) -> None:
+    cfg = small_cfg(mini_root, **{"augment.pipeline": pipeline})
     straight = Trainer(cfg, log=lambda _: None)
     uninterrupted = straight.fit()
 
@@ -51,23 +51,19 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(mini_root: Path,
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
 
 
-def test_photometric_distortion_on_device_moves_it_out_of_the_loader(mini_root: Path) -> None:
-    cfg = small_cfg(mini_root, **{"augment.photometric_on_device": True})
-    trainer = Trainer(cfg, log=lambda _: None)
-    names = [type(t).__name__ for t in trainer.train_set.transform.transforms]
-    assert "RandomPhotometricDistort" not in names and "Resize" in names
-    assert type(trainer.device_photometric).__name__ == "RandomPhotometricDistort"
-    batch = next(iter(trainer.train_loader))
-    trainer.train_loader = [batch]  # the same batch through the trainer's own batch path
-    torch.manual_seed(0)
+def test_the_batched_pipeline_renders_on_the_device_what_the_loader_drew(mini_root: Path) -> None:
+    trainer = Trainer(small_cfg(mini_root, **{"augment.pipeline": "batched"}), log=lambda _: None)
+    canvas, drawn = next(iter(trainer.train_loader))
+    assert canvas.dtype == torch.uint8 and canvas.shape[-1] > 128  # decoded images, not yet resized
+    trainer.train_loader = [(canvas, drawn)]  # the same batch through the trainer's own batch path
     (images, targets), = list(trainer._batches(trainer._progress_bar()))
-    assert images.shape == batch[0].shape and 0.0 <= float(images.min()) and float(images.max()) <= 1.0
-    # Each image draws its own distortion (with p=0.5 per part, 8 images all left alone: ~1e-12).
-    assert any(not torch.equal(a, b) for a, b in zip(images, batch[0]))
-    assert torch.equal(targets[0]["boxes"], batch[1][0]["boxes"])  # colour only: the boxes stay
+    assert images.dtype == torch.float32 and images.shape == (8, 3, 128, 128)
+    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    assert set(targets[0]) == {"boxes", "labels", "ignore", "image_id", "orig_size"}  # render entries used up
+    assert torch.equal(targets[0]["boxes"], drawn[0]["boxes"])
+    # On a CPU, "auto" keeps torchvision's per-sample transforms in the loader.
     plain = Trainer(small_cfg(mini_root), log=lambda _: None)
-    assert plain.device_photometric is None
-    assert "RandomPhotometricDistort" in [type(t).__name__ for t in plain.train_set.transform.transforms]
+    assert not plain.batched_augmentation and next(iter(plain.train_loader))[0].shape == (8, 3, 128, 128)
 
 
 def test_the_monitor_checks_step_one_so_its_reference_is_the_untrained_loss(mini_root: Path) -> None:

@@ -250,7 +250,9 @@ class WiderFaceDataset(torch.utils.data.Dataset):
         root: dataset root holding ``WIDER_<split>`` and ``wider_face_split``.
         split: ``"train"`` or ``"val"``.
         transform: callable ``(image, target) -> (image, target)``; ``None`` returns the decoded
-            image as float32 in [0, 1] at its (downscaled) size.
+            image as float32 in [0, 1] at its (downscaled) size. A transform's image is returned as
+            it comes (uint8 from :class:`model.data.batch_augment.DrawSSDAugmentation`, rendered
+            later on the device), and target entries it adds are kept.
         min_face_size: faces whose shorter side is below this, measured after the transform
             (in the network input frame), are ignore regions.
         cache_dir: where the Arrow image cache lives; ``None`` decodes JPEGs every time.
@@ -382,13 +384,14 @@ class WiderFaceDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             image, target = self.transform(image, target)
         image = image.as_subclass(Tensor)
-        if image.dtype == torch.uint8:
+        if self.transform is None:
             image = image.float().div_(255)
         boxes = target["boxes"].as_subclass(Tensor).float()
         # Ignore after the transform: what matters is the face size the anchors see.
         short_side = torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         ignore = target["ignore"].bool() | (short_side < self.min_face_size) | (short_side <= 0)
         return image, {
+            **{k: v for k, v in target.items() if k not in ("boxes", "labels", "ignore")},
             "boxes": boxes,
             "labels": target["labels"].as_subclass(Tensor).long(),
             "ignore": ignore,
