@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from model.widerface_eval import voc_ap  # torch-free, shared with the official protocol
+
 __all__ = ["Matches", "evaluate", "match_predictions", "precision_recall_curve", "voc_ap"]
 
 
@@ -192,24 +194,6 @@ def precision_recall_curve(matches: Matches) -> tuple[np.ndarray, np.ndarray, np
     precision = cum_tp / np.arange(1, len(hits) + 1, dtype=np.float64)
     recall = cum_tp / matches.num_gt if matches.num_gt > 0 else np.zeros_like(cum_tp)
     return precision, recall, matches.scores[keep][order]
-
-
-def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """VOC all-point interpolated AP: area under the precision envelope of the PR curve.
-
-    Args:
-        recall: (K,) non-decreasing recall, one point per ranked prediction or threshold.
-        precision: (K,) precision at the same points.
-    """
-    recall = np.asarray(recall, dtype=np.float64)
-    precision = np.asarray(precision, dtype=np.float64)
-    if recall.shape != precision.shape or recall.ndim != 1:
-        raise ValueError(f"recall and precision must be 1-D of one length, got {recall.shape} and {precision.shape}")
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([0.0], precision, [0.0]))
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    steps = np.flatnonzero(mrec[1:] != mrec[:-1])
-    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
 def evaluate(

@@ -33,6 +33,10 @@ Vectorisation: a prediction's outcome depends only on its own argmax face, and t
 distinct faces recalled by a score-sorted prefix is a cumulative sum of first-occurrence flags. So
 one IoU matrix per image serves all three settings, and the 1000 thresholds become one histogram
 of threshold indices (``searchsorted``) and a cumulative sum over the whole set.
+
+The module is NumPy and SciPy only: it never imports torch, so ``python -m model.widerface_eval``
+does not pay torch's import (seconds on a small machine: ``bench/eval_process.py``), yet it
+accepts torch tensors wherever it takes arrays.
 """
 
 from __future__ import annotations
@@ -48,10 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.io import loadmat
-
-from model.metrics import voc_ap
 
 __all__ = [
     "SETTINGS",
@@ -247,9 +248,18 @@ def _split_image_id(image_id: str) -> tuple[str, str]:
     return event, name.removesuffix(".jpg")
 
 
+def _as_array(value: Any) -> np.ndarray:
+    """An array from an array-like or a torch tensor, without importing torch: a tensor can only
+    exist once its caller has imported torch, so ``sys.modules`` is asked, not the import system."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+    return np.asarray(value)
+
+
 def _xyxy_to_xywh_scores(boxes_xyxy: Any, scores: Any, what: str) -> np.ndarray:
-    boxes = np.asarray(boxes_xyxy.detach().cpu() if isinstance(boxes_xyxy, torch.Tensor) else boxes_xyxy)
-    score = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores)
+    boxes = _as_array(boxes_xyxy)
+    score = _as_array(scores)
     boxes = boxes.reshape(0, 4) if boxes.size == 0 else boxes
     score = score.reshape(0) if score.size == 0 else score
     if boxes.ndim != 2 or boxes.shape[1] != 4 or score.shape != (len(boxes),):
@@ -353,6 +363,26 @@ def _validate_rows(key: Any, rows: Any) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError(f"predictions for {key}: contain NaN or inf")
     return arr
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """VOC all-point interpolated AP: area under the precision envelope of the PR curve.
+
+    Lives here, in the torch-free protocol module; :mod:`model.metrics` uses it too.
+
+    Args:
+        recall: (K,) non-decreasing recall, one point per ranked prediction or threshold.
+        precision: (K,) precision at the same points.
+    """
+    recall = np.asarray(recall, dtype=np.float64)
+    precision = np.asarray(precision, dtype=np.float64)
+    if recall.shape != precision.shape or recall.ndim != 1:
+        raise ValueError(f"recall and precision must be 1-D of one length, got {recall.shape} and {precision.shape}")
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.concatenate(([0.0], precision, [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    steps = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
 def widerface_pr_curves(

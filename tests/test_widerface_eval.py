@@ -4,6 +4,8 @@ reference per-prediction loop, and the real validation ground truth."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +27,8 @@ from model.widerface_eval import (
     write_predictions,
 )
 
-REAL_GT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "widerface_val_gt"
+REPO = Path(__file__).resolve().parents[1]
+REAL_GT = REPO.parent / "shared" / "data" / "widerface_val_gt"
 
 
 def _reference_aps(predictions: dict[tuple[str, str], np.ndarray], gt: WiderGroundTruth, gt_dir: Path) -> list[float]:
@@ -329,3 +332,40 @@ def test_predictions_for_unknown_images_are_ignored_with_a_warning(tmp_path: Pat
     with pytest.warns(UserWarning, match="1 prediction images are not in the ground truth"):
         aps = evaluate_widerface(predictions, gt)
     assert aps == pytest.approx({"easy": 1.0, "medium": 11 / 12, "hard": 11 / 16}, abs=1e-12)
+
+
+# --- no torch: the evaluation is NumPy ----------------------------------------------------------
+
+
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_importing_the_module_imports_no_torch() -> None:
+    done = _python("-c", "import model.widerface_eval, sys; assert 'torch' not in sys.modules, 'torch was imported'")
+    assert done.returncode == 0, done.stderr
+
+
+def test_cli_help_and_a_whole_evaluation_import_no_torch(tmp_path: Path) -> None:
+    done = _python("-m", "model.widerface_eval", "--help")
+    assert done.returncode == 0 and "--pred" in done.stdout and "--gt" in done.stdout, done.stderr
+    gt_dir = _hand_gt(tmp_path)
+    for (event, name), rows in _hand_predictions().items():
+        xyxy = np.c_[rows[:, :2], rows[:, :2] + rows[:, 2:4]]
+        write_predictions(tmp_path / "pred", f"{event}/{name}", xyxy, rows[:, 4])
+    code = (
+        "import sys; from model.widerface_eval import main; rc = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)"
+    )
+    done = _python("-c", code, "--pred", str(tmp_path / "pred"), "--gt", str(gt_dir))
+    assert done.returncode == 0, done.stderr
+    assert "hard          4  0.6875" in done.stdout
+
+
+def test_voc_ap_is_one_function_for_both_protocols() -> None:
+    """The torch-free protocol module owns VOC AP; our own metric uses the same function."""
+    from model import metrics, widerface_eval
+
+    assert metrics.voc_ap is widerface_eval.voc_ap
+    with pytest.raises(ValueError, match="1-D of one length"):
+        widerface_eval.voc_ap(np.zeros(2), np.zeros(3))
