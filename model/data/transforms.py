@@ -78,7 +78,7 @@ def build_train_transforms(
 def photometric_distortion() -> v2.Transform:
     """SSD's photometric distortion (brightness, contrast, saturation, hue, channel order, each with
     p=0.5) on a float [0, 1] image: the loader's last step, or the trainer's on the device
-    (``augment.photometric_on_device``)."""
+    (``augment.pipeline: batched``, as part of the batch)."""
     return v2.RandomPhotometricDistort(p=0.5)
 
 
