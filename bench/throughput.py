@@ -47,7 +47,7 @@ import torchvision
 from torchvision.models.detection.ssd import SSD
 
 from model.config import TrainConfig
-from model.engine import build_datasets, build_loaders, build_optimizer, build_scheduler
+from model.engine import batched_augmentation, build_datasets, build_loaders, build_optimizer, build_scheduler
 from model.ssd import FaceSSD
 from model.trainer import Trainer
 
@@ -95,7 +95,8 @@ class ReferenceLoop:
     def __init__(
         self, cfg: TrainConfig, ours: FaceSSD, loader: torch.utils.data.DataLoader, device: torch.device, steps: int
     ) -> None:
-        self.model = torchvision_ssd_like(ours).to(device)
+        # torchvision's recipe keeps the default memory format (ours may be channels-last).
+        self.model = torchvision_ssd_like(ours).to(device, memory_format=torch.contiguous_format)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(cfg, self.optimizer, len(loader))
         self.loader = self.clock = StepClock(loader, steps)
@@ -308,7 +309,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         "data": {"root": str(args.data), "num_workers": args.workers},
         "optim": {"amp": args.amp},
         "model": {"backbone": args.backbone, "input_size": args.input_size},
-        "augment": {"photometric_on_device": args.photometric_on_device},
+        "augment": {"pipeline": args.pipeline},
     }
     if args.pin_memory is not None:
         overrides["data"]["pin_memory"] = args.pin_memory
@@ -326,9 +327,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = ours.device
     # The same Dataset class and DataLoader settings, a loader of its own with the same seed; the
     # reference always distorts colours in its loader (the torchvision recipe).
-    if cfg.augment.photometric_on_device:
+    if batched_augmentation(cfg):
         ref_cfg = cfg.model_copy(deep=True)
-        ref_cfg.augment.photometric_on_device = False
+        ref_cfg.augment.pipeline = "per_sample"
         ref_loader, _ = build_loaders(ref_cfg, *build_datasets(ref_cfg))
     else:
         ref_loader, _ = build_loaders(cfg, ours.train_set, ours.val_set)
@@ -402,7 +403,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {
             "backbone": cfg.model.backbone,
             "pin_memory": pin_memory,
-            "photometric_on_device": args.photometric_on_device,
+            "augment_pipeline": "batched" if batched_augmentation(cfg) else "per_sample",
             "input_size": cfg.model.input_size,
             "batch_size": cfg.batch_size,
             "steps_per_round": args.iters,
@@ -481,7 +482,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"Settings: {s['backbone']} SSD, {s['input_size']} px, batch {s['batch_size']}, {s['steps_per_round']} steps "
         f"per round, {s['rounds']} rounds after {s['warmup_rounds']} warm-up round, {s['num_workers']} loader workers, "
         f"pin_memory {s.get('pin_memory')}, "
-        + ("photometric distortion on the device, " if s.get("photometric_on_device") else "")
+        + ("batched augmentation rendered on the device (the reference: per-sample in its loader), " if s.get("augment_pipeline") == "batched" else "")
         + ("**every loop replays the same batches from memory (no image loading)**, " if s.get("cached_batches") else "")
         + f"AMP {'on' if s['amp'] else 'off'}, health checks every {s['health_check_every_steps']} steps, data {s['data']}.",
         "",
@@ -560,8 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=256, help="input size in pixels (default 256)")
     parser.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
                         help="the loader's pin_memory (default: the config's, on for CUDA)")
-    parser.add_argument("--photometric-on-device", action="store_true",
-                        help="augment.photometric_on_device: the photometric distortion on the batch, not in the loader")
+    parser.add_argument("--pipeline", choices=["auto", "batched", "per_sample"], default="auto",
+                        help="augment.pipeline of our loop (the reference keeps torchvision's per-sample transforms)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0, the config default)")
     parser.add_argument("--cached", action="store_true",

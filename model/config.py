@@ -125,7 +125,8 @@ class OptimConfig(_Section):
     amp: bool = True
     """Mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler); no effect on CPU."""
     channels_last: bool = True
-    """channels-last memory format on CUDA, where convolutions run faster; no effect on CPU."""
+    """channels-last memory format for the network and its input: faster convolutions on CUDA and
+    on the CPU too (oneDNN; the tiny SSD's training step ~1.2x, ``bench/throughput.py``)."""
 
 
 class ScheduleConfig(_Section):

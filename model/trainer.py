@@ -76,7 +76,7 @@ class Trainer:
 
         cuda = self.device.type == "cuda"
         self.model = build_model(cfg).to(self.device)
-        self.memory_format = torch.channels_last if cuda and cfg.optim.channels_last else torch.contiguous_format
+        self.memory_format = torch.channels_last if cfg.optim.channels_last else torch.contiguous_format
         self.batched_augmentation = batched_augmentation(cfg)
         self.model = self.model.to(memory_format=self.memory_format)
         self.loss_fn = build_loss(cfg, self.model)

@@ -154,3 +154,39 @@ def test_bad_sizes_are_refused(bad: int) -> None:
 def test_the_loader_half_pickles_for_spawned_workers() -> None:
     draw = pickle.loads(pickle.dumps(DrawSSDAugmentation(64)))
     assert draw.input_size == 64 and draw.crop is not None
+
+
+@pytest.mark.slow
+def test_a_search_whose_trials_render_their_batches(mini_root: Path, tmp_path: Path) -> None:
+    """A real search (Ray Tune, Optuna, MLflow) whose two trials use the batched pipeline on the CPU."""
+    import mlflow
+    import yaml
+
+    from hpo.search import main as search_main
+    from hpo.space import load_space
+
+    raw = load_space("cpu-mini").as_dict()
+    raw.update(
+        name="batched",
+        budget={"num_samples": 2, "max_epochs": 1, "max_concurrent_trials": 2, "time_budget_s": None},
+        scheduler={"type": "none"},
+        points_to_evaluate=[],
+    )
+    raw["fixed"].update({"augment.pipeline": "batched", "data.max_train_images": 32, "data.max_val_images": 16,
+                         "model.input_size": 96, "schedule.warmup_epochs": 0.5})  # fmt: skip
+    raw["params"] = {"optim.lr": {"distribution": "loguniform", "low": 0.005, "high": 0.02}}
+    space = tmp_path / "batched.yaml"
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = search_main(["--space", str(space), "--data", str(mini_root), "--storage-path", str(tmp_path / "ray"),
+                      "--tracking-uri", uri, "--no-report"])  # fmt: skip
+    assert rc == 0
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("batched")
+    trials = client.search_runs([experiment.experiment_id], filter_string="tags.`hpo.role` = 'trial'")
+    assert len(trials) == 2
+    for run in trials:
+        assert run.data.tags["hpo.outcome"] == "completed", run.data.tags
+        assert run.data.metrics["train/loss"] > 0 and run.data.metrics["val/ap"] >= 0
+        config = yaml.safe_load(open(client.download_artifacts(run.info.run_id, "trial_config.yaml", str(tmp_path))))
+        assert config["augment"]["pipeline"] == "batched"

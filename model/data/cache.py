@@ -137,7 +137,7 @@ class ArrowImageCache:
         #: Images that failed to decode while the cache was built.
         self.corrupt_files: list[str] = [relpaths[i] for i in np.flatnonzero(~decoded)]
         self._pid: int | None = None
-        self._batches: list[pa.RecordBatch] = []
+        self._batches: list[_Columns] = []
         self._starts = np.zeros(1, dtype=np.int64)
 
     @classmethod
@@ -177,31 +177,68 @@ class ArrowImageCache:
         if self._pid != os.getpid():
             self._map()
         b = int(np.searchsorted(self._starts, row, side="right")) - 1
-        batch, j = self._batches[b], row - int(self._starts[b])
-        height, width = batch.column("height")[j].as_py(), batch.column("width")[j].as_py()
-        pixels = np.frombuffer(batch.column("pixels")[j].as_buffer(), dtype=np.uint8)
-        # The map is read-only; the transposing copy gives torch its own writable CHW memory.
-        image = torch.from_numpy(np.ascontiguousarray(pixels.reshape(height, width, 3).transpose(2, 0, 1)))
-        boxes = batch.column("boxes")[j].values.to_numpy(zero_copy_only=False).reshape(-1, 4)
-        invalid = batch.column("invalid")[j].values.to_numpy(zero_copy_only=False)
+        c, j = self._batches[b], row - int(self._starts[b])
+        height, width = int(c.height[j]), int(c.width[j])
+        pixels = c.pixels[c.pixel_offsets[j] : c.pixel_offsets[j + 1]]
+        # The map is read-only: a plain copy gives torch its own memory (HWC, as stored), seen as CHW
+        # through strides. A transposing copy costs ~4x more, and the next consumer copies anyway
+        # (torchvision's uint8 resize is fastest on this channels-last layout; the batch canvas).
+        image = torch.from_numpy(pixels.reshape(height, width, 3).copy()).permute(2, 0, 1)
         return CachedImage(
             image=image,
-            boxes=torch.tensor(boxes, dtype=torch.float32),
-            invalid=torch.tensor(invalid, dtype=torch.bool),
-            relpath=batch.column("relpath")[j].as_py(),
-            orig_size=(batch.column("orig_height")[j].as_py(), batch.column("orig_width")[j].as_py()),
+            boxes=torch.from_numpy(c.boxes[c.box_offsets[j] : c.box_offsets[j + 1]].reshape(-1, 4).copy()),
+            invalid=torch.from_numpy(c.invalid[c.invalid_offsets[j] : c.invalid_offsets[j + 1]].copy()),
+            relpath=c.relpaths[j],
+            orig_size=(int(c.orig_height[j]), int(c.orig_width[j])),
         )
 
     def _map(self) -> None:
         reader = pa.ipc.open_file(pa.memory_map(str(self.path), "r"))
-        self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-        self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
+        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        self._batches = [_Columns.of(batch) for batch in batches]
+        self._starts = np.cumsum([0] + [b.num_rows for b in batches])
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(_pid=None, _batches=[], _starts=np.zeros(1, dtype=np.int64))
         return state
+
+
+@dataclass
+class _Columns:
+    """One record batch as NumPy arrays over the memory map: per-row reads without pyarrow scalars."""
+
+    relpaths: list[str]
+    height: np.ndarray
+    width: np.ndarray
+    orig_height: np.ndarray
+    orig_width: np.ndarray
+    pixels: np.ndarray  # every row's bytes, back to back (zero-copy over the map)
+    pixel_offsets: np.ndarray
+    boxes: np.ndarray  # flattened xyxy of every row's faces
+    box_offsets: np.ndarray  # row j's floats: box_offsets[j]:box_offsets[j + 1]
+    invalid: np.ndarray
+    invalid_offsets: np.ndarray
+
+    @classmethod
+    def of(cls, batch: pa.RecordBatch) -> _Columns:
+        pixels = batch.column("pixels")
+        _, offsets, data = pixels.buffers()
+        boxes, invalid = batch.column("boxes"), batch.column("invalid")
+        return cls(
+            relpaths=batch.column("relpath").to_pylist(),
+            height=batch.column("height").to_numpy(),
+            width=batch.column("width").to_numpy(),
+            orig_height=batch.column("orig_height").to_numpy(),
+            orig_width=batch.column("orig_width").to_numpy(),
+            pixels=np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8),
+            pixel_offsets=np.frombuffer(offsets, dtype=np.int64)[pixels.offset : pixels.offset + len(pixels) + 1],
+            boxes=boxes.values.to_numpy(zero_copy_only=False),
+            box_offsets=boxes.offsets.to_numpy(),
+            invalid=invalid.values.to_numpy(zero_copy_only=False),
+            invalid_offsets=invalid.offsets.to_numpy(),
+        )
 
 
 def cache_key(
