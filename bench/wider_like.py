@@ -60,6 +60,7 @@ from model.data.mini import (  # noqa: E402
     SplitSummary,
     _blur_radius,
     _Face,
+    _face_with_attributes,
     _log_uniform,
     _max_overlap,
     _random_blur_level,
@@ -128,20 +129,7 @@ def sample_layout(rng: np.random.Generator) -> tuple[int, int, list[_Face]]:
         else:
             continue
         boxes = np.vstack([boxes, [x, y, x + w, y + h]])
-        faces.append(
-            _Face(
-                x=x,
-                y=y,
-                w=w,
-                h=h,
-                blur=_random_blur_level(rng, w),
-                expression=int(rng.random() < 0.1),
-                illumination=int(rng.random() < 0.12),
-                invalid=int(rng.random() < 0.03),
-                occlusion=int(rng.choice(3, p=(0.75, 0.17, 0.08))),
-                pose=pose,
-            )
-        )
+        faces.append(_face_with_attributes(rng, x, y, w, h, pose))
     return width, height, faces
 
 

@@ -513,21 +513,24 @@ def _place_faces(rng: np.random.Generator, width: int, height: int, max_face: in
         else:
             continue  # no room left for a face of this size
         boxes = np.vstack([boxes, [x, y, x + w, y + h]])
-        faces.append(
-            _Face(
-                x=x,
-                y=y,
-                w=w,
-                h=h,
-                blur=_random_blur_level(rng, w),
-                expression=int(rng.random() < 0.1),
-                illumination=int(rng.random() < 0.12),
-                invalid=int(rng.random() < 0.03),
-                occlusion=int(rng.choice(3, p=(0.75, 0.17, 0.08))),
-                pose=pose,
-            )
-        )
+        faces.append(_face_with_attributes(rng, x, y, w, h, pose))
     return faces
+
+
+def _face_with_attributes(rng: np.random.Generator, x: int, y: int, w: int, h: int, pose: int) -> _Face:
+    """A placed face with WIDER's attribute columns drawn at the official set's rough rates."""
+    return _Face(
+        x=x,
+        y=y,
+        w=w,
+        h=h,
+        blur=_random_blur_level(rng, w),
+        expression=int(rng.random() < 0.1),
+        illumination=int(rng.random() < 0.12),
+        invalid=int(rng.random() < 0.03),
+        occlusion=int(rng.choice(3, p=(0.75, 0.17, 0.08))),
+        pose=pose,
+    )
 
 
 def _max_overlap(boxes: np.ndarray, box: np.ndarray) -> float:
