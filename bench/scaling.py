@@ -72,9 +72,12 @@ def run(nodes: int, cpus: int, trials: int, epochs: int, data: Path, work: Path)
             workers.append(loopback.add_worker(cluster, cpus))
         node_ids = [cluster.head.node_id] + [w.node_id for w in workers]
         driver_env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}  # connect() turns it on
+        # Both nodes are this machine: the image cache beside the data, as a local search keeps it
+        # (with --address the default is a node-local folder under ~).
         cmd = [sys.executable, str(REPO / "hpo" / "search.py"), "--address", cluster.address, "--no-report",
                "--space", str(space_file(work, name, trials, epochs)), "--data", str(data),
-               "--storage-path", str(work / "ray"), "--tracking-uri", f"sqlite:///{work / (name + '.db')}"]  # fmt: skip
+               "--storage-path", str(work / "ray"), "--tracking-uri", f"sqlite:///{work / (name + '.db')}",
+               "--cache-dir", str(data / ".cache")]  # fmt: skip
         log = work / f"{name}.log"
         start = time.time()
         with log.open("w") as out:

@@ -41,6 +41,15 @@ from model.config import DEFAULT_MINI_ROOT
 from model.data.mini import ensure_mini, generated_params
 
 DEFAULT_STORAGE = Path("ray_results")
+#: The decoded-image cache on a cluster (``--address``): a folder on each node's own disk, ``~``
+#: expanded on the node (the data root may be NFS, or synced from S3, where a cache would be slow
+#: or shared by every node). A local search keeps it beside the data: ``<data root>/.cache``.
+CLUSTER_CACHE_DIR = "~/.cache/ssd-face-hpo"
+#: One worker process per trial slot runs trial after trial (Tune's ``reuse_actors``): a new trial
+#: costs a reset of the actor (tens of milliseconds) instead of a new process importing torch, Ray
+#: and the project (10-14 s a trial on average, up to 24 s, on 2 loaded cores: ``bench/dead_time.py``).
+#: The trainable builds every trial from its own config and checkpoint only.
+REUSE_ACTORS = True
 #: Exit status of an interrupted search (the shell's for SIGINT: 128 + 2).
 INTERRUPTED_EXIT = 130
 _SEARCH_ID_FILE = "hpo_search_id.txt"
@@ -55,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpus-per-trial", type=float, help="overrides resources.cpu")
     p.add_argument("--gpus-per-trial", type=float, help="overrides resources.gpu (fractions share a GPU)")
     p.add_argument("--storage-path", default=str(DEFAULT_STORAGE), help="Tune results: local, NFS or s3:// (default: %(default)s)")
+    p.add_argument(
+        "--cache-dir",
+        help=f"decoded-image cache, one per node (default: <data root>/.cache; with --address {CLUSTER_CACHE_DIR}, "
+        "~ expanded on each node)",
+    )
     p.add_argument("--name", help="the search's name in storage (default: the space's name)")
     p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI (default: %(default)s)")
     p.add_argument("--experiment", help="MLflow experiment (default: the space's name)")
@@ -89,6 +103,19 @@ def data_root(space: SearchSpace) -> Path:
     return root
 
 
+def cache_dir(args: argparse.Namespace, root: Path) -> str:
+    """Where the trials keep the decoded-image cache (``--cache-dir``; see :data:`CLUSTER_CACHE_DIR`).
+
+    A path starting with ``~`` stays as it is, for each trial to expand on its own node; any
+    other is made absolute here (a trial runs in its own working directory).
+    """
+    if args.cache_dir is None:
+        return CLUSTER_CACHE_DIR if args.address is not None else str(root / ".cache")
+    if args.cache_dir.startswith("~"):
+        return args.cache_dir
+    return str(Path(args.cache_dir).resolve())
+
+
 def run_search(args: argparse.Namespace) -> int:
     space = resolve_space(args)
     name = args.name or space.name
@@ -102,10 +129,11 @@ def run_search(args: argparse.Namespace) -> int:
     parent = open_parent_run(args.tracking_uri, experiment, search_id, space)
     trials = expected_trials(space) or f"up to {space.budget.num_samples}"  # 0: a time budget may end it sooner
     print(f"search {name!r}: space {space.source}, {trials} trials x up to {space.budget.max_epochs} epochs")
-    print(f"  data {root}\n  results {search_dir}\n  MLflow {args.tracking_uri} (experiment {experiment!r}, parent run {parent})")
+    cache = cache_dir(args, root)
+    print(f"  data {root} (image cache {cache})\n  results {search_dir}\n  MLflow {args.tracking_uri} (experiment {experiment!r}, parent run {parent})")
 
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, space=space.as_dict(), data_root=str(root), cache_dir=str(root / ".cache")),
+        tune.with_parameters(train_trial, space=space.as_dict(), data_root=str(root), cache_dir=cache),
         {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
     )
     stopper = HealthStopper()
@@ -126,6 +154,7 @@ def run_search(args: argparse.Namespace) -> int:
                 num_samples=space.budget.num_samples,
                 max_concurrent_trials=space.budget.max_concurrent_trials if grid else None,
                 time_budget_s=space.budget.time_budget_s,
+                reuse_actors=REUSE_ACTORS,
             ),
             run_config=tune.RunConfig(
                 name=name,

@@ -11,11 +11,23 @@ The layout (the contract with the search entry point and the export):
   ``stopped:<diagnosis>``, ``error``, ``interrupted`` until ``--resume`` goes on with it),
   ``hpo.diagnosis``; params = the sampled dotted keys;
   artifacts ``trial_config.yaml`` and, once it ended, ``learning_curves.png`` and
-  ``detections.png`` (sample detections of its last epoch); the metrics of :data:`TRIAL_METRICS` per epoch (step = epoch).
+  ``detections.png`` (sample detections of its last epoch; an errored trial's only if its last
+  checkpoint holds one, see :func:`hpo.trainable.last_chance_epochs`); the metrics of :data:`TRIAL_METRICS` per epoch (step = epoch).
 
 Everything goes through :class:`mlflow.MlflowClient`, never the fluent API: the callback lives in
 Tune's driver next to other code, and the fluent API's global "active run" would leak into it.
 Tracking is best effort during a search: a failure is logged as a warning and the search goes on.
+
+The callback's hooks run on Tune's event loop, which starts a trial's training only once
+``on_trial_start`` has returned, sends a trial its next epoch only once ``on_trial_result`` has,
+and frees an ended trial's slot only once ``on_trial_complete`` has; the end-of-trial artifacts
+alone (reading the metric history back, drawing the learning curves, uploading them and the
+sample detections) took 1.3-1.7 s a trial there on 2 loaded cores (``bench/dead_time.py``). So the
+hooks only take a snapshot of the trial and queue the work; one writer thread does it, in the
+order it was queued (per run and across runs MLflow sees the writes in Tune's order; a run's
+start and end times and the metrics' timestamps are the hooks' own). The queue is drained before
+``on_experiment_end`` returns (also after Ctrl-C), so everything has reached MLflow when
+``Tuner.fit`` does.
 """
 
 from __future__ import annotations
@@ -27,6 +39,8 @@ import math
 import numbers
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlparse
@@ -43,6 +57,7 @@ from model.samples import DETECTIONS_FILE
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
+    from ray.train import Checkpoint
     from ray.tune.experiment import Trial
 
 __all__ = [
@@ -96,6 +111,9 @@ STATUS = "hpo.status"
 PARENT_RUN_ID = "mlflow.parentRunId"
 
 _HEALTHY = "healthy"
+#: The callback's MLflow writes off Tune's event loop (see the module's doc); False writes them in
+#: the hooks themselves (``bench/dead_time.py --variant sync-tracking`` measures the difference).
+BACKGROUND_WRITES = True
 # MLflow's limits per log_batch call.
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_TAGS_PER_BATCH = 100
@@ -176,6 +194,22 @@ def unfinished_trials(search_id: str) -> set[str]:
 # -- the child runs --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _TrialView:
+    """A trial as a hook saw it, for the writer thread (Tune goes on changing the ``Trial``)."""
+
+    trial_id: str
+    config: dict[str, Any]
+    last_result: dict[str, Any]
+    checkpoint: Checkpoint | None
+    at_ms: int
+    """When the hook ran (ms since the epoch): the run's start/end time and the metrics' timestamp."""
+
+    @classmethod
+    def of(cls, trial: Trial) -> _TrialView:
+        return cls(trial.trial_id, dict(trial.config), dict(trial.last_result or {}), trial.checkpoint, int(time.time() * 1000))
+
+
 class MlflowTrialCallback(tune.Callback):
     """Mirrors every Tune trial into a child run of the search's parent run.
 
@@ -184,6 +218,9 @@ class MlflowTrialCallback(tune.Callback):
     is looked up by (search id, trial id) before one is created, so a resumed search (a second
     ``Tuner`` with the same search id, or ``Tuner.restore``) continues the same runs; epochs it
     already logged are not logged again.
+
+    The hooks only queue the work (see the module's doc); :meth:`flush` waits for it, and
+    ``on_experiment_end`` flushes before it returns.
 
     Args:
         tracking_uri: the MLflow tracking URI (e.g. ``sqlite:///mlflow.db``).
@@ -201,14 +238,18 @@ class MlflowTrialCallback(tune.Callback):
         self.max_epochs = max_epochs
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
+        # Written by the writer thread only (read on the loop after a flush).
         self._runs: dict[str, str] = {}  # trial id -> child run id
         self._last_step: dict[str, int] = {}  # trial id -> last epoch logged
         self._ended: set[str] = set()  # trials whose run this driver ended
+        self._executor: ThreadPoolExecutor | None = None  # the writer, started on first use
+        self._pending: list[Future] = []
 
-    # The callback is pickled with the Tuner's state; the client (a database engine) is not.
+    # The callback is pickled with the Tuner's state; the client (a database engine) and the
+    # writer thread are not.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_client=None, _experiment_id=None, _runs={}, _last_step={}, _ended=set())
+        state.update(_client=None, _experiment_id=None, _runs={}, _last_step={}, _ended=set(), _executor=None, _pending=[])
         return state
 
     @property
@@ -220,23 +261,24 @@ class MlflowTrialCallback(tune.Callback):
     # -- Tune hooks ---------------------------------------------------------------------------------
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._guard("start", trial, self._start, trial)
+        self._submit("start", trial, self._start)
 
     def on_trial_restore(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._guard("restore", trial, self._start, trial)
+        self._submit("restore", trial, self._start)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
-        self._guard("result", trial, self._result, trial, result)
+        self._submit("result", trial, self._result, dict(result))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._guard("complete", trial, self._complete, trial)
-        self._guard("artifacts", trial, self._artifacts, trial)
+        self._submit("complete", trial, self._complete)
+        self._submit("artifacts", trial, self._artifacts)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._guard("error", trial, self._end, trial, {OUTCOME: "error"}, RunStatus.FAILED)
-        self._guard("artifacts", trial, self._artifacts, trial)
+        self._submit("error", trial, self._end, {OUTCOME: "error"}, RunStatus.FAILED)
+        self._submit("artifacts", trial, self._artifacts)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self.flush()
         # Also called after Ctrl-C, when Tune has just marked every running trial TERMINATED: what
         # tells the unfinished ones apart is that they never reached on_trial_complete/_error.
         unfinished = {
@@ -248,23 +290,47 @@ class MlflowTrialCallback(tune.Callback):
         for trial in trials:
             if trial.trial_id in unfinished and trial.trial_id in self._runs:
                 # The run says so instead of staying RUNNING; --resume sets it running again.
-                self._guard("end", trial, self._end, trial, {OUTCOME: "interrupted"}, RunStatus.KILLED)
+                self._submit("end", trial, self._end, {OUTCOME: "interrupted"}, RunStatus.KILLED)
+        self.flush()
+
+    def flush(self) -> None:
+        """Wait until everything the hooks queued so far is written (or has failed with a warning)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
 
     # -- what they do -------------------------------------------------------------------------------
 
-    def _guard(self, hook: str, trial: Trial, fn: Any, *args: Any) -> None:
+    def _submit(self, hook: str, trial: Trial, fn: Any, *args: Any) -> None:
+        """Run ``fn(view of trial, *args)`` in the writer thread, after everything queued before
+        (or here and now, see :data:`BACKGROUND_WRITES`)."""
+        try:
+            view = _TrialView.of(trial)
+        except Exception as exc:  # noqa: BLE001
+            _LOG.warning("MLflow tracking failed on trial %s (%s): %s: %s", trial.trial_id, hook, type(exc).__name__, exc)
+            return
+        if not BACKGROUND_WRITES:
+            self._guard(hook, view, fn, view, *args)
+            return
+        if self._executor is None:
+            # One thread: per run, and across runs, MLflow sees the writes in the order Tune made them.
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self._executor.submit(self._guard, hook, view, fn, view, *args))
+
+    def _guard(self, hook: str, trial: _TrialView, fn: Any, *args: Any) -> None:
         try:
             fn(*args)
         except Exception as exc:  # noqa: BLE001 - tracking must never take the search down
             _LOG.warning("MLflow tracking failed on trial %s (%s): %s: %s", trial.trial_id, hook, type(exc).__name__, exc)
 
-    def _start(self, trial: Trial) -> None:
+    def _start(self, trial: _TrialView) -> None:
         run_id = self._run_id(trial)
         # A trial Tune starts again (a retry, a resumed search) is running again.
         self.client.log_batch(run_id, tags=[RunTag(OUTCOME, "running")])
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
-    def _result(self, trial: Trial, result: Mapping[str, Any]) -> None:
+    def _result(self, trial: _TrialView, result: Mapping[str, Any]) -> None:
         run_id = self._run_id(trial)
         epoch = result.get("epoch")
         if not _is_number(epoch):
@@ -272,9 +338,8 @@ class MlflowTrialCallback(tune.Callback):
         step = int(epoch)
         if step <= self._last_step.get(trial.trial_id, -1):
             return  # re-reported after a restore from an earlier checkpoint
-        now = int(time.time() * 1000)
         metrics = [
-            Metric(key, float(result[key]), now, step)
+            Metric(key, float(result[key]), trial.at_ms, step)
             for key in TRIAL_METRICS
             if _is_number(result.get(key)) and math.isfinite(result[key])
         ]
@@ -282,8 +347,8 @@ class MlflowTrialCallback(tune.Callback):
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self._last_step[trial.trial_id] = step
 
-    def _complete(self, trial: Trial) -> None:
-        last = trial.last_result or {}
+    def _complete(self, trial: _TrialView) -> None:
+        last = trial.last_result
         epoch = int(last["epoch"]) if _is_number(last.get("epoch")) else 0
         tags: dict[str, str]
         if last.get("health/stop") == 1:
@@ -295,13 +360,13 @@ class MlflowTrialCallback(tune.Callback):
             tags, status = {OUTCOME: "pruned", PRUNED_AT: str(epoch)}, RunStatus.KILLED
         self._end(trial, tags, status)
 
-    def _end(self, trial: Trial, tags: dict[str, str], status: int) -> None:
+    def _end(self, trial: _TrialView, tags: dict[str, str], status: int) -> None:
         run_id = self._run_id(trial)
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        self.client.set_terminated(run_id, RunStatus.to_string(status))
+        self.client.set_terminated(run_id, RunStatus.to_string(status), end_time=trial.at_ms)
         self._ended.add(trial.trial_id)
 
-    def _artifacts(self, trial: Trial) -> None:
+    def _artifacts(self, trial: _TrialView) -> None:
         """The ended trial's learning curves (from its run's metric history) and its last sample
         detections (drawn by the trainable beside its checkpoint)."""
         run_id = self._run_id(trial)
@@ -315,14 +380,13 @@ class MlflowTrialCallback(tune.Callback):
         if history:
             figure = plots.learning_curves(history, title=f"trial {trial.trial_id} ({self.space.name})")
             self.client.log_figure(run_id, figure, CURVES_ARTIFACT)
-        checkpoint = trial.checkpoint
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
+        if trial.checkpoint is not None:
+            with trial.checkpoint.as_directory() as directory:
                 picture = Path(directory) / DETECTIONS_FILE
                 if picture.is_file():
                     self.client.log_artifact(run_id, str(picture))
 
-    def _run_id(self, trial: Trial) -> str:
+    def _run_id(self, trial: _TrialView) -> str:
         """The trial's child run: cached, else found by tags, else created (with params and config)."""
         trial_id = trial.trial_id
         if trial_id in self._runs:
@@ -339,7 +403,7 @@ class MlflowTrialCallback(tune.Callback):
         self._runs[trial_id] = run_id
         return run_id
 
-    def _create(self, trial: Trial) -> str:
+    def _create(self, trial: _TrialView) -> str:
         tags = {
             PARENT_RUN_ID: self.parent_run_id,
             ROLE: "trial",
@@ -348,7 +412,8 @@ class MlflowTrialCallback(tune.Callback):
             OUTCOME: "running",
             DIAGNOSIS: _HEALTHY,
         }
-        run_id = self.client.create_run(self._experiment_id, tags=tags, run_name=trial.trial_id).info.run_id
+        run = self.client.create_run(self._experiment_id, start_time=trial.at_ms, tags=tags, run_name=trial.trial_id)
+        run_id = run.info.run_id
         sampled = dict(trial.config)
         params = [Param(k, str(v)) for k, v in sampled.items()]
         for start in range(0, len(params), _MAX_PARAMS_PER_BATCH):

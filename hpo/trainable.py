@@ -2,8 +2,9 @@
 
 Each epoch the trainer's flat report goes through :func:`tune_metrics` and on to Tune with a
 checkpoint (``last.pt``), so a trial that failed, or a search that was interrupted, resumes
-where it stopped. What Tune sees is sanitised: the scheduler (ASHA) and the sampler (Optuna)
-never receive NaN or inf. A NaN reaching them is silently mishandled: ASHA lets a NaN trial run
+where it stopped; the epoch's sample detections (``detections.png``) go beside it at the epochs
+that may be the trial's last (:func:`last_chance_epochs`). What Tune sees is sanitised: the
+scheduler (ASHA) and the sampler (Optuna) never receive NaN or inf. A NaN reaching them is silently mishandled: ASHA lets a NaN trial run
 to the end, and Optuna's ``tell`` refuses it, leaving the trial RUNNING so that the sampler never
 learns that its region diverges. A trial the health monitor stopped therefore reports a finite
 *penalty*, worse than any real value of the search metric, while its true diagnosis travels in
@@ -23,6 +24,7 @@ import logging
 import math
 import numbers
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +34,7 @@ import torch
 from ray import tune
 
 from hpo.cluster import cap_gpu_memory
-from hpo.space import space_from_dict
+from hpo.space import AshaSchedulerSpec, SearchSpace, space_from_dict
 from model.config import TrainConfig
 from model.samples import DETECTIONS_FILE, save_sample_detections
 from model.trainer import Trainer
@@ -43,6 +45,8 @@ __all__ = [
     "NONFINITE_FILL",
     "PENALTY_MAX",
     "PENALTY_MIN",
+    "SETUP_KEY",
+    "last_chance_epochs",
     "penalty",
     "train_trial",
     "tune_metrics",
@@ -65,6 +69,9 @@ CHECKPOINT_NAME = "last.pt"
 #: The Ray node a trial's epoch ran on, in every report (Tune's ``node_ip`` cannot tell apart
 #: nodes that share an address, and a trial restarted after a node loss moves).
 NODE_ID_KEY = "ray/node_id"
+#: Seconds from the trial function's entry to its first epoch (config, data sets, model, checkpoint
+#: restore), in every report of that run of the trial: a trial's set-up cost, as Tune saw it.
+SETUP_KEY = "time/setup_s"
 
 _STOP_KEY = "health/stop"
 _NONFINITE_KEY = "health/nonfinite"
@@ -130,12 +137,17 @@ def train_trial(
             pydantic model need not).
         data_root: absolute path of the dataset (each trial runs in its own working directory,
             so a relative path would point somewhere else on every trial).
-        cache_dir: absolute path of the decoded-image cache, shared by the trials of a node;
+        cache_dir: absolute path of the decoded-image cache, shared by the trials of a node
+            (``~`` is expanded on the node the trial runs on: a node-local folder on a cluster);
             ``None`` keeps the space's setting (by default ``<data_root>/.cache``).
 
     Resumes from ``tune.get_checkpoint()`` when Tune restarts the trial (after a failure, or in a
     resumed search). The trial ends at ``budget.max_epochs`` or when the health monitor stops it.
+    The search reuses its workers (``reuse_actors``): one process runs trial after trial, and
+    each is built here from its own config and checkpoint only (the trainer seeds every RNG
+    afresh; the thread count and GPU cap are set again), nothing carried over from the last.
     """
+    entered = time.perf_counter()
     search_space = space_from_dict(space, source=f"search space {space.get('name', '?')!r}")
     resources = _trial_resources()
     cap_gpu_memory(resources.get("GPU", 0.0))  # a GPU share: stay inside it (no-op on CPU)
@@ -155,15 +167,44 @@ def train_trial(
             trainer.load_checkpoint(path)
         _LOG.info("resumed at epoch %d from %s", trainer.epoch, checkpoint.path)
 
+    draw_at = last_chance_epochs(search_space)
+    setup_s = time.perf_counter() - entered
     while not trainer.finished:
         report = trainer.run_epoch()
         metrics = tune_metrics(report, search_space.metric, search_space.mode)
         metrics[NODE_ID_KEY] = ray.get_runtime_context().get_node_id()  # where it ran (nodes may share an IP)
+        metrics[SETUP_KEY] = setup_s
         # Tune copies the directory to the trial's storage before report() returns.
         with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as directory:
             trainer.save_checkpoint(Path(directory) / CHECKPOINT_NAME)
-            _draw_detections(trainer, Path(directory) / DETECTIONS_FILE)
+            if trainer.finished or draw_at is None or trainer.epoch in draw_at:
+                _draw_detections(trainer, Path(directory) / DETECTIONS_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def last_chance_epochs(space: SearchSpace) -> frozenset[int] | None:
+    """The epochs after which the search may end a healthy trial, besides its last one.
+
+    The tracking callback logs the sample detections of a trial's last checkpoint, so a trial
+    draws them only where that checkpoint may be its last: at ``budget.max_epochs`` or a health
+    stop (the trainable knows these itself) and at ASHA's rungs, where the scheduler decides
+    (``grace_period * reduction_factor**(k + s)`` for bracket ``s``, below ``max_epochs``; a trial
+    is judged at its first report at or past a rung, so a fractional rung is its ceiling). With a
+    time budget any epoch may be the last: ``None``, draw every epoch. (A trial that errors has a
+    picture only if its last checkpoint was taken at one of these epochs.)
+    """
+    if space.budget.time_budget_s is not None:
+        return None
+    spec = space.scheduler
+    if not isinstance(spec, AshaSchedulerSpec):
+        return frozenset()
+    max_t, rf = space.budget.max_epochs, spec.reduction_factor
+    rungs = set()
+    for s in range(spec.brackets):
+        # Ray's _Bracket: int(log(max_t / min_t) / log(rf) - s + 1) rungs, at min_t * rf ** (k + s).
+        count = int(math.log(max_t / spec.grace_period) / math.log(rf) - s + 1)
+        rungs.update(math.ceil(spec.grace_period * rf ** (k + s) - 1e-9) for k in range(count))
+    return frozenset(r for r in rungs if r < max_t)
 
 
 def _draw_detections(trainer: Trainer, path: Path) -> None:

@@ -127,6 +127,8 @@ def _search(cluster: Cluster, tracking_uri: str, tmp_path: Path, mini_root: Path
     env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}  # connect() turns it on
     cmd = [sys.executable, str(REPO / "hpo" / "search.py"), "--address", cluster.address,
            "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "shared"),
+           # Both loopback nodes share this host: a tmp cache, not the node-local default under ~.
+           "--cache-dir", str(tmp_path / "image-cache"),
            "--space", str(_space_file(tmp_path, name)), "--data", str(mini_root)]  # fmt: skip
     log = (tmp_path / "search.log").open("w")
     return subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)

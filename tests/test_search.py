@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from hpo.export import main as export_main
-from hpo.search import INTERRUPTED_EXIT
+from hpo.search import CLUSTER_CACHE_DIR, INTERRUPTED_EXIT, cache_dir, parse_args
 from hpo.search import main as search_main
 from hpo.space import load_space
 from hpo.stopping import RungAwareOptunaSearch
-from hpo.trainable import PENALTY_MAX
+from hpo.trainable import PENALTY_MAX, _trial_config
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +84,7 @@ def e2e(full_mini: Path, tmp_path_factory: pytest.TempPathFactory):
         "--data", str(full_mini),
         "--storage-path", str(tmp_path / "ray"),
         "--tracking-uri", uri,
+        "--cache-dir", str(tmp_path / "image-cache"),
     ]  # fmt: skip
     rc = search_main(args)
     return {"args": args, "rc": rc, "uri": uri, "tmp": tmp_path, "search_dir": tmp_path / "ray" / "e2e"}
@@ -123,6 +124,31 @@ def test_search_stops_the_failures_with_their_diagnoses_and_tracks_every_trial_o
     report = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert "report/report.html" in report and any(p.endswith(".png") for p in report), report
     assert (e2e["search_dir"] / "report" / "report.html").is_file()
+
+
+def test_trials_share_their_workers_and_the_image_cache_of_cache_dir(e2e) -> None:
+    """4 trials, 2 at a time: the search reuses its 2 workers (no new process per trial), and the
+    trials read the decoded images from the one cache built under --cache-dir."""
+    rows = _results(e2e["search_dir"])
+    assert len(rows) == 4
+    pids = {row["pid"] for trial in rows.values() for row in trial}
+    assert len(pids) <= 2, pids
+    built = sorted(p.name.split("-")[1] for p in (e2e["tmp"] / "image-cache").glob("widerface-*.arrow"))
+    assert built == ["train", "val"], built
+
+
+def test_cache_dir_is_beside_the_data_locally_and_node_local_on_a_cluster(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "data"
+    assert cache_dir(parse_args([]), root) == str(root / ".cache")
+    assert cache_dir(parse_args(["--address", "auto"]), root) == CLUSTER_CACHE_DIR == "~/.cache/ssd-face-hpo"
+    assert cache_dir(parse_args(["--address", "auto", "--cache-dir", "~/scratch/c"]), root) == "~/scratch/c"
+    monkeypatch.chdir(tmp_path)
+    assert cache_dir(parse_args(["--cache-dir", "rel/c"]), root) == str(tmp_path / "rel" / "c")
+    # "~" reaches the trial as it is and is expanded there, on the node the trial runs on.
+    monkeypatch.setenv("HOME", str(tmp_path / "node-home"))
+    space = load_space("cpu-mini")
+    cfg = _trial_config(space.trial_config(dict(space.points_to_evaluate[0])), str(root), CLUSTER_CACHE_DIR, gpu=False)
+    assert cfg.data.cache_dir == tmp_path / "node-home" / ".cache" / "ssd-face-hpo"
 
 
 def test_optuna_records_stopped_trials_with_their_penalty(e2e) -> None:

@@ -12,6 +12,8 @@ import io
 import logging
 import math
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,24 @@ def make_space():
     return space_from_dict(raw)
 
 
+class ThreadRecordingCallback(MlflowTrialCallback):
+    """The tracking callback, noting which threads wrote to MLflow for which hooks."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.threads: dict[str, set[str]] = {}
+
+    def _guard(self, hook: str, *args: Any) -> None:
+        self.threads.setdefault(hook, set()).add(threading.current_thread().name)
+        super()._guard(hook, *args)
+
+    def _artifacts(self, *args: Any, **kwargs: Any) -> None:
+        # Slow on purpose: were the queue not drained at the experiment's end, fit() would return
+        # before the last trials' artifacts are written.
+        time.sleep(0.5)
+        super()._artifacts(*args, **kwargs)
+
+
 class TrialRecorder(tune.Callback):
     """Keeps the Trial objects of a run, to replay them through a fresh tracking callback."""
 
@@ -111,6 +131,7 @@ def search(ray_session, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     space = make_space()
     parent = open_parent_run(uri, EXPERIMENT, SEARCH_ID, space)
     recorder = TrialRecorder()
+    tracking = ThreadRecordingCallback(uri, parent, SEARCH_ID, space, MAX_EPOCHS)
     tuner = tune.Tuner(
         fake_trainable,
         param_space=space.grid(),
@@ -119,13 +140,15 @@ def search(ray_session, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
             name="search",
             storage_path=str(root / "ray_results"),
             stop=HealthStopper(),
-            callbacks=[MlflowTrialCallback(uri, parent, SEARCH_ID, space, MAX_EPOCHS), recorder],
+            callbacks=[tracking, recorder],
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=0,
         ),
     )
     tuner.fit()
     first = trial_outcomes(uri, SEARCH_ID)
+    # Read at once: whatever the callback wrote off Tune's loop must be there when fit() returns.
+    artifacts_at_return = {row["trial_id"]: {a.path for a in MlflowClient(uri).list_artifacts(row["run_id"])} for row in first}
 
     # The resume: the parent is found again by its search id, and the restored Tuner unpickles
     # its tracking callback without its cache, so it finds the children again by their tags.
@@ -139,6 +162,8 @@ def search(ray_session, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
         "reopened": reopened,
         "trials": recorder.trials,
         "first": first,
+        "artifacts_at_return": artifacts_at_return,
+        "writer_threads": dict(tracking.threads),
         "client": MlflowClient(tracking_uri=uri),
     }
 
@@ -207,6 +232,18 @@ def test_child_tags_metrics_and_trial_config(search) -> None:
     assert cfg["model"]["backbone"] == "tiny"  # from the space's fixed settings
 
 
+def test_mlflow_is_written_off_the_loop_and_complete_when_fit_returns(search) -> None:
+    """No hook wrote to MLflow on Tune's event loop (the main thread), yet every ended trial
+    (completed, stopped, pruned, errored) has its outcome and learning curves once ``Tuner.fit``
+    has returned."""
+    threads = search["writer_threads"]
+    assert {"start", "result", "complete", "error", "artifacts"} <= set(threads), threads
+    assert all(threading.main_thread().name not in names for names in threads.values()), threads
+    assert sorted(r["outcome"] for r in search["first"]) == ["completed", "error", "pruned", "stopped:diverged"]
+    for trial_id, paths in search["artifacts_at_return"].items():
+        assert {"trial_config.yaml", "learning_curves.png"} <= paths, (trial_id, paths)
+
+
 def test_resume_creates_no_duplicates(search) -> None:
     """The restored search reran the errored trial into its own run; nothing else changed."""
     after = trial_outcomes(search["uri"], SEARCH_ID)
@@ -226,6 +263,7 @@ def test_replaying_the_same_trials_logs_nothing_twice(search) -> None:
         callback.on_trial_start(iteration=0, trials=search["trials"], trial=trial)
         callback.on_trial_result(iteration=0, trials=search["trials"], trial=trial, result=trial.last_result)
         callback.on_trial_complete(iteration=0, trials=search["trials"], trial=trial)
+    callback.flush()
     rows = trial_outcomes(uri, SEARCH_ID)
     assert sorted(r["run_id"] for r in rows) == sorted(r["run_id"] for r in search["first"])
     completed = by_lr(rows)[COMPLETED]
@@ -240,6 +278,7 @@ def test_a_tracking_failure_is_a_warning(search, caplog: pytest.LogCaptureFixtur
         callback.on_trial_start(iteration=0, trials=[trial], trial=trial)
         callback.on_trial_result(iteration=0, trials=[trial], trial=trial, result=trial.last_result)
         callback.on_trial_error(iteration=0, trials=[trial], trial=trial)
+        callback.flush()
     hooks = [r.args[1] for r in caplog.records if trial.trial_id in r.getMessage()]
     assert hooks == ["start", "result", "error", "artifacts"]  # each failed alone, none raised
 

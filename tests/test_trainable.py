@@ -22,7 +22,19 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hpo.space import load_space, space_from_dict
 from hpo.stopping import HealthStopper, RungAwareOptunaSearch, build_scheduler, build_searcher, optuna_study
-from hpo.trainable import CHECKPOINT_NAME, NONFINITE_FILL, PENALTY_MAX, PENALTY_MIN, train_trial, tune_metrics
+from hpo.trainable import (
+    CHECKPOINT_NAME,
+    NONFINITE_FILL,
+    PENALTY_MAX,
+    PENALTY_MIN,
+    SETUP_KEY,
+    _trial_config,
+    last_chance_epochs,
+    train_trial,
+    tune_metrics,
+)
+from model.samples import DETECTIONS_FILE
+from model.trainer import Trainer
 
 MAX_EPOCHS = 3
 #: lr 5 without warm-up: the loss explodes within the first steps on the mini set.
@@ -167,6 +179,25 @@ def test_scheduler_and_searcher_follow_the_space() -> None:
     assert build_searcher(grid) is None and optuna_study(None) is None
 
 
+@pytest.mark.parametrize(
+    "grace, factor, brackets, max_epochs",
+    [(1, 2, 1, 3), (1, 3, 1, 6), (2, 3, 1, 6), (1, 2.5, 2, 20), (1, 3, 3, 27), (3, 2, 1, 3)],
+)
+def test_detections_are_drawn_where_ashas_rungs_may_end_a_trial(grace: int, factor: float, brackets: int, max_epochs: int) -> None:
+    """The epochs a trial draws its sample detections at (besides its last) are the rungs of the
+    ASHA that build_scheduler makes, rounded up (a trial is judged at its first report past one)."""
+    raw = tiny_space()
+    raw["scheduler"] = {"type": "asha", "grace_period": grace, "reduction_factor": factor, "brackets": brackets}
+    raw["budget"]["max_epochs"] = max_epochs
+    space = space_from_dict(raw)
+    rungs = {math.ceil(m) for bracket in build_scheduler(space)._brackets for m, _ in bracket._rungs}
+    assert last_chance_epochs(space) == {r for r in rungs if r < max_epochs}
+    raw["scheduler"] = {"type": "none"}
+    assert last_chance_epochs(space_from_dict(raw)) == frozenset()  # only where the trial itself ends
+    raw["budget"]["time_budget_s"] = 600
+    assert last_chance_epochs(space_from_dict(raw)) is None  # any epoch may be the last: every one
+
+
 def test_optuna_is_told_how_each_trial_ended() -> None:
     raw = tiny_space()
     raw["budget"]["max_concurrent_trials"] = None
@@ -236,7 +267,7 @@ def search(ray_2cpus, mini_root: Path, tmp_path_factory: pytest.TempPathFactory)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=build_scheduler(space), num_samples=space.budget.num_samples
+            search_alg=searcher, scheduler=build_scheduler(space), num_samples=space.budget.num_samples, reuse_actors=True
         ),
         run_config=tune.RunConfig(
             name="search",
@@ -320,3 +351,55 @@ def test_a_killed_trial_resumes_from_its_checkpoint(search) -> None:
     # Tune's iteration count did, and the trial still ended at the last epoch.
     assert trial.metrics["iterations_since_restore"] < trial.metrics["training_iteration"]
     assert trial.metrics["epoch"] == trial.metrics["training_iteration"] == MAX_EPOCHS
+
+
+# -- one worker, trial after trial (reuse_actors) ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reused(ray_2cpus, mini_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Two trials one after the other on one reused worker: the diverging point (stopped in its
+    first epoch, its last state a blown-up model), then the healthy one, 2 epochs, no scheduler."""
+    raw = tiny_space()
+    raw["name"] = "test-reuse"
+    raw["budget"] = {"num_samples": 2, "max_epochs": 2, "max_concurrent_trials": 1, "time_budget_s": None}
+    raw["scheduler"] = {"type": "none"}
+    space = space_from_dict(raw)
+    cache_dir = str(mini_root.parent / "cache")
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, space=space.as_dict(), data_root=str(mini_root), cache_dir=cache_dir),
+        {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=build_searcher(space), scheduler=build_scheduler(space), num_samples=2, reuse_actors=True
+        ),
+        run_config=tune.RunConfig(
+            name="reuse", storage_path=str(tmp_path_factory.mktemp("ray_reuse")), stop=HealthStopper(), verbose=0
+        ),
+    )
+    results = tuner.fit()
+    return results, space, cache_dir
+
+
+def test_a_reused_worker_starts_each_trial_from_its_own_config(reused, mini_root: Path, one_thread) -> None:
+    results, space, cache_dir = reused
+    assert results.num_errors == 0, [r.error for r in results if r.error]
+    diverged, healthy = _trial(results, DIVERGING), _trial(results, HEALTHY)
+    assert diverged.metrics["health/diagnosis"] == "diverged"
+    first, second = diverged.metrics_dataframe, healthy.metrics_dataframe
+    assert set(first["pid"]) == set(second["pid"]), "the second trial did not run on the first one's worker"
+    # From scratch: its own epochs from 1, never restored (not from the diverged trial's checkpoint).
+    assert list(second["epoch"]) == [1, 2] and list(second["training_iteration"]) == [1, 2]
+    assert list(second["iterations_since_restore"]) == [1, 2]
+    assert (second["health/diagnosis"] == "healthy").all() and (second[SETUP_KEY] > 0).all()
+    # The same numbers as the same config trained in a fresh process: nothing of the diverged run
+    # (weights, optimiser, RNG state) carried over into the reused worker's second trial.
+    cfg = _trial_config(space.trial_config(HEALTHY), str(mini_root), cache_dir, gpu=False)
+    fresh = Trainer(cfg, log=lambda *_: None).run_epoch()
+    for key in ("train/loss", "train/loss_cls", "train/loss_box", "train/grad_norm"):
+        assert second[key].iloc[0] == pytest.approx(fresh[key], rel=1e-4), key
+    # Sample detections only where the trial may end (no scheduler: its last epoch).
+    drawn = {p.parent.name: p.exists() for p in (Path(c) / DETECTIONS_FILE for c in sorted(Path(healthy.path).glob("checkpoint_*")))}
+    assert list(drawn.values()) == [False, True], drawn
