@@ -60,9 +60,8 @@ from model.data.mini import (  # noqa: E402
     SplitSummary,
     _blur_radius,
     _Face,
-    _face_with_attributes,
     _log_uniform,
-    _max_overlap,
+    _place_widths,
     _random_blur_level,
     _render_patch,
 )
@@ -114,22 +113,7 @@ def sample_layout(rng: np.random.Generator) -> tuple[int, int, list[_Face]]:
     A face that finds no free spot in 20 tries is dropped (crowds lose a few).
     """
     width, height = WIDTH, _height(rng)
-    max_face = min(width, height) // 2
-    boxes = np.zeros((0, 4), dtype=np.float64)
-    faces: list[_Face] = []
-    for w in _face_widths(rng, max_face):
-        pose = int(rng.random() < 0.1)
-        if pose:  # atypical pose: a turned head looks narrower
-            w = max(MIN_FACE, round(w * rng.uniform(0.65, 0.8)))
-        h = min(height, round(w * rng.uniform(1.05, 1.3)))
-        for _ in range(20):
-            x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-            if _max_overlap(boxes, np.array([x, y, x + w, y + h], dtype=np.float64)) <= 0.1:
-                break
-        else:
-            continue
-        boxes = np.vstack([boxes, [x, y, x + w, y + h]])
-        faces.append(_face_with_attributes(rng, x, y, w, h, pose))
+    faces = _place_widths(rng, _face_widths(rng, min(width, height) // 2), width, height, MIN_FACE)
     return width, height, faces
 
 

@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -499,12 +499,20 @@ def _place_faces(rng: np.random.Generator, width: int, height: int, max_face: in
     wanted = int(rng.integers(1, _MAX_FACES + 1))
     # Large faces first: they are the hardest to fit between the others.
     widths = sorted((_log_uniform(rng, _MIN_FACE, max_face) for _ in range(wanted)), reverse=True)
+    return _place_widths(rng, widths, width, height, _MIN_FACE)
+
+
+def _place_widths(
+    rng: np.random.Generator, widths: Iterable[int], width: int, height: int, min_face: int
+) -> list[_Face]:
+    """Faces of these widths (in order) inside the image, overlapping each other by little; a face
+    that finds no free spot in 20 tries is dropped. Attribute columns drawn for each."""
     boxes = np.zeros((0, 4), dtype=np.float64)  # xyxy of faces placed so far
     faces: list[_Face] = []
     for w in widths:
         pose = int(rng.random() < 0.1)
         if pose:  # atypical pose: a turned head looks narrower
-            w = max(_MIN_FACE, round(w * rng.uniform(0.65, 0.8)))
+            w = max(min_face, round(w * rng.uniform(0.65, 0.8)))
         h = min(height, round(w * rng.uniform(1.05, 1.3)))
         for _ in range(20):
             x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
