@@ -34,7 +34,7 @@ from torchvision.transforms.v2 import functional as F
 # match ``F.adjust_hue`` exactly, which tests/test_batch_augment.py checks image by image.
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
-from model.data.transforms import IMAGENET_MEAN_UINT8, FaceIoUCrop, per_box_entries, photometric_distortion
+from model.data.transforms import IMAGENET_MEAN_UINT8, FaceIoUCrop, build_train_transforms
 
 #: Target entries the loader adds for :func:`render_batch`.
 WINDOW_KEY, FLIP_KEY, COLOUR_KEY = "window", "flip", "photometric"
@@ -54,30 +54,19 @@ class DrawSSDAugmentation:
     the image, in its pixels, that becomes the network input: it reaches outside the image where
     the zoom-out canvas does), ``flip`` (bool) and ``photometric`` (float32 ``(8,)``).
 
-    Args: as :func:`model.data.transforms.build_train_transforms`.
+    Args: as :func:`model.data.transforms.build_train_transforms`, whose transforms it uses.
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        *,
-        photometric: bool = True,
-        zoom_out: bool = True,
-        zoom_out_max: float = 2.0,
-        iou_crop: bool = True,
-        hflip: bool = True,
-    ) -> None:
-        if input_size < 1:
-            raise ValueError(f"input_size must be >= 1, got {input_size}")
-        if zoom_out_max < 1.0:
-            raise ValueError(f"zoom_out_max must be >= 1, got {zoom_out_max}")
+    def __init__(self, input_size: int, **parts: Any) -> None:
+        # The per-sample recipe itself (its checks, probabilities and ranges): only its transforms'
+        # make_params and box kernels run here, never their pixel work.
+        recipe = build_train_transforms(input_size, **parts).transforms
         self.input_size = input_size
-        # The per-sample pipeline's own transforms: only their make_params and box kernels run here.
-        self.zoom_out = v2.RandomZoomOut(side_range=(1.0, zoom_out_max), p=0.5) if zoom_out else None
-        self.crop = FaceIoUCrop() if iou_crop else None
-        self.sanitize = v2.SanitizeBoundingBoxes(labels_getter=per_box_entries)
-        self.hflip = v2.RandomHorizontalFlip(p=0.5) if hflip else None
-        self.photometric = photometric_distortion() if photometric else None
+        self.zoom_out = _find(recipe, v2.RandomZoomOut)
+        self.crop = _find(recipe, FaceIoUCrop)
+        self.sanitize = _find(recipe, v2.SanitizeBoundingBoxes)
+        self.hflip = _find(recipe, v2.RandomHorizontalFlip)
+        self.photometric = _find(recipe, v2.RandomPhotometricDistort)
 
     def __call__(self, image: Tensor, target: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         boxes: tv_tensors.BoundingBoxes = target["boxes"]
@@ -119,6 +108,11 @@ class DrawSSDAugmentation:
                 *(perm.tolist() if perm is not None else (0, 1, 2)),
             ]
         )
+
+
+def _find(transforms: Sequence[v2.Transform], kind: type) -> Any:
+    """The recipe's transform of this kind, or None where the recipe switched it off."""
+    return next((t for t in transforms if isinstance(t, kind)), None)
 
 
 def _or(value: float | None, default: float) -> float:
