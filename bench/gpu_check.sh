@@ -15,8 +15,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$PY" bench/gpu_packing.py "$@"
 if "$PY" -c "import ray, optuna, mlflow" 2>/dev/null; then
-  "$PY" hpo/search.py --space bench/gpu_search.yaml --data data/wider-like --gpus-per-trial 0.25 --cpus-per-trial 4 \
-    --storage-path "$(mktemp -d)" --tracking-uri "sqlite:///$(mktemp -d)/mlflow.db" --no-report
+  "$PY" bench/gpu_search.py
 else
   echo "Ray, Optuna or MLflow is not importable here: the Ray search with fractional GPUs is skipped"
 fi

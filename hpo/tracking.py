@@ -89,6 +89,7 @@ TRIAL_METRICS: tuple[str, ...] = (
     "train/lr",
     "train/grad_norm",
     "train/pos_anchors_per_image",
+    "train/images_per_s",  # training alone: the trial's throughput (packed trials share a GPU)
     "val/ap",
     "val/precision",
     "val/recall",

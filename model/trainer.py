@@ -152,6 +152,7 @@ class Trainer:
         # Running sums stay on the device: the host syncs once per health check, not per step.
         sums = torch.zeros(len(_TRAIN_SUMS), device=device)
         steps = images = 0
+        start = time.perf_counter()
         bar = self._progress_bar()
         for batch_images, targets in self._batches(bar):
             class_weight, box_weight = loss_weights_at(cfg, self.global_step, self.iters_per_epoch)
@@ -193,6 +194,9 @@ class Trainer:
         totals = dict(zip(_TRAIN_SUMS, sums.tolist()))
         train = {key: totals[key] / steps for key in _TRAIN_SUMS[:4]}
         train["train/pos_anchors_per_image"] = totals["train/pos_anchors"] / images
+        # Training alone (validation excluded), after the sums' sync: the trial's throughput.
+        train["train/images"] = images
+        train["train/images_per_s"] = images / (time.perf_counter() - start)
         train["train/batches_without_positives"] = totals["empty"]
         train["train/lr"] = self.optimizer.param_groups[0]["lr"]
         train["train/class_weight"], train["train/box_weight"] = self.loss_fn.class_weight, self.loss_fn.box_weight
