@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from bench.machine import machine_info, write_results  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
 from model.engine import build_loss, build_model, build_optimizer  # noqa: E402
+from model.loss import weighted_loss  # noqa: E402
 
 VARIANTS = {"eager": None, "compile": "default", "compile-max-autotune": "max-autotune-no-cudagraphs"}
 
@@ -61,9 +62,9 @@ class Step:
     def __call__(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> None:
         with self.autocast:
             outputs = self.forward(images)
-        losses = self.loss_fn(outputs, self.anchors, targets)
+        loss = weighted_loss(self.loss_fn(outputs, self.anchors, targets), 1.0, 1.0)
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        loss.backward()
         self.optimizer.step()
 
 

@@ -359,14 +359,9 @@ def analyse(driver: list[dict[str, Any]], worker: list[dict[str, Any]], slots: i
         end = stops[-1]["end"]
         intervals: list[tuple[str, float, float]] = []
 
-        def pairs(name: str, category: str) -> None:
+        for name, category in (("epoch", "train"), ("ckpt", "checkpoint"), ("draw", "draw"), ("report", "report")):
             for a, b in zip(ev.get(f"{name}_start", []), ev.get(f"{name}_end", [])):
                 intervals.append((category, a["t"], min(b["t"], end)))
-
-        pairs("epoch", "train")
-        pairs("ckpt", "checkpoint")
-        pairs("draw", "draw")
-        pairs("report", "report")
         intervals += [("trial_stop", e["t"], e["end"]) for e in stops]
         intervals += [("actor_started", e["t"], e["end"]) for e in d.get("actor_started", [])]
         first_epoch = ev["epoch_start"][0]["t"]

@@ -34,17 +34,11 @@ import torch
 
 from model.config import DEFAULT_MINI_ROOT, TrainConfig
 from model.data.mini import ensure_mini
-from model.engine import (
-    build_datasets,
-    build_loaders,
-    build_loss,
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    evaluate_model,
-    seed_everything,
-)
+from model import report_keys as K
+from model.callbacks import Callback, StepResult
+from model.engine import evaluate_model
 from model.health import constant_predictor_cls_loss
+from model.trainer import Trainer
 
 
 @dataclass(frozen=True)
@@ -60,7 +54,8 @@ class ProbeRun:
 
 
 # Every probe shares the same small, fast setting; the entries differ only in what they test.
-BASE_OVERRIDES: dict[str, Any] = {"batch_size": 16, "device": "cpu"}
+#: The monitor observes (its verdicts are what the probe calibrates) but stops nothing.
+BASE_OVERRIDES: dict[str, Any] = {"batch_size": 16, "device": "cpu", "health.stop_on": []}
 _NO_WARMUP_CONSTANT = {"schedule.warmup_iters": 0, "schedule.decay": "none"}
 
 #: name -> configuration and the outcome observed on the mini set (400 train / 100 val images).
@@ -188,8 +183,54 @@ def _raw_val_scores(model: torch.nn.Module, loader: torch.utils.data.DataLoader)
     }
 
 
+class ProbeRecorder(Callback):
+    """Every optimiser step's figures and every epoch's validation with raw face scores; ends the
+    run at the first non-finite loss (the monitor only observes: nothing else stops a probe)."""
+
+    def __init__(self, name: str, seed: int) -> None:
+        self.name, self.seed = name, seed
+        self.steps: list[dict[str, Any]] = []
+        self.epochs: list[dict[str, Any]] = []
+        self.stopped: str | None = None
+
+    def on_train_epoch_start(self, trainer: Trainer) -> None:
+        self.epoch_start = time.perf_counter()
+
+    def on_train_step_end(self, trainer: Trainer, step: StepResult) -> None:
+        parts = step.losses
+        record = {
+            "step": step.step - 1,
+            "epoch": step.epoch,
+            "loss": float(parts["loss"].detach()),
+            "loss_cls": float(parts["loss_cls"].detach()),
+            "loss_box": float(parts["loss_box"].detach()),
+            "grad_norm": float(step.grad_norm),
+            "num_pos": int(parts["num_pos"]),
+            "num_neg": int(parts["num_neg"]),
+            "images_without_positives": int(parts["images_without_positives"]),
+            "lr": step.lr,
+            **_score_stats(step.outputs.cls_logits),
+        }
+        self.steps.append(record)
+        if not math.isfinite(record["loss"]):
+            self.stopped = f"non-finite loss at step {record['step']} (epoch {step.epoch})"
+            trainer.should_stop = True
+
+    def on_epoch_end(self, trainer: Trainer, report: dict[str, Any]) -> None:
+        metrics = {
+            "epoch": trainer.epoch,
+            **{key: report[key] for key in (K.TRAIN_LOSS, K.TRAIN_LOSS_CLS, K.TRAIN_LOSS_BOX)},
+            "train/seconds": report[K.TRAIN_IMAGES] / report[K.TRAIN_IMAGES_PER_S],
+        }
+        if self.stopped is None:
+            metrics.update({key: report[key] for key in K.VAL_KEYS})
+            metrics.update(_raw_val_scores(trainer.model, trainer.val_loader))
+        self.epochs.append(metrics)
+        _print_epoch(self.name, self.seed, metrics)
+
+
 def train_probe(name: str, run: ProbeRun, seed: int, data_root: Path, epochs: int | None = None) -> dict[str, Any]:
-    """Train one configuration; return the record written to ``<name>_seed<seed>.json``.
+    """Train one configuration with the production Trainer; return the record written to ``<name>_seed<seed>.json``.
 
     The record holds ``steps`` (one dict per optimiser step: ``loss``, ``loss_cls``, ``loss_box``
     unweighted, ``grad_norm`` before clipping, ``num_pos``, ``num_neg``, ``lr`` used by the step,
@@ -198,75 +239,13 @@ def train_probe(name: str, run: ProbeRun, seed: int, data_root: Path, epochs: in
     threshold and NMS, ``train/*`` epoch means).
     """
     cfg = _config(run, seed, data_root, epochs or run.epochs)
-    seed_everything(cfg.seed)
-    device = torch.device("cpu")
-    train_set, val_set = build_datasets(cfg)
-    train_loader, val_loader = build_loaders(cfg, train_set, val_set)
-    model = build_model(cfg).to(device)
-    loss_fn = build_loss(cfg, model)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, len(train_loader))
-    anchors = model.anchors(device)
-    max_norm = cfg.optim.grad_clip_norm or float("inf")
-
-    steps: list[dict[str, Any]] = []
-    epochs_out: list[dict[str, Any]] = []
-    stopped: str | None = None
     start = time.perf_counter()
-    untrained = {**evaluate_model(model, val_loader, device, cfg), **_raw_val_scores(model, val_loader)}
-    epochs_out.append({"epoch": 0, **untrained})
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        epoch_start = time.perf_counter()
-        for images, targets in train_loader:
-            lr = optimizer.param_groups[0]["lr"]
-            outputs = model(images)
-            losses = loss_fn(outputs, anchors, targets)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-            parts = {k: v.detach() for k, v in losses.items()}
-            record = {
-                "step": step,
-                "epoch": epoch,
-                "loss": float(parts["loss"]),
-                "loss_cls": float(parts["loss_cls"]),
-                "loss_box": float(parts["loss_box"]),
-                "grad_norm": grad_norm,
-                "num_pos": int(parts["num_pos"]),
-                "num_neg": int(parts["num_neg"]),
-                "images_without_positives": int(parts["images_without_positives"]),
-                "lr": lr,
-                **_score_stats(outputs.cls_logits),
-            }
-            steps.append(record)
-            step += 1
-            if not math.isfinite(record["loss"]):
-                stopped = f"non-finite loss at step {record['step']} (epoch {epoch})"
-                break
-            optimizer.step()
-            scheduler.step()
-        if stopped:
-            break
-        train_seconds = time.perf_counter() - epoch_start
-        epoch_steps = [s for s in steps if s["epoch"] == epoch]
-        metrics = {
-            "epoch": epoch,
-            "train/loss": sum(s["loss"] for s in epoch_steps) / len(epoch_steps),
-            "train/loss_cls": sum(s["loss_cls"] for s in epoch_steps) / len(epoch_steps),
-            "train/loss_box": sum(s["loss_box"] for s in epoch_steps) / len(epoch_steps),
-            "train/seconds": train_seconds,
-        }
-        if all(math.isfinite(float(p.detach().abs().sum())) for p in model.parameters()):
-            metrics.update(evaluate_model(model, val_loader, device, cfg))
-            metrics.update(_raw_val_scores(model, val_loader))
-        else:
-            stopped = f"non-finite weights after epoch {epoch}"
-        epochs_out.append(metrics)
-        _print_epoch(name, seed, metrics)
-        if stopped:
-            break
+    recorder = ProbeRecorder(name, seed)
+    trainer = Trainer(cfg, log=lambda _line: None, callbacks=[recorder])
+    untrained = evaluate_model(trainer.model, trainer.val_loader, trainer.device, cfg)
+    recorder.epochs.append({"epoch": 0, **untrained, **_raw_val_scores(trainer.model, trainer.val_loader)})
+    trainer.fit()
+    steps, epochs_out, stopped = recorder.steps, recorder.epochs, recorder.stopped
     record = {
         "name": name,
         "seed": seed,

@@ -43,6 +43,7 @@ from bench.machine import load_average, machine_info  # noqa: E402
 from model.config import DEFAULT_MINI_ROOT, TrainConfig  # noqa: E402
 from model.data.mini import ensure_mini  # noqa: E402
 from model.health import HealthConfig  # noqa: E402
+from model.callbacks import Callback, StepResult  # noqa: E402
 from model.trainer import Trainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -173,26 +174,24 @@ def config_for(entry: ZooEntry, seed: int, data_root: Path, epochs: int | None =
     return TrainConfig().with_overrides(overrides)
 
 
+class StepCurves(Callback):
+    """Every step's loss and its parts (the monitor only sees every check_every_steps-th): the onset curves."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, Any]] = []
+
+    def on_train_step_end(self, trainer: Trainer, step: StepResult) -> None:
+        loss, loss_cls, loss_box = torch.stack([step.losses[k].detach() for k in ("loss", "loss_cls", "loss_box")]).tolist()
+        self.steps.append({"step": step.step, "epoch": step.epoch, "loss": loss, "loss_cls": loss_cls, "loss_box": loss_box})
+
+
 def train_one(name: str, entry: ZooEntry, seed: int, data_root: Path, epochs: int | None = None) -> dict[str, Any]:
     """Train one (entry, seed) with the production Trainer; return its record (curves and verdicts)."""
     cfg = config_for(entry, seed, data_root, epochs)
     start = time.perf_counter()
-    trainer = Trainer(cfg, log=lambda _line: None)
-    steps: list[dict[str, Any]] = []
-
-    def record_step(_module: Any, _inputs: Any, out: dict[str, torch.Tensor]) -> None:
-        # Every step's loss (the monitor only sees every check_every_steps-th): the onset curves.
-        steps.append(
-            {
-                "step": trainer.global_step + 1,
-                "epoch": trainer.epoch,
-                "loss": float(out["loss"].detach()),
-                "loss_cls": float(out["loss_cls"].detach()),
-                "loss_box": float(out["loss_box"].detach()),
-            }
-        )
-
-    trainer.loss_fn.register_forward_hook(record_step)
+    curves = StepCurves()
+    trainer = Trainer(cfg, log=lambda _line: None, callbacks=[curves])
+    steps = curves.steps
     reports: list[dict[str, Any]] = []
     ended = None
     while trainer.epoch < cfg.epochs:

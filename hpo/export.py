@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 import tempfile
 from collections import Counter
@@ -26,13 +25,11 @@ from typing import Literal
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from hpo.tracking import DEFAULT_TRACKING_URI, TRIAL_CONFIG_ARTIFACT
+from hpo import layout as L
+from hpo.runs import SearchLookupError, find_parent, search_runs, tag_filter
 from model.config import ConfigError, TrainConfig, load_config
 
-__all__ = ["DEFAULT_TRACKING_URI", "ExportError", "ExportResult", "check_store_exists", "export_best", "find_parent", "main"]
-
-#: The artifact name of the exported config on the parent run.
-EXPORT_ARTIFACT = "best.yaml"
+__all__ = ["ExportError", "ExportResult", "export_best", "main"]
 
 
 class ExportError(RuntimeError):
@@ -83,35 +80,31 @@ def export_best(
         ExportError: unknown experiment or search, no healthy completed trial, a missing artifact,
             an invalid trial config, or no metric/mode to rank by.
     """
-    check_store_exists(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        known = sorted(e.name for e in client.search_experiments())
-        raise ExportError(f"no MLflow experiment {experiment!r} at {tracking_uri} (experiments there: {', '.join(known) or 'none'})")
-
-    parent = find_parent(client, exp.experiment_id, experiment, search_id)
+    try:
+        client, experiment_id, parent = find_parent(tracking_uri, experiment, search_id)
+    except SearchLookupError as exc:
+        raise ExportError(str(exc)) from None
     tags = parent.data.tags
-    search_id = tags.get("hpo.search_id", search_id or "")
-    metric = metric or tags.get("hpo.metric")
-    mode = mode or tags.get("hpo.mode")  # type: ignore[assignment]
+    search_id = tags.get(L.SEARCH_ID, search_id or "")
+    metric = metric or tags.get(L.METRIC)
+    mode = mode or tags.get(L.MODE)  # type: ignore[assignment]
     if not metric or mode not in ("max", "min"):
         raise ExportError(
-            f"search {search_id} (run {parent.info.run_id}) has no usable hpo.metric/hpo.mode tags "
+            f"search {search_id} (run {parent.info.run_id}) has no usable {L.METRIC}/{L.MODE} tags "
             f"(got {metric!r}/{mode!r}): pass --metric and --mode max|min"
         )
 
     # Children are found by the search id (stable across --resume); a parent without one by its run id.
-    owner = f"tags.`hpo.search_id` = '{search_id}'" if search_id else f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    trials = _search_all(client, exp.experiment_id, f"{owner} AND tags.`hpo.role` = 'trial'")
-    healthy = [r for r in trials if r.data.tags.get("hpo.outcome") == "completed" and r.data.tags.get("hpo.diagnosis", "healthy") == "healthy"]
+    owner = {L.SEARCH_ID: search_id} if search_id else {L.PARENT_RUN_ID: parent.info.run_id}
+    trials = search_runs(client, [experiment_id], tag_filter({**owner, L.ROLE: L.TRIAL}))
+    healthy = [r for r in trials if r.data.tags.get(L.OUTCOME) == L.COMPLETED and r.data.tags.get(L.DIAGNOSIS, L.HEALTHY) == L.HEALTHY]
     ranked = [r for r in healthy if math.isfinite(r.data.metrics.get(metric, math.nan))]
     if not ranked:
         raise ExportError(_no_candidate_message(search_id, experiment, trials, healthy, metric))
     # run.data.metrics holds each metric's latest value (highest step): the trial's last report.
     sign = 1.0 if mode == "max" else -1.0
     best = max(ranked, key=lambda r: (sign * r.data.metrics[metric], -r.info.start_time))
-    trial_id = best.data.tags.get("hpo.trial_id", best.info.run_id)
+    trial_id = best.data.tags.get(L.TRIAL_ID, best.info.run_id)
 
     config = _trial_config(client, best, trial_id, epochs)
     out = Path(out)
@@ -119,9 +112,9 @@ def export_best(
     config.to_yaml(out)
     load_config(out)  # the written file must round-trip, exactly as model.train will read it
 
-    client.set_tag(parent.info.run_id, "hpo.exported_trial", trial_id)
-    client.set_tag(parent.info.run_id, "hpo.exported_run", best.info.run_id)
-    client.log_text(parent.info.run_id, out.read_text(), EXPORT_ARTIFACT)
+    client.set_tag(parent.info.run_id, L.EXPORTED_TRIAL, trial_id)
+    client.set_tag(parent.info.run_id, L.EXPORTED_RUN, best.info.run_id)
+    client.log_text(parent.info.run_id, out.read_text(), L.EXPORT_ARTIFACT)
     return ExportResult(
         path=out,
         config=config,
@@ -137,50 +130,14 @@ def export_best(
     )
 
 
-def check_store_exists(tracking_uri: str) -> None:
-    """Raise :class:`ExportError` when a ``sqlite:///`` store does not exist."""
-    # MLflow silently creates an empty database for a mistyped sqlite path; say so instead.
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        if not db.is_file():
-            raise ExportError(f"no MLflow database at {db} (tracking URI {tracking_uri})")
-
-
-def _search_all(client: MlflowClient, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, order_by=order_by, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def find_parent(client: MlflowClient, experiment_id: str, experiment: str, search_id: str | None) -> Run:
-    """The parent run of ``search_id``, or the experiment's newest one; :class:`ExportError` if none."""
-    query = "tags.`hpo.role` = 'parent'"
-    if search_id is not None:
-        if not re.fullmatch(r"[\w.-]+", search_id):
-            raise ExportError(f"--search-id {search_id!r}: expected a search id such as a uuid hex string")
-        query += f" AND tags.`hpo.search_id` = '{search_id}'"
-    found = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
-    if found:
-        return found[0]
-    if search_id is None:
-        raise ExportError(f"experiment {experiment!r} has no parent run (tag hpo.role=parent): no search has logged to it")
-    known = [r.data.tags.get("hpo.search_id", "?") for r in _search_all(client, experiment_id, "tags.`hpo.role` = 'parent'")]
-    raise ExportError(f"experiment {experiment!r} has no search {search_id!r} (searches there: {', '.join(known) or 'none'})")
-
-
 def _no_candidate_message(search_id: str, experiment: str, trials: list[Run], healthy: list[Run], metric: str) -> str:
     where = f"search {search_id} in experiment {experiment!r}"
     if not trials:
         return f"{where} has no trial runs"
     outcomes = Counter(
-        outcome if outcome != "completed" else f"completed/{r.data.tags.get('hpo.diagnosis', 'healthy')}"
+        outcome if outcome != L.COMPLETED else f"{outcome}/{r.data.tags.get(L.DIAGNOSIS, L.HEALTHY)}"
         for r in trials
-        for outcome in [r.data.tags.get("hpo.outcome", "unknown")]
+        for outcome in [r.data.tags.get(L.OUTCOME, L.UNKNOWN)]
     )
     summary = ", ".join(f"{name}: {n}" for name, n in sorted(outcomes.items()))
     message = f"{where} has no healthy completed trial to export; {len(trials)} trials ({summary})"
@@ -192,9 +149,9 @@ def _no_candidate_message(search_id: str, experiment: str, trials: list[Run], he
 def _trial_config(client: MlflowClient, run: Run, trial_id: str, epochs: int | None) -> TrainConfig:
     with tempfile.TemporaryDirectory(prefix="hpo-export-") as tmp:
         try:
-            local = client.download_artifacts(run.info.run_id, TRIAL_CONFIG_ARTIFACT, dst_path=tmp)
+            local = client.download_artifacts(run.info.run_id, L.TRIAL_CONFIG_ARTIFACT, dst_path=tmp)
         except Exception as exc:  # MLflow raises different types per artifact store
-            raise ExportError(f"trial {trial_id} (run {run.info.run_id}) has no {TRIAL_CONFIG_ARTIFACT} artifact: {exc}") from None
+            raise ExportError(f"trial {trial_id} (run {run.info.run_id}) has no {L.TRIAL_CONFIG_ARTIFACT} artifact: {exc}") from None
         overrides = {} if epochs is None else {"epochs": epochs}
         try:
             return load_config(local, overrides)
@@ -206,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python hpo/export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", required=True, help="the search's MLflow experiment name")
     parser.add_argument("--out", type=Path, required=True, help="where to write the YAML config")
-    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI (default: %(default)s)")
+    parser.add_argument("--tracking-uri", default=L.DEFAULT_TRACKING_URI, help="MLflow tracking URI (default: %(default)s)")
     parser.add_argument("--search-id", help="the search's hpo.search_id (default: the most recent search)")
     parser.add_argument("--epochs", type=int, help="production training length (default: the trial's)")
     parser.add_argument("--metric", help="rank trials by this metric (default: the search's hpo.metric)")

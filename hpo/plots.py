@@ -3,7 +3,7 @@ parameter importances.
 
 Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``: no global
 backend, no open-figure registry, nothing a Tune callback thread or a headless worker could trip
-over (a bare ``Figure`` renders with the Agg canvas). :func:`save_png` / :func:`png_bytes` write it.
+over (a bare ``Figure`` renders with the Agg canvas). :func:`png_bytes` writes it.
 
 A trial's history is ``{metric key: [(epoch, value), ...]}``, the shape of MLflow's metric history
 (see ``TRIAL_METRICS`` in ``hpo/tracking.py``); only the keys present are drawn.
@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import io
 import math
-import numbers
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from hpo import layout as L
+from hpo.values import finite_points as _finite
+from hpo.values import is_finite, is_number
+from model import report_keys as K
 
 __all__ = [
     "AtlasPoint",
@@ -36,7 +39,6 @@ __all__ = [
     "learning_curves",
     "overlay_curves",
     "png_bytes",
-    "save_png",
     "setting_curves",
     "sweep_summary",
     "trial_category",
@@ -46,35 +48,32 @@ History = Mapping[str, Sequence[tuple[int, float]]]
 
 #: Panels of one trial's curves: (title, keys in drawing order). ``train/loss*`` keys not named
 #: here (a new loss part) join the loss panel; other unknown keys get an "other" panel.
+#: Not a report key: false positives per validation image, drawn when ``val/fp`` and ``val/num_images`` are.
+_FP_PER_IMAGE = "val/fp_per_image"
 _PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("training loss", ("train/loss", "train/loss_cls", "train/loss_box")),
-    ("validation", ("val/ap", "val/recall", "val/precision", "val/mean_iou", "val/top_score")),
-    ("per validation image", ("val/detections_per_image", "val/fp_per_image")),
-    ("validation counts", ("val/tp", "val/fp", "val/fn")),
-    ("optimisation", ("train/grad_norm", "train/pos_anchors_per_image")),
-    ("learning rate", ("train/lr",)),
+    ("training loss", (K.TRAIN_LOSS, K.TRAIN_LOSS_CLS, K.TRAIN_LOSS_BOX)),
+    ("validation", (K.VAL_AP, K.VAL_RECALL, K.VAL_PRECISION, K.VAL_MEAN_IOU, K.VAL_TOP_SCORE)),
+    ("per validation image", (K.VAL_DETECTIONS_PER_IMAGE, _FP_PER_IMAGE)),
+    ("validation counts", (K.VAL_TP, K.VAL_FP, K.VAL_FN)),
+    ("optimisation", (K.TRAIN_GRAD_NORM, K.TRAIN_POS_ANCHORS, K.TRAIN_EMPTY_BATCHES)),
+    ("learning rate", (K.TRAIN_LR,)),
+    ("loss weights", (K.TRAIN_CLASS_WEIGHT, K.TRAIN_BOX_WEIGHT)),
 )
 # Bookkeeping, not curves: the health code is a label, raw/ duplicates the search metric.
-_SKIP_PREFIXES = ("health/", "raw/", "time/")
-_SKIP_KEYS = {"val/num_images", "val/num_gt", "epoch"}
+_SKIP_PREFIXES = ("health/", L.RAW_PREFIX, "time/")
+_SKIP_KEYS = {K.VAL_NUM_IMAGES, K.VAL_NUM_GT, K.TRAIN_IMAGES, K.EPOCH}
 
 #: Outcome categories in legend order, with fixed colours so every figure of a report agrees.
 _COLORS: dict[str, str] = {
-    "healthy": "#2ca02c",
-    "completed:fp-surge": "#bcbd22",
-    "completed:recall-decline": "#17becf",
-    "completed:overfitting": "#ff7f0e",
-    "pruned": "#8c8c8c",
-    "stopped:diverged": "#d62728",
-    "stopped:background-collapse": "#1f77b4",
-    "stopped:stalled": "#8c564b",
-    "stopped:no-positives": "#e377c2",
-    "stopped:fp-surge": "#9a9a00",
-    "stopped:recall-decline": "#0f8c99",
-    "stopped:overfitting": "#c85a00",
-    "error": "#000000",
-    "interrupted": "#aec7e8",
-    "running": "#c7c7c7",
+    L.HEALTHY: "#2ca02c",
+    **{f"{L.COMPLETED}:{d}": c for d, c in (("fp-surge", "#bcbd22"), ("recall-decline", "#17becf"), ("overfitting", "#ff7f0e"))},
+    L.PRUNED: "#8c8c8c",
+    **{L.stopped(d): c for d, c in (("diverged", "#d62728"), ("background-collapse", "#1f77b4"), ("stalled", "#8c564b"),
+                                    ("no-positives", "#e377c2"), ("fp-surge", "#9a9a00"), ("recall-decline", "#0f8c99"),
+                                    ("overfitting", "#c85a00"))},  # fmt: skip
+    L.ERROR: "#000000",
+    L.INTERRUPTED: "#aec7e8",
+    L.RUNNING: "#c7c7c7",
 }
 _EXTRA_COLORS = ("#9467bd", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd")
 
@@ -94,10 +93,10 @@ def trial_category(outcome: str, diagnosis: str | None) -> str:
     """The colour class of a trial: ``healthy`` (completed, no diagnosis), ``completed:<diagnosis>``
     (completed with a warning such as ``fp-surge``), ``pruned``, ``stopped:<diagnosis>``, ``error``,
     ``interrupted`` or ``running`` (the values of the ``hpo.outcome`` / ``hpo.diagnosis`` tags)."""
-    if outcome == "completed":
-        return "healthy" if diagnosis in (None, "", "healthy") else f"completed:{diagnosis}"
-    if outcome.startswith("pruned"):
-        return "pruned"
+    if outcome == L.COMPLETED:
+        return L.HEALTHY if diagnosis in (None, "", L.HEALTHY) else f"{outcome}:{diagnosis}"
+    if outcome.startswith(L.PRUNED):
+        return L.PRUNED
     return outcome
 
 
@@ -122,8 +121,9 @@ def learning_curves(history: History, title: str | None = None) -> Figure:
 
     Panels: training loss and its parts; AP, recall, precision, mean IoU, top score; detections
     (and false positives, when ``val/fp`` and ``val/num_images`` are both logged) per validation
-    image; TP/FP/FN; gradient norm and positive anchors; learning rate. A panel whose values span
-    more than three decades (a diverging loss) gets a log axis.
+    image; TP/FP/FN; gradient norm, positive anchors and batches without any; learning rate; the
+    loss weights applied. A panel whose values span more than three decades (a diverging loss)
+    gets a log axis.
 
     Args:
         history: ``{metric key: [(epoch, value), ...]}``; non-finite values are dropped.
@@ -168,7 +168,7 @@ def _group(series: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
     for name, keys in _PANELS:
         present = [k for k in keys if k in series]
         if name == "training loss":
-            present += sorted(k for k in series if k.startswith("train/loss") and k not in keys)
+            present += sorted(k for k in series if k.startswith(K.TRAIN_LOSS) and k not in keys)
         claimed.update(present)
         if present:
             panels.append((name, present))
@@ -180,16 +180,16 @@ def _group(series: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
 
 def _fp_per_image(history: History) -> dict[str, list[tuple[int, float]]]:
     """``val/fp / val/num_images`` per epoch, when the trial logged both (and not the ratio itself)."""
-    if "val/fp_per_image" in history or "val/fp" not in history or "val/num_images" not in history:
+    if _FP_PER_IMAGE in history or K.VAL_FP not in history or K.VAL_NUM_IMAGES not in history:
         return {}
-    images = dict(_finite(history["val/num_images"]))
-    return {"val/fp_per_image": [(s, v / images[s]) for s, v in _finite(history["val/fp"]) if images.get(s)]}
+    images = dict(_finite(history[K.VAL_NUM_IMAGES]))
+    return {_FP_PER_IMAGE: [(s, v / images[s]) for s, v in _finite(history[K.VAL_FP]) if images.get(s)]}
 
 
 # -- many trials -----------------------------------------------------------------------------------
 
 #: What :func:`overlay_curves` draws by default (those present).
-OVERLAY_KEYS = ("train/loss", "train/loss_cls", "train/loss_box", "val/ap", "val/recall", "val/detections_per_image")
+OVERLAY_KEYS = (K.TRAIN_LOSS, K.TRAIN_LOSS_CLS, K.TRAIN_LOSS_BOX, K.VAL_AP, K.VAL_RECALL, K.VAL_DETECTIONS_PER_IMAGE)
 
 
 def overlay_curves(
@@ -219,7 +219,7 @@ def overlay_curves(
     fig = Figure(figsize=(4.4 * ncols, 3.1 * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     # Failures drawn last (on top): they are usually the fewer lines; the highlighted one above all.
-    order = sorted(histories, key=lambda t: (t == highlight, categories.get(t, "running") != "healthy"))
+    order = sorted(histories, key=lambda t: (t == highlight, categories.get(t, L.RUNNING) != L.HEALTHY))
     for ax, key in zip(axes, present):
         values = []
         for label in order:
@@ -232,7 +232,7 @@ def overlay_curves(
             ax.plot(
                 steps,
                 ys,
-                color=category_color(categories.get(label, "running")),
+                color=category_color(categories.get(label, L.RUNNING)),
                 linewidth=2.6 if best else 1.0,
                 alpha=1.0 if best else 0.75,
                 marker="o",
@@ -244,7 +244,7 @@ def overlay_curves(
         ax.set_title(key, fontsize=10)
     for ax in axes[len(present) :]:
         ax.set_visible(False)
-    counts = Counter(categories.get(t, "running") for t in histories)
+    counts = Counter(categories.get(t, L.RUNNING) for t in histories)
     handles = [Line2D([], [], color=category_color(c), linewidth=2, label=f"{c} ({counts[c]})") for c in category_order(counts)]
     if highlight is not None and highlight in histories:
         handles.append(Line2D([], [], color="#444444", linewidth=2.6, label=f"best: {highlight}"))
@@ -348,13 +348,13 @@ def failure_atlas(
 
 def _coordinates(ax: Any, axis: str, values: list[Any], log: bool, limits: tuple[float, float] | None) -> list[float | None]:
     """Numbers for one axis (``None`` = no value); text values become category indices."""
-    if any(v is not None and not _is_number(v) for v in values):
+    if any(v is not None and not is_number(v) for v in values):
         texts = sorted({str(v) for v in values if v is not None})
         index = {t: i for i, t in enumerate(texts)}
         getattr(ax, f"set_{axis}ticks")(range(len(texts)), texts, fontsize=8)
         getattr(ax, f"set_{axis}lim")(-0.5, len(texts) - 0.5)
         return [None if v is None else float(index[str(v)]) for v in values]
-    numbers_ = [float(v) if _is_number(v) and math.isfinite(v) and (v > 0 or not log) else None for v in values]
+    numbers_ = [float(v) if is_finite(v) and (v > 0 or not log) else None for v in values]
     present = [v for v in numbers_ if v is not None]
     lo, hi = limits if limits is not None else (min(present, default=1.0), max(present, default=1.0))
     log = log and lo > 0
@@ -392,11 +392,11 @@ def _scatter(ax: Any, xs: list[float | None], ys: list[float | None], color: str
 
 #: The columns of :func:`setting_curves`: (title, keys).
 SETTING_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("loss parts (unweighted)", ("train/loss_cls", "train/loss_box")),
-    ("AP", ("val/ap",)),
-    ("recall, precision", ("val/recall", "val/precision")),
-    ("mean IoU", ("val/mean_iou",)),
-    ("per validation image", ("val/detections_per_image", "val/fp_per_image")),
+    ("loss parts (unweighted)", (K.TRAIN_LOSS_CLS, K.TRAIN_LOSS_BOX)),
+    ("AP", (K.VAL_AP,)),
+    ("recall, precision", (K.VAL_RECALL, K.VAL_PRECISION)),
+    ("mean IoU", (K.VAL_MEAN_IOU,)),
+    ("per validation image", (K.VAL_DETECTIONS_PER_IMAGE, _FP_PER_IMAGE)),
 )
 #: Shading of the seed study's stages (``hpo/stages.py``) behind the curves.
 STAGE_COLORS = {"avoidance": "#9e9e9e", "fp-growth": "#bcbd22", "overfitting": "#ff7f0e"}
@@ -440,7 +440,7 @@ def setting_curves(rows: Sequence[SettingRow], title: str | None = None) -> Figu
                 if points.get(key):
                     ax.plot(*zip(*points[key]), marker="o", markersize=2.5, linewidth=1.2, color=f"C{k}", label=key)
             for epoch, diagnosis in _first_of_each(row.verdicts):
-                ax.axvline(epoch, color=category_color(f"stopped:{diagnosis}"), linestyle="--", linewidth=1.2)
+                ax.axvline(epoch, color=category_color(L.stopped(diagnosis)), linestyle="--", linewidth=1.2)
             _auto_log(ax, values)
             if values and ax.get_yscale() == "linear":
                 lo, hi = min(values), max(values)
@@ -456,7 +456,7 @@ def setting_curves(rows: Sequence[SettingRow], title: str | None = None) -> Figu
     handles = [Line2D([], [], color=f"C{k}", linewidth=1.5, label=key) for name, keys in columns for k, key in enumerate(keys) if len(keys) > 1]
     handles += [Line2D([], [], color=color, linewidth=6, alpha=0.35, label=stage) for stage, color in STAGE_COLORS.items()]
     diagnoses = sorted({d for row in rows for _, d in row.verdicts})
-    handles += [Line2D([], [], color=category_color(f"stopped:{d}"), linestyle="--", label=f"monitor: {d}") for d in diagnoses]
+    handles += [Line2D([], [], color=category_color(L.stopped(d)), linestyle="--", label=f"monitor: {d}") for d in diagnoses]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(5, len(handles)), fontsize=7)
     if title:
         fig.suptitle(title, fontsize=11)
@@ -464,7 +464,7 @@ def setting_curves(rows: Sequence[SettingRow], title: str | None = None) -> Figu
 
 
 def sweep_summary(
-    key: str, points: Sequence[tuple[float, float | None, float | None, str]], log: bool, metric: str = "val/ap"
+    key: str, points: Sequence[tuple[float, float | None, float | None, str]], log: bool, metric: str = K.VAL_AP
 ) -> Figure:
     """The sweep's outcome against its one swept value: best and last ``metric`` per setting.
 
@@ -546,23 +546,7 @@ def png_bytes(fig: Figure, dpi: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def save_png(fig: Figure, path: str | Path, dpi: int = 90) -> Path:
-    """Write the figure to ``path`` as PNG (parent folders created); the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(fig, dpi))
-    return path
-
-
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def _finite(points: Iterable[tuple[int, float]]) -> list[tuple[int, float]]:
-    return sorted((int(s), float(v)) for s, v in points if _is_number(v) and math.isfinite(v))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _auto_log(ax: Any, values: Sequence[float]) -> None:

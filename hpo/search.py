@@ -14,7 +14,6 @@ its rungs, and every trial is a child run of one parent run in MLflow.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import uuid
@@ -27,16 +26,25 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 # Short trials checkpoint every few seconds; Tune would warn about snapshot frequency each time.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# A tracking server that is down: MLflow's defaults (7 retries, backoff 2) block each call ~4.5 min.
+# Here a call gives up after ~10 s of retries (3, backoff 1 s: 1 + 2 + 4 s) or a 20 s silence; the
+# search goes on and says what was not recorded. The user's own settings win.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
+from hpo import layout as L
 from hpo.cluster import ClusterConnectionError, connect
+from hpo.preflight import PreflightError, run_checks
 from hpo.report import build_report
 from hpo.space import SearchSpace, SearchSpaceError, load_space, space_from_dict
 from hpo.stopping import HealthStopper, build_scheduler, build_searcher, optuna_study
-from hpo.tracking import DEFAULT_TRACKING_URI, MlflowTrialCallback, finish_parent_run, open_parent_run, unfinished_trials
+from hpo.tracking import MlflowTrialCallback, finish_parent_run, open_parent_run
 from hpo.trainable import train_trial
+from model import report_keys as K
 from model.config import DEFAULT_MINI_ROOT
 from model.data.mini import ensure_mini, generated_params
 
@@ -52,6 +60,8 @@ CLUSTER_CACHE_DIR = "~/.cache/ssd-face-hpo"
 REUSE_ACTORS = True
 #: Exit status of an interrupted search (the shell's for SIGINT: 128 + 2).
 INTERRUPTED_EXIT = 130
+#: Exit status of a search in which every trial errored (bad data, a bug): nothing was learned.
+ALL_FAILED_EXIT = 1
 _SEARCH_ID_FILE = "hpo_search_id.txt"
 
 
@@ -70,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "~ expanded on each node)",
     )
     p.add_argument("--name", help="the search's name in storage (default: the space's name)")
-    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI (default: %(default)s)")
+    p.add_argument("--tracking-uri", default=L.DEFAULT_TRACKING_URI, help="MLflow tracking URI (default: %(default)s)")
     p.add_argument("--experiment", help="MLflow experiment (default: the space's name)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (hpo/report.py builds it later)")
@@ -120,9 +130,19 @@ def run_search(args: argparse.Namespace) -> int:
     space = resolve_space(args)
     name = args.name or space.name
     experiment = args.experiment or space.name
-    root = data_root(space)
     storage = args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).expanduser().resolve())
     search_dir = f"{storage.rstrip('/')}/{name}"
+    checked = run_checks(
+        name=name,
+        tracking_uri=args.tracking_uri,
+        address=args.address,
+        root=Path(space.fixed.get("data.root", DEFAULT_MINI_ROOT)).expanduser().resolve(),
+        source=space.fixed.get("data.source", "mini"),
+        search_dir=search_dir,
+        marker=_SEARCH_ID_FILE,
+        resume=args.resume,
+    )
+    root = data_root(space)
 
     connect(args.address)
     search_id = _search_id(search_dir, args.resume)
@@ -130,7 +150,7 @@ def run_search(args: argparse.Namespace) -> int:
     trials = expected_trials(space) or f"up to {space.budget.num_samples}"  # 0: a time budget may end it sooner
     print(f"search {name!r}: space {space.source}, {trials} trials x up to {space.budget.max_epochs} epochs")
     cache = cache_dir(args, root)
-    print(f"  data {root} (image cache {cache})\n  results {search_dir}\n  MLflow {args.tracking_uri} (experiment {experiment!r}, parent run {parent})")
+    print(f"  data {root}: {checked} (image cache {cache})\n  results {search_dir}\n  MLflow {args.tracking_uri} (experiment {experiment!r}, parent run {parent})")
 
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, space=space.as_dict(), data_root=str(root), cache_dir=cache),
@@ -168,10 +188,14 @@ def run_search(args: argparse.Namespace) -> int:
         )
     results = tuner.fit()  # Ctrl-C: Tune saves the experiment state and returns early
 
-    unfinished = unfinished_trials(search_id)
-    interrupted = bool(unfinished) or len(results) < expected_trials(space)
+    unfinished = _tracking_callback(tuner).unfinished
     rows = summarise(results, space, unfinished)
-    finish_parent_run(args.tracking_uri, parent, rows, status="interrupted" if interrupted else "finished")
+    interrupted = any(r["outcome"] == L.INTERRUPTED for r in rows) or len(results) < expected_trials(space)
+    try:
+        status = L.INTERRUPTED if interrupted else L.FINISHED
+        finish_parent_run(args.tracking_uri, parent, rows, status=status, best=best_trial(rows, space), metric=space.metric)
+    except Exception as exc:  # noqa: BLE001 - the search is done: its summary must still be printed
+        print(f"warning: the MLflow parent run {parent} was not closed ({_one_line(exc)}); --resume closes it", file=sys.stderr)
     print_summary(rows, space, search_dir, args.tracking_uri, experiment, interrupted=interrupted)
     if not interrupted and not args.no_report:
         write_report(args.tracking_uri, experiment, search_id, search_dir)
@@ -179,14 +203,26 @@ def run_search(args: argparse.Namespace) -> int:
     if study is not None:
         states = Counter(t.state.name for t in study.trials)
         print(f"Optuna study: {dict(states)}")
+    if rows and all(r["outcome"] == L.ERROR for r in rows):
+        first = next((r.error for r in results if r.error is not None), None)
+        print(f"\nsearch failed: every trial errored (first error: {_one_line(first)})", file=sys.stderr)
+        return ALL_FAILED_EXIT
     if interrupted:
         print(
-            f"\nsearch interrupted: {len(results) - len(unfinished)} of {expected_trials(space)} trials finished. "
+            f"\nsearch interrupted: {sum(r['outcome'] != L.INTERRUPTED for r in rows)} of {expected_trials(space)} trials finished. "
             "Continue it with the same command and --resume (finished trials are kept, unfinished ones "
             "continue from their last checkpoint)."
         )
         return INTERRUPTED_EXIT
     return 0
+
+
+def _one_line(exc: BaseException | None) -> str:
+    """An exception as one line (Tune wraps a trial's exception with its traceback in the text)."""
+    if exc is None:
+        return "unknown"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:300]
 
 
 def write_report(tracking_uri: str, experiment: str, search_id: str, search_dir: str) -> None:
@@ -205,11 +241,13 @@ def write_report(tracking_uri: str, experiment: str, search_id: str, search_dir:
 
 
 def expected_trials(space: SearchSpace) -> int:
-    """How many trials a search that runs to its end has (no time budget: a budget may end it sooner)."""
-    if space.budget.time_budget_s is not None:
-        return 0
-    grid = space.grid() if build_searcher(space) is None else {}
-    return space.budget.num_samples * math.prod(len(spec["grid_search"]) for spec in grid.values())
+    """How many trials a search that runs to its end has (0 with a time budget: it may end it sooner)."""
+    return 0 if space.budget.time_budget_s is not None else space.num_trials
+
+
+def _tracking_callback(tuner: tune.Tuner) -> MlflowTrialCallback:
+    # A restored Tuner runs its own copy, unpickled from its run config: no public handle reaches it.
+    return next(c for c in tuner._local_tuner.get_run_config().callbacks if isinstance(c, MlflowTrialCallback))
 
 
 def _search_id(search_dir: str, resume: bool) -> str:
@@ -241,13 +279,11 @@ def _search_id(search_dir: str, resume: bool) -> str:
 def outcome_of(metrics: dict[str, Any], error: BaseException | None, max_epochs: int, unfinished: bool = False) -> str:
     """``completed``, ``pruned@<epoch>``, ``stopped:<diagnosis>``, ``error`` or ``interrupted``."""
     if error is not None:
-        return "error"
-    if unfinished:
-        return "interrupted"
-    if metrics.get("health/stop") == 1:
-        return f"stopped:{metrics.get('health/diagnosis', '?')}"
-    epoch = int(metrics.get("epoch", 0))
-    return "completed" if epoch >= max_epochs else f"pruned@{epoch}"
+        return L.ERROR
+    if unfinished or K.EPOCH not in metrics:  # started, never reported: not pruned at epoch 0
+        return L.INTERRUPTED
+    end = L.trial_end(metrics, max_epochs)
+    return end.outcome if end.pruned_at is None else f"{end.outcome}@{end.pruned_at}"
 
 
 def summarise(results: tune.ResultGrid, space: SearchSpace, unfinished: set[str] = frozenset()) -> list[dict[str, Any]]:
@@ -259,12 +295,19 @@ def summarise(results: tune.ResultGrid, space: SearchSpace, unfinished: set[str]
             {
                 "trial_id": trial_id,
                 "outcome": outcome_of(metrics, result.error, space.budget.max_epochs, trial_id in unfinished),
-                "epochs": int(metrics.get("epoch", 0)),
-                space.metric: metrics.get(f"raw/{space.metric}", metrics.get(space.metric)),
+                "epochs": int(metrics.get(K.EPOCH, 0)),
+                space.metric: metrics.get(f"{L.RAW_PREFIX}{space.metric}", metrics.get(space.metric)),
                 **{k: v for k, v in (result.config or {}).items()},
             }
         )
     return rows
+
+
+def best_trial(rows: list[dict[str, Any]], space: SearchSpace) -> dict[str, Any] | None:
+    """The completed trial with the best search metric (stopped and pruned trials never count)."""
+    healthy = [r for r in rows if r["outcome"] == L.COMPLETED and r.get(space.metric) is not None]
+    sign = 1 if space.mode == "max" else -1
+    return max(healthy, key=lambda r: sign * r[space.metric]) if healthy else None
 
 
 def print_summary(
@@ -277,15 +320,13 @@ def print_summary(
     interrupted: bool = False,
 ) -> None:
     counts = Counter(r["outcome"].split("@")[0] for r in rows)
-    print(f"\n== search {'interrupted' if interrupted else 'finished'} ==")
+    print(f"\n== search {L.INTERRUPTED if interrupted else L.FINISHED} ==")
     print(f"trials: {len(rows)}  " + "  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
-    for outcome in sorted({r["outcome"] for r in rows if r["outcome"] not in ("completed",)}):
+    for outcome in sorted({r["outcome"] for r in rows if r["outcome"] != L.COMPLETED}):
         ids = [r["trial_id"] for r in rows if r["outcome"] == outcome]
         print(f"  {outcome}: {', '.join(ids)}")
-    healthy = [r for r in rows if r["outcome"] == "completed" and r.get(space.metric) is not None]
-    if healthy:
-        sign = 1 if space.mode == "max" else -1
-        best = max(healthy, key=lambda r: sign * r[space.metric])
+    best = best_trial(rows, space)
+    if best is not None:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.items() if "." in k)
         print(f"best completed trial: {best['trial_id']}  {space.metric} {best[space.metric]:.4f}  ({params})")
     else:
@@ -302,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run_search(args)
-    except (SearchSpaceError, ClusterConnectionError) as exc:
+    except (SearchSpaceError, ClusterConnectionError, PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

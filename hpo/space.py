@@ -19,6 +19,7 @@ The sampled names are the dotted keys themselves: Ray Tune only splits nested-co
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 import math
 import re
@@ -30,7 +31,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
+from hpo.values import is_finite
 from model.config import ConfigError, TrainConfig
+from model.report_keys import METRIC_MODES
 
 if TYPE_CHECKING:
     import optuna
@@ -61,19 +64,6 @@ __all__ = [
 
 #: Where bare names (``load_space("cpu-mini")``) are looked up: the repository's ``search_spaces/``.
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
-
-#: Metrics of the trainer's per-epoch report a search may optimise, with their only sensible
-#: direction. Training losses are left out on purpose: with sampled loss weights, minimising
-#: ``train/loss`` would simply drive the weights to zero.
-METRIC_MODES: dict[str, Literal["max", "min"]] = {
-    "val/ap": "max",
-    "val/precision": "max",
-    "val/recall": "max",
-    "val/mean_iou": "max",
-    "val/tp": "max",
-    "val/fp": "min",
-    "val/fn": "min",
-}
 
 #: A grid is checked setting by setting (every combination is a real trial) up to this size.
 _MAX_GRID_CHECKS = 1024
@@ -136,7 +126,7 @@ class UniformParam(_Strict):
 
     def contains(self, value: Any) -> bool:
         """Whether the sampler could propose ``value`` (a starting point must lie in the space)."""
-        if not _is_number(value) or not self.low <= value <= self.high:
+        if not is_finite(value) or not self.low <= value <= self.high:
             return False
         return self.step is None or _is_multiple(value - self.low, self.step)
 
@@ -164,7 +154,7 @@ class LogUniformParam(_Strict):
         return [("low", self.low), ("high", self.high), ("middle", math.sqrt(self.low * self.high))]
 
     def contains(self, value: Any) -> bool:
-        return _is_number(value) and self.low <= value <= self.high
+        return is_finite(value) and self.low <= value <= self.high
 
     def to_optuna(self) -> optuna.distributions.BaseDistribution:
         from optuna.distributions import FloatDistribution
@@ -539,9 +529,7 @@ class SearchSpace(_Strict):
         with where it comes from."""
         if key in self.params:
             return [(v, f"params.{key}.{label}") for label, v in self.params[key].probes()]
-        value: Any = base
-        for part in key.split("."):
-            value = getattr(value, part)
+        value = functools.reduce(getattr, key.split("."), base)
         return [(value, f"fixed.{key}" if key in self.fixed else f"the default {key}")]
 
     def _check_device(self, base: TrainConfig) -> None:
@@ -642,10 +630,6 @@ def _check_unique(items: list[Any], field: str) -> None:
     for i, item in enumerate(items):
         if any(_same(item, other) for other in items[:i]):
             raise _Issue((field, i), f"duplicate {item!r}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_multiple(value: float, step: float) -> bool:

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from hpo.values import finite_points as _finite
+from model import report_keys as K
 from model.health import LABELS, HealthConfig
 
 __all__ = ["STAGES", "Stage", "monitor_verdicts", "read_stages"]
@@ -60,7 +62,7 @@ def read_stages(history: History, cfg: HealthConfig | None = None) -> list[Stage
     MLflow holds it), in epoch order. Metrics a trial did not log simply find no stage."""
     cfg = cfg or HealthConfig()
     series = {key: dict(_finite(points)) for key, points in history.items()}
-    epochs = sorted(series.get("val/ap", {}))
+    epochs = sorted(series.get(K.VAL_AP, {}))
     if not epochs:
         return []
     stages = [s for s in (_avoidance(series, epochs, cfg), _overfitting(series, epochs, cfg)) if s]
@@ -71,7 +73,7 @@ def read_stages(history: History, cfg: HealthConfig | None = None) -> list[Stage
 def monitor_verdicts(history: History) -> list[tuple[int, str]]:
     """``(epoch, diagnosis)`` for every epoch whose logged ``health/code`` is not healthy."""
     out = []
-    for epoch, code in _finite(history.get("health/code", ())):
+    for epoch, code in _finite(history.get(K.HEALTH_CODE, ())):
         index = int(code)
         if 0 < index < len(LABELS):
             out.append((epoch, LABELS[index]))
@@ -84,7 +86,7 @@ def _avoidance(series: dict[str, dict[int, float]], epochs: list[int], cfg: Heal
     one's (or at the monitor's ``collapse_max_detections``), beginning in the first third of the
     run. Its AP says which kind it is: a rising AP is a model whose ranking still learns while it
     predicts little, an AP that stays at the collapse level is the study's failure to escape."""
-    dets, ap = series.get("val/detections_per_image", {}), series["val/ap"]
+    dets, ap = series.get(K.VAL_DETECTIONS_PER_IMAGE, {}), series[K.VAL_AP]
     scored = [e for e in epochs if e in dets]
     if len(scored) < 2:
         return None
@@ -99,7 +101,7 @@ def _avoidance(series: dict[str, dict[int, float]], epochs: list[int], cfg: Heal
     first, last = scored[start], scored[end]
     ongoing = end == len(scored) - 1
     parts = [f"detections/image {dets[scored[0]]:.3g} at epoch {scored[0]} -> {min(dets[e] for e in scored[start : end + 1]):.3g}"]
-    top = series.get("val/top_score", {})
+    top = series.get(K.VAL_TOP_SCORE, {})
     if scored[0] in top and last in top:
         parts.append(f"top face score {top[scored[0]]:.3g} -> {top[last]:.3g}")
     low = max(ap[e] for e in scored[start : end + 1]) <= cfg.collapse_max_ap
@@ -112,11 +114,11 @@ def _fp_growth(series: dict[str, dict[int, float]], epochs: list[int], cfg: Heal
     """Runs of at least ``fp_surge_window + 1`` evaluations over which false positives per image,
     as a running median of 3 (one evaluation swinging around the score threshold is not growth),
     never fall and grow by the monitor's ``fp_surge_factor`` and ``fp_surge_min_increase``."""
-    fp, images = series.get("val/fp", {}), series.get("val/num_images", {})
+    fp, images = series.get(K.VAL_FP, {}), series.get(K.VAL_NUM_IMAGES, {})
     scored = [e for e in epochs if e in fp and images.get(e)]
     raw = [fp[e] / images[e] for e in scored]
     smooth = [statistics.median(raw[max(0, i - 2) : i + 1]) for i in range(len(raw))]
-    precision = series.get("val/precision", {})
+    precision = series.get(K.VAL_PRECISION, {})
     stages, start = [], 0
     for end in range(1, len(smooth) + 1):
         if end < len(smooth) and smooth[end] >= smooth[end - 1]:
@@ -133,7 +135,7 @@ def _fp_growth(series: dict[str, dict[int, float]], epochs: list[int], cfg: Heal
 def _overfitting(series: dict[str, dict[int, float]], epochs: list[int], cfg: HealthConfig) -> Stage | None:
     """From the epoch after the best AP to the end, when the last AP is below the best by the
     monitor's overfitting margins and the training loss fell since the best."""
-    ap, loss = series["val/ap"], series.get("train/loss", {})
+    ap, loss = series[K.VAL_AP], series.get(K.TRAIN_LOSS, {})
     best = max(epochs, key=lambda e: (ap[e], -e))
     last = epochs[-1]
     drop = ap[best] - ap[last]
@@ -146,7 +148,3 @@ def _overfitting(series: dict[str, dict[int, float]], epochs: list[int], cfg: He
     after = epochs[epochs.index(best) + 1]
     detail = f"AP {ap[best]:.3g} at epoch {best} -> {ap[last]:.3g}, training loss {loss[best]:.3g} -> {loss[last]:.3g}"
     return Stage("overfitting", after, last, True, detail)
-
-
-def _finite(points: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
-    return sorted((int(s), float(v)) for s, v in points if isinstance(v, (int, float)) and math.isfinite(v))

@@ -34,7 +34,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from hpo import layout as L
 from hpo.space import AshaSchedulerSpec, SearchSpace, TpeSamplerSpec
+from model import report_keys as K
 
 if TYPE_CHECKING:
     import optuna
@@ -55,10 +57,10 @@ class HealthStopper(tune.Stopper):
         self._stopped: dict[str, str] = {}
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        if result.get("health/stop") != 1:
+        if not L.stopped_by_health(result):
             return False
         # The first stopping result is the diagnosis; a late duplicate result does not overwrite it.
-        self._stopped.setdefault(trial_id, str(result.get("health/diagnosis", "unknown")))
+        self._stopped.setdefault(trial_id, L.diagnosis_of(result))
         return True
 
     def stop_all(self) -> bool:
@@ -84,16 +86,10 @@ class RungAwareOptunaSearch(OptunaSearch):
         self.max_epochs = max_epochs
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if error or (result and _cut_short(result, self.max_epochs)):
+        if error or (result and L.trial_end(result, self.max_epochs).outcome == L.PRUNED):
             # OptunaSearch tells a trial without a value as FAIL (error) or PRUNED (no error).
             result = None
         super().on_trial_complete(trial_id, result=result, error=error)
-
-
-def _cut_short(result: dict[str, Any], max_epochs: int) -> bool:
-    """Ended by the scheduler (or the time budget) before its last epoch, not by the health rule."""
-    epoch = result.get("epoch")
-    return result.get("health/stop") != 1 and isinstance(epoch, (int, float)) and epoch < max_epochs
 
 
 def build_scheduler(space: SearchSpace) -> ASHAScheduler | FIFOScheduler:
@@ -101,7 +97,7 @@ def build_scheduler(space: SearchSpace) -> ASHAScheduler | FIFOScheduler:
     spec = space.scheduler
     if isinstance(spec, AshaSchedulerSpec):
         return ASHAScheduler(
-            time_attr="epoch",
+            time_attr=K.EPOCH,
             metric=space.metric,
             mode=space.mode,
             max_t=space.budget.max_epochs,

@@ -1,18 +1,5 @@
-"""MLflow tracking of a search: one parent run per search, one child run per Tune trial.
-
-The layout (the contract with the search entry point and the export):
-
-* parent run, found again by the tag ``hpo.search_id`` (stable across ``--resume``): tags
-  ``hpo.role=parent``, ``hpo.search_id``, ``hpo.space``, ``hpo.metric``, ``hpo.mode``; a few
-  params; artifact ``search_space.yaml``; at the end ``summary.csv`` and ``hpo.status``.
-* child run per trial, found again by (``hpo.search_id``, ``hpo.trial_id``) before one is created,
-  so a resumed search never duplicates it: tags ``mlflow.parentRunId``, ``hpo.role=trial``,
-  ``hpo.outcome`` (``running``, ``completed``, ``pruned`` + ``hpo.pruned_at_epoch``,
-  ``stopped:<diagnosis>``, ``error``, ``interrupted`` until ``--resume`` goes on with it),
-  ``hpo.diagnosis``; params = the sampled dotted keys;
-  artifacts ``trial_config.yaml`` and, once it ended, ``learning_curves.png`` and
-  ``detections.png`` (sample detections of its last epoch; an errored trial's only if its last
-  checkpoint holds one, see :func:`hpo.trainable.last_chance_epochs`); the metrics of :data:`TRIAL_METRICS` per epoch (step = epoch).
+"""MLflow tracking of a search: one parent run per search, one child run per Tune trial, in the
+layout of :mod:`hpo.layout`; a child run's per-epoch metrics are :data:`TRIAL_METRICS` (step = epoch).
 
 Everything goes through :class:`mlflow.MlflowClient`, never the fluent API: the callback lives in
 Tune's driver next to other code, and the fluent API's global "active run" would leak into it.
@@ -35,14 +22,12 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
-import numbers
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import yaml
@@ -50,75 +35,29 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from ray import tune
 
+from hpo import layout as L
 from hpo import plots
+from hpo.runs import search_runs, tag_filter
 from hpo.space import SearchSpace
-from hpo.trainable import penalty
-from model.samples import DETECTIONS_FILE
+from hpo.values import is_finite, is_number
+from model import report_keys as K
 
 if TYPE_CHECKING:
-    from mlflow.entities import Run
     from ray.train import Checkpoint
     from ray.tune.experiment import Trial
 
-__all__ = [
-    "CURVES_ARTIFACT",
-    "DEFAULT_TRACKING_URI",
-    "TRIAL_CONFIG_ARTIFACT",
-    "TRIAL_METRICS",
-    "MlflowTrialCallback",
-    "finish_parent_run",
-    "open_parent_run",
-    "trial_outcomes",
-    "unfinished_trials",
-]
+__all__ = ["TRIAL_METRICS", "MlflowTrialCallback", "finish_parent_run", "open_parent_run"]
 
 _LOG = logging.getLogger(__name__)
 
-#: MLflow 3.x refuses the plain file store; a sqlite file is the zero-setup default.
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-#: The trial's full TrainConfig, on every child run (what the export reads back).
-TRIAL_CONFIG_ARTIFACT = "trial_config.yaml"
-#: A trial's learning curves, logged when it ends (its sample detections: ``detections.png``).
-CURVES_ARTIFACT = "learning_curves.png"
+#: The per-epoch metrics a child run records: every number of the trainer's report but its position
+#: and time (``val/num_images`` with ``val/fp``: false positives per image, the fp-surge signal).
+TRIAL_METRICS: tuple[str, ...] = (*K.TRAIN_KEYS, *K.VAL_KEYS, K.HEALTH_CODE, K.HEALTH_STOP)
 
-#: The per-epoch metrics a child run records (keys of the trainable's ``tune_metrics`` output).
-TRIAL_METRICS: tuple[str, ...] = (
-    "train/loss",
-    "train/loss_cls",
-    "train/loss_box",
-    "train/lr",
-    "train/grad_norm",
-    "train/pos_anchors_per_image",
-    "train/images_per_s",  # training alone: the trial's throughput (packed trials share a GPU)
-    "val/ap",
-    "val/precision",
-    "val/recall",
-    "val/mean_iou",
-    "val/tp",
-    "val/fp",
-    "val/fn",
-    "val/num_images",  # with val/fp: false positives per image (the fp-surge signal)
-    "val/detections_per_image",
-    "val/top_score",
-    "val/top_score_spread",
-    "health/code",
-    "health/stop",
-)
-
-# Tags of the layout.
-ROLE, SEARCH_ID, TRIAL_ID = "hpo.role", "hpo.search_id", "hpo.trial_id"
-OUTCOME, DIAGNOSIS, PRUNED_AT = "hpo.outcome", "hpo.diagnosis", "hpo.pruned_at_epoch"
-STATUS = "hpo.status"
-PARENT_RUN_ID = "mlflow.parentRunId"
-
-_HEALTHY = "healthy"
 #: The callback's MLflow writes off Tune's event loop (see the module's doc); False writes them in
 #: the hooks themselves (``bench/dead_time.py --variant sync-tracking`` measures the difference).
 BACKGROUND_WRITES = True
-# MLflow's limits per log_batch call.
-_MAX_PARAMS_PER_BATCH = 100
-_MAX_TAGS_PER_BATCH = 100
-_PAGE = 1000
+_MAX_PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
 
 
 # -- the parent run --------------------------------------------------------------------------------
@@ -137,15 +76,15 @@ def open_parent_run(tracking_uri: str, experiment: str, search_id: str, space: S
     """
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = _experiment_id(client, tracking_uri, experiment)
-    found = _search(client, [experiment_id], _filter({ROLE: "parent", SEARCH_ID: search_id}))
+    found = search_runs(client, [experiment_id], tag_filter({L.ROLE: L.PARENT, L.SEARCH_ID: search_id}))
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        if STATUS in found[0].data.tags:
-            client.delete_tag(run_id, STATUS)
+        if L.STATUS in found[0].data.tags:
+            client.delete_tag(run_id, L.STATUS)
         return run_id
 
-    tags = {ROLE: "parent", SEARCH_ID: search_id, "hpo.space": space.name, "hpo.metric": space.metric, "hpo.mode": space.mode}
+    tags = {L.ROLE: L.PARENT, L.SEARCH_ID: search_id, L.SPACE: space.name, L.METRIC: space.metric, L.MODE: space.mode}
     run = client.create_run(experiment_id, tags=tags, run_name=f"{space.name}-{search_id[:8]}")
     run_id = run.info.run_id
     params = {
@@ -157,7 +96,7 @@ def open_parent_run(tracking_uri: str, experiment: str, search_id: str, space: S
         "sampler": space.sampler.type,
     }
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    client.log_text(run_id, space.to_yaml(), "search_space.yaml")
+    client.log_text(run_id, space.to_yaml(), L.SPACE_ARTIFACT)
     return run_id
 
 
@@ -165,31 +104,38 @@ def finish_parent_run(
     tracking_uri: str,
     run_id: str,
     summary_rows: Sequence[Mapping[str, Any]],
-    status: Literal["finished", "interrupted"],
+    status: L.SearchStatus,
+    *,
+    best: Mapping[str, Any] | None = None,
+    metric: str | None = None,
 ) -> None:
     """Write ``summary.csv`` (one row per trial; columns in order of first appearance), tag
-    ``hpo.status`` and end the parent run: FINISHED, or KILLED for an interrupted search.
+    ``hpo.status``, and end the parent run: FINISHED, or KILLED for an interrupted search. With
+    ``best`` (a summary row) and ``metric``, the parent shows the best trial in the runs table: its
+    metric value as the parent's metric, its id as ``hpo.best_trial``; its description counts the
+    trials by outcome.
 
     Raises:
         ValueError: ``status`` is neither ``finished`` nor ``interrupted``.
     """
-    if status not in ("finished", "interrupted"):
-        raise ValueError(f"status must be 'finished' or 'interrupted' (got {status!r})")
+    if status not in (L.FINISHED, L.INTERRUPTED):
+        raise ValueError(f"status must be {L.FINISHED!r} or {L.INTERRUPTED!r} (got {status!r})")
     client = MlflowClient(tracking_uri=tracking_uri)
-    client.log_text(run_id, _csv(summary_rows), "summary.csv")
-    client.set_tag(run_id, STATUS, status)
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if status == "finished" else RunStatus.KILLED))
-
-
-#: Trials the last search of each search id left unfinished (an interrupted search). Kept here, not
-#: on the callback: after --resume, Tune calls a copy of the callback restored from its own state.
-_UNFINISHED: dict[str, set[str]] = {}
-
-
-def unfinished_trials(search_id: str) -> set[str]:
-    """Ids of the trials the search's last ``Tuner.fit`` in this process left unfinished (Ctrl-C):
-    started but never ended, or never started. Empty for a search that ran to its end."""
-    return set(_UNFINISHED.get(search_id, ()))
+    client.log_text(run_id, _csv(summary_rows), L.SUMMARY_ARTIFACT)
+    counts: dict[str, int] = {}
+    for row in summary_rows:
+        outcome = str(row.get("outcome", L.UNKNOWN)).split("@")[0]
+        counts[outcome] = counts.get(outcome, 0) + 1
+    lines = [f"Search {status}: {len(summary_rows)} trials.", "", "| outcome | trials |", "|---|---|"]
+    lines += [f"| {outcome} | {n} |" for outcome, n in sorted(counts.items())]
+    tags = {L.STATUS: status}
+    if best is not None and metric is not None and is_finite(best.get(metric)):
+        client.log_metric(run_id, metric, float(best[metric]))
+        tags[L.BEST_TRIAL] = str(best["trial_id"])
+        lines += ["", f"Best completed trial: {best['trial_id']} ({metric} {float(best[metric]):.4f})."]
+    tags[L.DESCRIPTION] = "\n".join(lines)
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if status == L.FINISHED else RunStatus.KILLED))
 
 
 # -- the child runs --------------------------------------------------------------------------------
@@ -229,6 +175,9 @@ class MlflowTrialCallback(tune.Callback):
         search_id: the search's id (the parent's ``hpo.search_id``).
         space: the search space (the trial config artifact is built from it).
         max_epochs: a trial that ends at this epoch, not stopped, is ``completed``; earlier, ``pruned``.
+
+    After ``Tuner.fit`` the driver reads :attr:`unfinished`: the trials the fit left unfinished
+    (Ctrl-C), started but never ended or never started; empty for a search that ran to its end.
     """
 
     def __init__(self, tracking_uri: str, parent_run_id: str, search_id: str, space: SearchSpace, max_epochs: int) -> None:
@@ -245,12 +194,13 @@ class MlflowTrialCallback(tune.Callback):
         self._ended: set[str] = set()  # trials whose run this driver ended
         self._executor: ThreadPoolExecutor | None = None  # the writer, started on first use
         self._pending: list[Future] = []
+        self.unfinished: set[str] = set()
 
     # The callback is pickled with the Tuner's state; the client (a database engine) and the
     # writer thread are not.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_client=None, _experiment_id=None, _runs={}, _last_step={}, _ended=set(), _executor=None, _pending=[])
+        state.update(_client=None, _experiment_id=None, _runs={}, _last_step={}, _ended=set(), _executor=None, _pending=[], unfinished=set())
         return state
 
     @property
@@ -275,23 +225,22 @@ class MlflowTrialCallback(tune.Callback):
         self._submit("artifacts", trial, self._artifacts)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._submit("error", trial, self._end, {OUTCOME: "error"}, RunStatus.FAILED)
+        self._submit("error", trial, self._end, {L.OUTCOME: L.ERROR}, RunStatus.FAILED)
         self._submit("artifacts", trial, self._artifacts)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self.flush()
         # Also called after Ctrl-C, when Tune has just marked every running trial TERMINATED: what
         # tells the unfinished ones apart is that they never reached on_trial_complete/_error.
-        unfinished = {
+        self.unfinished = {
             t.trial_id
             for t in trials
             if (t.trial_id in self._runs and t.trial_id not in self._ended) or t.status in (t.PENDING, t.PAUSED)
         }
-        _UNFINISHED[self.search_id] = unfinished
         for trial in trials:
-            if trial.trial_id in unfinished and trial.trial_id in self._runs:
+            if trial.trial_id in self.unfinished and trial.trial_id in self._runs:
                 # The run says so instead of staying RUNNING; --resume sets it running again.
-                self._submit("end", trial, self._end, {OUTCOME: "interrupted"}, RunStatus.KILLED)
+                self._submit("end", trial, self._end, {L.OUTCOME: L.INTERRUPTED}, RunStatus.KILLED)
         self.flush()
 
     def flush(self) -> None:
@@ -328,42 +277,38 @@ class MlflowTrialCallback(tune.Callback):
     def _start(self, trial: _TrialView) -> None:
         run_id = self._run_id(trial)
         # A trial Tune starts again (a retry, a resumed search) is running again.
-        self.client.log_batch(run_id, tags=[RunTag(OUTCOME, "running")])
-        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        self.client.log_batch(run_id, tags=[RunTag(L.OUTCOME, L.RUNNING)])
+        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING), name=_run_name(trial.trial_id, L.RUNNING))
 
     def _result(self, trial: _TrialView, result: Mapping[str, Any]) -> None:
         run_id = self._run_id(trial)
-        epoch = result.get("epoch")
-        if not _is_number(epoch):
+        epoch = result.get(K.EPOCH)
+        if not is_number(epoch):
             return  # not a training report (nothing to plot against)
         step = int(epoch)
         if step <= self._last_step.get(trial.trial_id, -1):
             return  # re-reported after a restore from an earlier checkpoint
-        metrics = [
-            Metric(key, float(result[key]), trial.at_ms, step)
-            for key in TRIAL_METRICS
-            if _is_number(result.get(key)) and math.isfinite(result[key])
-        ]
-        tags = [RunTag(DIAGNOSIS, str(result["health/diagnosis"]))] if result.get("health/diagnosis") else []
+        # Measured values only: an epoch stopped before validation has placeholder zeros for its
+        # val/* (no image validated), and the search metric's penalty is Optuna's, not a measurement.
+        skip = set(K.VAL_KEYS) if result.get(K.VAL_NUM_IMAGES) == 0 else set()
+        values = {key: result.get(f"{L.RAW_PREFIX}{key}", result.get(key)) for key in TRIAL_METRICS if key not in skip}
+        metrics = [Metric(key, float(value), trial.at_ms, step) for key, value in values.items() if is_finite(value)]
+        tags = [RunTag(L.DIAGNOSIS, str(result[K.HEALTH_DIAGNOSIS]))] if result.get(K.HEALTH_DIAGNOSIS) else []
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self._last_step[trial.trial_id] = step
 
     def _complete(self, trial: _TrialView) -> None:
-        last = trial.last_result
-        epoch = int(last["epoch"]) if _is_number(last.get("epoch")) else 0
-        tags: dict[str, str]
-        if last.get("health/stop") == 1:
-            tags = {OUTCOME: f"stopped:{last.get('health/diagnosis') or 'unknown'}"}
-            status = RunStatus.KILLED
-        elif epoch >= self.max_epochs:
-            tags, status = {OUTCOME: "completed"}, RunStatus.FINISHED
-        else:
-            tags, status = {OUTCOME: "pruned", PRUNED_AT: str(epoch)}, RunStatus.KILLED
-        self._end(trial, tags, status)
+        end = L.trial_end(trial.last_result, self.max_epochs)
+        tags = {L.OUTCOME: end.outcome}
+        if end.pruned_at is not None:
+            tags[L.PRUNED_AT] = str(end.pruned_at)
+        self._end(trial, tags, RunStatus.FINISHED if end.outcome == L.COMPLETED else RunStatus.KILLED)
 
     def _end(self, trial: _TrialView, tags: dict[str, str], status: int) -> None:
         run_id = self._run_id(trial)
+        tags = {**tags, L.DESCRIPTION: _description(trial.trial_id, tags[L.OUTCOME], trial.last_result)}
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.update_run(run_id, name=_run_name(trial.trial_id, tags[L.OUTCOME], tags.get(L.PRUNED_AT)))
         self.client.set_terminated(run_id, RunStatus.to_string(status), end_time=trial.at_ms)
         self._ended.add(trial.trial_id)
 
@@ -371,17 +316,19 @@ class MlflowTrialCallback(tune.Callback):
         """The ended trial's learning curves (from its run's metric history) and its last sample
         detections (drawn by the trainable beside its checkpoint)."""
         run_id = self._run_id(trial)
-        worst = penalty(self.space.mode)
         history = {}
         for key in TRIAL_METRICS:
-            # The search metric of a stopped trial is the penalty: the search's stand-in, not a value.
-            points = [(m.step, m.value) for m in self.client.get_metric_history(run_id, key) if key != self.space.metric or m.value != worst]
+            points = [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+            if key == self.space.metric:
+                points = L.measured(points, self.space.mode)
             if points:
                 history[key] = points
         if history:
             figure = plots.learning_curves(history, title=f"trial {trial.trial_id} ({self.space.name})")
-            self.client.log_figure(run_id, figure, CURVES_ARTIFACT)
+            self.client.log_figure(run_id, figure, L.CURVES_ARTIFACT)
         if trial.checkpoint is not None:
+            from model.samples import DETECTIONS_FILE  # here: it imports torch, which the callback needs nowhere else
+
             with trial.checkpoint.as_directory() as directory:
                 picture = Path(directory) / DETECTIONS_FILE
                 if picture.is_file():
@@ -394,7 +341,7 @@ class MlflowTrialCallback(tune.Callback):
             return self._runs[trial_id]
         if self._experiment_id is None:
             self._experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
-        found = _search(self.client, [self._experiment_id], _filter({SEARCH_ID: self.search_id, TRIAL_ID: trial_id}))
+        found = search_runs(self.client, [self._experiment_id], tag_filter({L.SEARCH_ID: self.search_id, L.TRIAL_ID: trial_id}))
         if found:
             run_id = found[0].info.run_id
             self._last_step[trial_id] = self._logged_until(run_id)
@@ -406,14 +353,14 @@ class MlflowTrialCallback(tune.Callback):
 
     def _create(self, trial: _TrialView) -> str:
         tags = {
-            PARENT_RUN_ID: self.parent_run_id,
-            ROLE: "trial",
-            SEARCH_ID: self.search_id,
-            TRIAL_ID: trial.trial_id,
-            OUTCOME: "running",
-            DIAGNOSIS: _HEALTHY,
+            L.PARENT_RUN_ID: self.parent_run_id,
+            L.ROLE: L.TRIAL,
+            L.SEARCH_ID: self.search_id,
+            L.TRIAL_ID: trial.trial_id,
+            L.OUTCOME: L.RUNNING,
+            L.DIAGNOSIS: L.HEALTHY,
         }
-        run = self.client.create_run(self._experiment_id, start_time=trial.at_ms, tags=tags, run_name=trial.trial_id)
+        run = self.client.create_run(self._experiment_id, start_time=trial.at_ms, tags=tags, run_name=_run_name(trial.trial_id, L.RUNNING))
         run_id = run.info.run_id
         sampled = dict(trial.config)
         params = [Param(k, str(v)) for k, v in sampled.items()]
@@ -422,53 +369,35 @@ class MlflowTrialCallback(tune.Callback):
         try:
             cfg = self.space.trial_config({k: v for k, v in sampled.items() if k in self.space.params})
         except ValueError as exc:
-            _LOG.warning("no trial_config.yaml for trial %s: %s", trial.trial_id, exc)
+            _LOG.warning("no %s for trial %s: %s", L.TRIAL_CONFIG_ARTIFACT, trial.trial_id, exc)
         else:
             text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-            self.client.log_text(run_id, text, TRIAL_CONFIG_ARTIFACT)
+            self.client.log_text(run_id, text, L.TRIAL_CONFIG_ARTIFACT)
         return run_id
 
     def _logged_until(self, run_id: str) -> int:
         """The last epoch an existing child run holds (``health/stop`` is in every report)."""
-        history = self.client.get_metric_history(run_id, "health/stop")
+        history = self.client.get_metric_history(run_id, K.HEALTH_STOP)
         return max((m.step for m in history), default=-1)
 
 
-# -- reading a search back -------------------------------------------------------------------------
-
-
-def trial_outcomes(tracking_uri: str, search_id: str) -> list[dict[str, Any]]:
-    """Every child run of the search, in the order the trials started.
-
-    Each row: ``trial_id``, ``run_id``, ``status`` (MLflow's), ``outcome``, ``diagnosis``,
-    ``pruned_at_epoch`` (int or ``None``), ``params`` (``{dotted key: value}``, numbers and
-    booleans parsed back from MLflow's strings) and ``metrics`` (the last value of each).
-    """
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment_ids = [e.experiment_id for e in _all_experiments(client)]
-    if not experiment_ids:
-        return []
-    runs = _search(client, experiment_ids, _filter({ROLE: "trial", SEARCH_ID: search_id}))
-    rows = []
-    for run in sorted(runs, key=lambda r: (r.info.start_time or 0, r.data.tags.get(TRIAL_ID, ""))):
-        tags = run.data.tags
-        pruned_at = tags.get(PRUNED_AT)
-        rows.append(
-            {
-                "trial_id": tags.get(TRIAL_ID, ""),
-                "run_id": run.info.run_id,
-                "status": run.info.status,
-                "outcome": tags.get(OUTCOME, "running"),
-                "diagnosis": tags.get(DIAGNOSIS, _HEALTHY),
-                "pruned_at_epoch": int(pruned_at) if pruned_at is not None else None,
-                "params": {k: _parse_param(v) for k, v in sorted(run.data.params.items())},
-                "metrics": dict(run.data.metrics),
-            }
-        )
-    return rows
-
-
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _run_name(trial_id: str, outcome: str, pruned_at: str | None = None) -> str:
+    """A child run's name in the runs table: the trial and how it ended (MLflow's statuses cannot
+    tell a pruned trial from a stopped one)."""
+    return f"{trial_id} {outcome}" + (f"@{pruned_at}" if pruned_at else "")
+
+
+def _description(trial_id: str, outcome: str, last: Mapping[str, Any]) -> str:
+    """A child run's description: the outcome, where it happened and the health monitor's evidence."""
+    epoch, step = last.get(K.EPOCH), last.get(K.STEP)
+    where = f" after epoch {int(epoch)} (step {int(step)})" if is_number(epoch) and is_number(step) else ""
+    lines = [f"Trial {trial_id}: {outcome}{where}."]
+    if last.get(K.HEALTH_MESSAGE):
+        lines.append(f"Health monitor: {last[K.HEALTH_MESSAGE]}")
+    return "\n\n".join(lines)
 
 
 def _experiment_id(client: MlflowClient, tracking_uri: str, name: str) -> str:
@@ -495,40 +424,6 @@ def _artifact_location(tracking_uri: str) -> str | None:
     return (db.expanduser().resolve().parent / "mlruns").as_uri()
 
 
-def _filter(tags: Mapping[str, str]) -> str:
-    return " and ".join(f"tags.`{k}` = '{_quote(v)}'" for k, v in tags.items())
-
-
-def _quote(value: str) -> str:
-    if "'" in value:
-        raise ValueError(f"a tag value used in a search may not contain a quote (got {value!r})")
-    return value
-
-
-def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
-    """Every run matching ``filter_string`` (all pages), oldest first."""
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            experiment_ids, filter_string, max_results=_PAGE, order_by=["attributes.start_time ASC"], page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _all_experiments(client: MlflowClient) -> Iterable[Any]:
-    token = None
-    while True:
-        page = client.search_experiments(max_results=_PAGE, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
 def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     columns: dict[str, None] = {}
     for row in rows:
@@ -538,20 +433,3 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
-
-
-def _parse_param(value: str) -> Any:
-    """MLflow keeps params as ``str(value)``: read ints, floats, booleans and None back."""
-    special = {"True": True, "False": False, "None": None}
-    if value in special:
-        return special[value]
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import tempfile
 import time
 from collections.abc import Mapping
@@ -33,37 +32,18 @@ import ray
 import torch
 from ray import tune
 
+from hpo import layout as L
 from hpo.cluster import cap_gpu_memory
 from hpo.space import AshaSchedulerSpec, SearchSpace, space_from_dict
+from hpo.values import is_number
 from model.config import TrainConfig
 from model.samples import DETECTIONS_FILE, save_sample_detections
 from model.trainer import Trainer
 
-__all__ = [
-    "CHECKPOINT_NAME",
-    "NODE_ID_KEY",
-    "NONFINITE_FILL",
-    "PENALTY_MAX",
-    "PENALTY_MIN",
-    "SETUP_KEY",
-    "last_chance_epochs",
-    "penalty",
-    "train_trial",
-    "tune_metrics",
-]
+__all__ = ["CHECKPOINT_NAME", "NODE_ID_KEY", "SETUP_KEY", "last_chance_epochs", "train_trial", "tune_metrics"]
 
 _LOG = logging.getLogger(__name__)
 
-#: The search metric of a trial the health monitor stopped, for ``mode: max``. Every maximised
-#: metric of a search (``hpo.space.METRIC_MODES``: AP, precision, recall, mean IoU, TP) is >= 0.
-PENALTY_MAX = -1.0
-#: The same for ``mode: min``. The minimised metrics are validation counts (FP, FN), bounded by
-#: images x ``postprocess.max_detections`` (WIDER FACE val: 3,226 x 200), far below this.
-PENALTY_MIN = 1.0e12
-#: What a non-finite number in a report becomes (NaN and +inf: this; -inf: minus this). In a
-#: report they come from a blown-up loss or gradient norm, so "huge" is the faithful reading; it
-#: stays finite in float32 (TensorBoard, MLflow plots) and is recognisable in any table.
-NONFINITE_FILL = 1.0e30
 #: The checkpoint file inside each reported Tune checkpoint.
 CHECKPOINT_NAME = "last.pt"
 #: The Ray node a trial's epoch ran on, in every report (Tune's ``node_ip`` cannot tell apart
@@ -73,17 +53,7 @@ NODE_ID_KEY = "ray/node_id"
 #: restore), in every report of that run of the trial: a trial's set-up cost, as Tune saw it.
 SETUP_KEY = "time/setup_s"
 
-_STOP_KEY = "health/stop"
 _NONFINITE_KEY = "health/nonfinite"
-
-
-def penalty(mode: Literal["max", "min"]) -> float:
-    """The finite search-metric value that is worse than any real one in this ``mode``."""
-    if mode == "max":
-        return PENALTY_MAX
-    if mode == "min":
-        return PENALTY_MIN
-    raise ValueError(f"mode must be 'max' or 'min' (got {mode!r})")
 
 
 def tune_metrics(report: Mapping[str, Any], metric: str, mode: Literal["max", "min"]) -> dict[str, Any]:
@@ -94,7 +64,7 @@ def tune_metrics(report: Mapping[str, Any], metric: str, mode: Literal["max", "m
       ``health/nonfinite`` counts how many were replaced. Strings (``health/diagnosis``,
       ``health/message``) pass unchanged.
     * ``raw/<metric>`` is the metric's own value (made finite as above).
-    * ``<metric>`` is :func:`penalty` when the health monitor stopped the run
+    * ``<metric>`` is :func:`hpo.layout.penalty` when the health monitor stopped the run
       (``health/stop == 1``; the trainer then reports zeros for validation, which would flatter a
       minimised metric) or when the metric itself is not finite; otherwise the value itself.
 
@@ -106,21 +76,20 @@ def tune_metrics(report: Mapping[str, Any], metric: str, mode: Literal["max", "m
     Raises:
         ValueError: ``metric`` is not a number in ``report``, or ``mode`` is neither max nor min.
     """
-    worst = penalty(mode)
+    worst = L.penalty(mode)
     value = report.get(metric)
-    if not _is_number(value):
-        numeric = sorted(k for k, v in report.items() if _is_number(v))
+    if not is_number(value):
+        numeric = sorted(k for k, v in report.items() if is_number(v))
         raise ValueError(f"the search metric {metric!r} is not a number in the trial's report; numeric keys: {numeric}")
     out: dict[str, Any] = {}
     replaced = 0
     for key, item in report.items():
-        if _is_number(item) and not math.isfinite(item):
-            item = -NONFINITE_FILL if item < 0 else NONFINITE_FILL  # NaN compares False: +FILL
+        if is_number(item) and not math.isfinite(item):
+            item = -L.NONFINITE_FILL if item < 0 else L.NONFINITE_FILL  # NaN compares False: +FILL
             replaced += 1
         out[key] = item
-    stopped = report.get(_STOP_KEY) == 1
-    out[f"raw/{metric}"] = out[metric]
-    if stopped or not math.isfinite(value):
+    out[f"{L.RAW_PREFIX}{metric}"] = out[metric]
+    if L.stopped_by_health(report) or not math.isfinite(value):
         out[metric] = worst
     out[_NONFINITE_KEY] = float(replaced)
     return out
@@ -243,8 +212,3 @@ def _absolute(path: str, name: str) -> Path:
 def _trial_resources() -> dict[str, float]:
     """``{"CPU": n, "GPU": m, ...}`` that Tune reserved for this trial."""
     return dict(tune.get_context().get_trial_resources().required_resources)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-

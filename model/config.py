@@ -82,15 +82,20 @@ class ModelConfig(_Section):
     """Initial face probability of every anchor (RetinaNet's prior bias) for a stable start."""
 
 
-class LossConfig(_Section):
-    """The weighted multibox loss: ``class_weight * loss_cls + box_weight * loss_box``."""
+#: The loss variants (model/loss.py derives its allowed values from these).
+ClsLoss = Literal["ce", "focal"]
+BoxLoss = Literal["smooth_l1", "giou", "diou", "ciou"]
 
-    class_weight: float = Field(1.0, ge=0)
-    box_weight: float = Field(1.0, ge=0)
+
+class LossConfig(_Section):
+    """The multibox loss and its weights: the trainer minimises ``class_weight * loss_cls + box_weight * loss_box``."""
+
+    class_weight: float = Field(1.0, ge=0, allow_inf_nan=False)
+    box_weight: float = Field(1.0, ge=0, allow_inf_nan=False)
     neg_pos_ratio: float = Field(3.0, gt=0)
     """Hard-negative mining: mined negatives per positive anchor (the study's 3:1)."""
-    cls_loss: Literal["ce", "focal"] = "ce"
-    box_loss: Literal["smooth_l1", "giou", "diou", "ciou"] = "smooth_l1"
+    cls_loss: ClsLoss = "ce"
+    box_loss: BoxLoss = "smooth_l1"
     smooth_l1_beta: float = Field(1.0, gt=0)
     focal_alpha: float = Field(0.25, ge=0, le=1)
     focal_gamma: float = Field(2.0, ge=0)
@@ -154,6 +159,19 @@ class ScheduleConfig(_Section):
         return self.warmup_iters
 
 
+class WeightingConfig(_Section):
+    """How the loss parts' weights move during training (``model/loss_weighting.py``); the ramp
+    of ``schedule`` applies first, to the configured weights."""
+
+    method: Literal["fixed", "uncertainty", "loss_ratio"] = "fixed"
+    """``fixed``: ``loss.class_weight`` and ``loss.box_weight`` as they are; ``uncertainty``:
+    learnt log-variances per part (Kendall et al. 2018), starting from the configured weights;
+    ``loss_ratio``: the box weight is set each step so that the weighted box part is
+    ``box_weight / class_weight`` times the weighted classification part."""
+    ratio_momentum: float = Field(0.9, ge=0, lt=1)
+    """``loss_ratio``: momentum of the running means of the two parts the controller balances."""
+
+
 class EvalConfig(_Section):
     iou_threshold: float = Field(0.5, gt=0, le=1)
     score_threshold: float = Field(0.5, ge=0, le=1)
@@ -175,6 +193,7 @@ class TrainConfig(_Section):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     eval: EvalConfig = EvalConfig()
+    weighting: WeightingConfig = WeightingConfig()
     health: HealthConfig = HealthConfig()
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:

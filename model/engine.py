@@ -14,12 +14,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from model import report_keys as K
 from model.config import TrainConfig
 from model.data.mini import ensure_mini, generated_params
 from model.data.batch_augment import DrawSSDAugmentation, collate_canvas
 from model.data.transforms import build_eval_transforms, build_train_transforms
 from model.data.widerface import WiderFaceDataset, collate_fn
-from model.loss import WeightedMultiBoxLoss
+from model.loss import MultiBoxLoss
 from model.metrics import evaluate
 from model.ssd import FaceSSD, build_ssd
 
@@ -92,8 +93,8 @@ def build_model(cfg: TrainConfig) -> FaceSSD:
     )
 
 
-def build_loss(cfg: TrainConfig, model: FaceSSD) -> WeightedMultiBoxLoss:
-    return WeightedMultiBoxLoss(box_coder=model.box_coder, **cfg.loss.model_dump())
+def build_loss(cfg: TrainConfig, model: FaceSSD) -> MultiBoxLoss:
+    return MultiBoxLoss(box_coder=model.box_coder, **cfg.loss.model_dump(exclude={"class_weight", "box_weight"}))
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -154,9 +155,9 @@ def evaluate_model(model: FaceSSD, loader: DataLoader, device: torch.device, cfg
     result = evaluate(
         predictions, targets, iou_threshold=cfg.eval.iou_threshold, score_threshold=cfg.eval.score_threshold
     )
-    report = {f"val/{k}": float(v) for k, v in result.items()}
-    report["val/top_score_spread"] = top_score_spread(predictions)
-    return report
+    report = {f"val/{k}": float(v) for k, v in result.items()}  # metrics.evaluate's names, under val/
+    report[K.VAL_TOP_SCORE_SPREAD] = top_score_spread(predictions)
+    return {key: report[key] for key in K.VAL_KEYS}  # exactly the report's val keys: a renamed metric fails here
 
 
 def top_score_spread(predictions: list[dict[str, torch.Tensor]]) -> float:

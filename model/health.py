@@ -37,7 +37,9 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["LABELS", "MIN_IMAGES_FOR_SPREAD", "HealthConfig", "HealthMonitor", "Verdict", "constant_predictor_cls_loss"]
+from model import report_keys as K
+
+__all__ = ["DEFAULT_INTERVENTIONS", "LABELS", "MIN_IMAGES_FOR_SPREAD", "HealthConfig", "Intervention", "HealthMonitor", "Verdict", "constant_predictor_cls_loss"]
 
 Problem = Literal[
     "diverged", "background-collapse", "stalled", "fp-surge", "recall-decline", "overfitting", "no-positives"
@@ -48,6 +50,41 @@ LABELS: tuple[str, ...] = ("healthy", *get_args(Problem))
 _STATE_VERSION = 1
 #: Fewest validation images on which the spread of their top face scores says anything.
 MIN_IMAGES_FOR_SPREAD = 8
+
+
+class Intervention(BaseModel):
+    """What a recovery does for one diagnosis (``health.interventions``; ``model/recovery.py``).
+    Factors multiply the run's current values; 1 leaves them."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+    action: Literal["rollback", "restore_best", "stop"] = "rollback"
+    """``rollback``: restore the last healthy snapshot from before the failure's onset, apply the
+    changes below, go on; ``restore_best``: restore the best epoch's snapshot and stop; ``stop``:
+    stop as without recovery."""
+    lr_factor: float = Field(1.0, gt=0)
+    """Multiplies the learning rate (every group's, for the rest of the schedule)."""
+    warmup_epochs: float = Field(0.0, ge=0)
+    """A fresh linear warm-up from ``schedule.warmup_start_factor`` over this many epochs."""
+    class_weight_factor: float = Field(1.0, gt=0)
+    """Multiplies ``loss.class_weight`` (re-balances the loss towards classification)."""
+    neg_pos_factor: float = Field(1.0, gt=0)
+    """Multiplies ``loss.neg_pos_ratio`` (hard-mined CE only)."""
+    skip_batches: int = Field(0, ge=0)
+    """``diverged`` at a step check: skip this many batches, up to the one checked, when the epoch
+    is replayed (the same batches come back: the snapshot holds the data order's random state)."""
+
+
+#: The default intervention table, set from ``bench/results/recovery.md`` (see model/recovery.py).
+DEFAULT_INTERVENTIONS: dict[str, Intervention] = {
+    "diverged": Intervention(lr_factor=0.1, warmup_epochs=1.0, skip_batches=5),
+    "background-collapse": Intervention(class_weight_factor=2.0, neg_pos_factor=0.5, warmup_epochs=1.0),
+    "stalled": Intervention(lr_factor=10.0),
+    "fp-surge": Intervention(neg_pos_factor=2.0),
+    "overfitting": Intervention(action="restore_best"),
+    "no-positives": Intervention(action="stop"),
+    "recall-decline": Intervention(action="stop"),
+}
 
 
 class HealthConfig(BaseModel):
@@ -67,6 +104,17 @@ class HealthConfig(BaseModel):
     ``overfitting`` is left out because the best checkpoint is kept anyway and a search's scheduler
     (ASHA) already prunes weak trials, while the mid-stage labels can recover after a learning-rate
     decay. Add ``overfitting`` for early stopping."""
+
+    # -- recovery (model/recovery.py) ----------------------------------------------------------------
+    on_failure: Literal["stop", "recover"] = "stop"
+    """What a stopping diagnosis does: end the run, or roll it back and apply its intervention."""
+    max_recoveries: int = Field(2, ge=0)
+    """Recoveries a run may make; the next stopping diagnosis ends it as ``stop`` would."""
+    snapshots: int = Field(4, ge=1)
+    """In-memory snapshots of the trainer's state kept, one per healthy epoch: enough to go back
+    before a collapse, which is named after ``collapse_patience`` (3) evaluations that looked it."""
+    interventions: dict[Problem, Intervention] = Field(default_factory=lambda: dict(DEFAULT_INTERVENTIONS))
+    """Per diagnosis, what a recovery does; a diagnosis without an entry stops the run."""
 
     # -- step checks ------------------------------------------------------------------------------
     reference_checks: int = Field(5, ge=1)
@@ -397,7 +445,7 @@ class HealthMonitor:
         if not self.cfg.enabled:
             return self._record("epoch", Verdict("healthy", False, epoch=epoch))
         # The epoch means also cover steps no check saw (an epoch shorter than check_every_steps).
-        loss = _number(metrics, "train/loss")
+        loss = _number(metrics, K.TRAIN_LOSS)
         if loss is not None and not math.isfinite(loss):
             evidence = {"loss": loss}
             return self._record("epoch", self._verdict("diverged", "non-finite training loss", evidence, epoch=epoch))
@@ -517,19 +565,19 @@ class HealthMonitor:
 
     @staticmethod
     def _epoch_record(epoch: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
-        fp, images = _number(metrics, "val/fp"), _number(metrics, "val/num_images")
+        fp, images = _number(metrics, K.VAL_FP), _number(metrics, K.VAL_NUM_IMAGES)
         return {
             "epoch": epoch,
-            "ap": _number(metrics, "val/ap"),
-            "precision": _number(metrics, "val/precision"),
-            "recall": _number(metrics, "val/recall"),
+            "ap": _number(metrics, K.VAL_AP),
+            "precision": _number(metrics, K.VAL_PRECISION),
+            "recall": _number(metrics, K.VAL_RECALL),
             "fp_per_image": fp / images if fp is not None and images else None,
-            "detections_per_image": _number(metrics, "val/detections_per_image"),
-            "top_score": _number(metrics, "val/top_score"),
-            "top_spread": _number(metrics, "val/top_score_spread"),
+            "detections_per_image": _number(metrics, K.VAL_DETECTIONS_PER_IMAGE),
+            "top_score": _number(metrics, K.VAL_TOP_SCORE),
+            "top_spread": _number(metrics, K.VAL_TOP_SCORE_SPREAD),
             "images": images,
-            "loss": _number(metrics, "train/loss"),
-            "loss_cls": _number(metrics, "train/loss_cls"),
+            "loss": _number(metrics, K.TRAIN_LOSS),
+            "loss_cls": _number(metrics, K.TRAIN_LOSS_CLS),
         }
 
     def _span(self, evaluations: int) -> int:

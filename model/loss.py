@@ -1,7 +1,9 @@
-"""The weighted multibox loss: anchor matching, hard-negative mining, and the two loss parts.
+"""The multibox loss: anchor matching, hard-negative mining, and the two loss parts.
 
-``loss = class_weight * loss_cls + box_weight * loss_box``: the two weights, the neg:pos ratio
-and the loss variants are the hyperparameters the search explores. Everything is batched and
+The loss returns its parts unweighted; the trainer minimises :func:`weighted_loss`,
+``class_weight * loss_cls + box_weight * loss_box`` (DETR's ``weight_dict`` style: the weights
+live in one place, the config, and may change per step under the ramp). The weights, the neg:pos
+ratio and the loss variants are the hyperparameters the search explores. Everything is batched and
 free of host synchronisation (no ``.item()``, no boolean indexing), so the trainer decides when
 to read the counters.
 """
@@ -9,7 +11,7 @@ to read the counters.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +25,13 @@ from torchvision.ops import (
     sigmoid_focal_loss,
 )
 
+from model.config import BoxLoss, ClsLoss
+
 if TYPE_CHECKING:
     from model.ssd import HeadOutputs
 
-CLS_LOSSES: tuple[str, ...] = ("ce", "focal")
-BOX_LOSSES: tuple[str, ...] = ("smooth_l1", "giou", "diou", "ciou")
+CLS_LOSSES: tuple[str, ...] = get_args(ClsLoss)
+BOX_LOSSES: tuple[str, ...] = get_args(BoxLoss)
 _IOU_LOSSES = {"giou": generalized_box_iou_loss, "diou": distance_box_iou_loss, "ciou": complete_box_iou_loss}
 
 
@@ -100,12 +104,15 @@ def match_anchors(
     return AnchorMatch(positive, ignored, matched_boxes)
 
 
-class WeightedMultiBoxLoss(nn.Module):
-    """SSD's multibox loss with explicit weights on its classification and box parts.
+def weighted_loss(losses: dict[str, Tensor], class_weight: float, box_weight: float) -> Tensor:
+    """The loss the optimiser minimises: ``class_weight * loss_cls + box_weight * loss_box``."""
+    return class_weight * losses["loss_cls"] + box_weight * losses["loss_box"]
+
+
+class MultiBoxLoss(nn.Module):
+    """SSD's multibox loss, its classification and box parts returned apart (see :func:`weighted_loss`).
 
     Args:
-        class_weight: weight of ``loss_cls`` in ``loss``.
-        box_weight: weight of ``loss_box`` in ``loss``.
         neg_pos_ratio: ``ce`` only: hard negatives mined per positive anchor, per image (may be
             fractional; the count is rounded up).
         box_loss: ``smooth_l1`` on encoded offsets, or ``giou``/``diou``/``ciou`` on decoded boxes.
@@ -123,8 +130,6 @@ class WeightedMultiBoxLoss(nn.Module):
 
     def __init__(
         self,
-        class_weight: float = 1.0,
-        box_weight: float = 1.0,
         neg_pos_ratio: float = 3.0,
         box_loss: str = "smooth_l1",
         smooth_l1_beta: float = 1.0,
@@ -141,11 +146,6 @@ class WeightedMultiBoxLoss(nn.Module):
             raise ValueError(f"unknown cls_loss {cls_loss!r}; allowed: {', '.join(CLS_LOSSES)}")
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"unknown box_loss {box_loss!r}; allowed: {', '.join(BOX_LOSSES)}")
-        for name, value in (("class_weight", class_weight), ("box_weight", box_weight)):
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if class_weight == 0 and box_weight == 0:
-            raise ValueError("class_weight and box_weight cannot both be 0")
         for name, value in (("neg_pos_ratio", neg_pos_ratio), ("smooth_l1_beta", smooth_l1_beta)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
@@ -161,8 +161,6 @@ class WeightedMultiBoxLoss(nn.Module):
         if empty_image_negatives < 0:
             raise ValueError(f"empty_image_negatives must be >= 0, got {empty_image_negatives}")
 
-        self.class_weight = float(class_weight)
-        self.box_weight = float(box_weight)
         self.neg_pos_ratio = float(neg_pos_ratio)
         self.box_loss = box_loss
         self.smooth_l1_beta = float(smooth_l1_beta)
@@ -186,7 +184,7 @@ class WeightedMultiBoxLoss(nn.Module):
             targets: B dicts with ``boxes`` (M, 4) xyxy and optionally ``ignore`` (M,) bool.
 
         Returns:
-            ``loss``, ``loss_cls``, ``loss_box`` (both unweighted), and the counters ``num_pos``,
+            ``loss_cls``, ``loss_box`` (unweighted: :func:`weighted_loss` combines them), the counters ``num_pos``,
             ``num_neg`` (negatives in the loss) and ``images_without_positives``; all tensors.
             Sums are divided by ``max(1, num_pos)``.
         """
@@ -220,7 +218,6 @@ class WeightedMultiBoxLoss(nn.Module):
         loss_box = torch.where(positive, box_per_anchor, 0.0).sum() / normaliser
 
         return {
-            "loss": self.class_weight * loss_cls + self.box_weight * loss_box,
             "loss_cls": loss_cls,
             "loss_box": loss_box,
             "num_pos": num_pos,

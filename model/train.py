@@ -17,11 +17,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from model import report_keys as K
+from model.callbacks import Callback, Checkpointing, History
 from model.config import ConfigError, TrainConfig, config_from_dict, load_config
+from model.predict import find_ground_truth, load_checkpoint, predict_split
 from model.samples import DETECTIONS_FILE, save_sample_detections
 from model.trainer import Trainer
 
 EXIT_STOPPED = 3
+#: The official easy / medium / hard AP of a finished run, beside its checkpoints.
+OFFICIAL_FILE = "wider_ap.json"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -35,7 +40,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-class _MlflowLog:
+class MlflowLogging(Callback):
     """Params once, one metrics row per epoch, the outcome as a tag; resumes into the same run."""
 
     def __init__(self, tracking_uri: str | None, experiment: str, cfg: TrainConfig, out_dir: Path) -> None:
@@ -52,16 +57,42 @@ class _MlflowLog:
             mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(cfg.model_dump(mode="json")).items()})
             mlflow.set_tag("kind", "production")
 
-    def epoch(self, report: dict[str, Any]) -> None:
-        metrics = {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and math.isfinite(v) and k != "epoch"}
-        self.mlflow.log_metrics(metrics, step=int(report["epoch"]))
-        self.mlflow.set_tag("health.diagnosis", report["health/diagnosis"])
+    def on_epoch_end(self, trainer: Trainer, report: dict[str, Any]) -> None:
+        metrics = {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and math.isfinite(v) and k != K.EPOCH}
+        self.mlflow.log_metrics(metrics, step=int(report[K.EPOCH]))
+        self.mlflow.set_tag("health.diagnosis", report[K.HEALTH_DIAGNOSIS])
 
-    def finish(self, outcome: str, files: list[Path]) -> None:
+    def finish(self, outcome: str, files: list[Path], metrics: dict[str, float] | None = None) -> None:
+        if metrics:
+            self.mlflow.log_metrics(metrics)
         self.mlflow.set_tag("outcome", outcome)
         for path in files:
             self.mlflow.log_artifact(str(path))
         self.mlflow.end_run(status="FINISHED" if outcome == "completed" else "KILLED")
+
+
+def official_numbers(trainer: Trainer, out: Path, *, progress: bool) -> dict[str, float] | None:
+    """The official WIDER FACE easy / medium / hard AP of the best checkpoint on all of val.
+
+    Only when the data has the official ``.mat`` ground truth (the real set's ``wider_face_split``,
+    or the generated mini set's). Predictions go to ``<out>/predictions`` in the official layout,
+    the figures to ``<out>/wider_ap.json``; ``None`` without ground truth.
+    """
+    root = trainer.cfg.data.root
+    gt = find_ground_truth(root)
+    if gt is None:
+        return None
+    best = out / "best.pt"
+    if best.exists():  # the weights an export would take, not the last epoch's
+        trainer.model.load_state_dict(load_checkpoint(best)["model"])
+    summary = predict_split(
+        trainer.model, trainer.cfg, root, "val", out / "predictions", gt_dir=gt, overwrite=True, device=trainer.device, progress=progress
+    )
+    print(summary.format())
+    assert summary.aps is not None  # ground truth was given
+    aps = {K.WIDER_AP[setting]: value for setting, value in summary.aps.items()}
+    (out / OFFICIAL_FILE).write_text(json.dumps(aps, indent=2))
+    return aps
 
 
 def _resolve_config(args: argparse.Namespace) -> TrainConfig:
@@ -75,9 +106,7 @@ def _resolve_config(args: argparse.Namespace) -> TrainConfig:
     checkpoint = args.out / "last.pt"
     if not checkpoint.exists():
         raise ConfigError(f"--resume: no checkpoint at {checkpoint}")
-    import torch
-
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["config"]
+    saved = load_checkpoint(checkpoint)["config"]
     if args.config is None:
         return config_from_dict(saved, source=str(checkpoint)).with_overrides(overrides)
     cfg = load_config(args.config, overrides)
@@ -114,26 +143,21 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(args.out / "config.yaml")
-    trainer = Trainer(cfg, progress=not args.no_progress)
+    history_file = args.out / "history.jsonl"
+    if not args.resume:
+        history_file.unlink(missing_ok=True)
+    callbacks: list[Callback] = [Checkpointing(args.out), History(history_file)]
+    tracking = None
+    if args.experiment or args.tracking_uri:
+        tracking = MlflowLogging(args.tracking_uri, args.experiment or "production", cfg, args.out)
+        callbacks.append(tracking)
+    trainer = Trainer(cfg, progress=not args.no_progress, callbacks=callbacks)
     print(f"train: {trainer.train_set.report()}\nval:   {trainer.val_set.report()}")
     if args.resume:
         trainer.load_checkpoint(args.out / "last.pt")
         print(f"resumed from {args.out / 'last.pt'} after epoch {trainer.epoch}")
-    tracking = None
-    if args.experiment or args.tracking_uri:
-        tracking = _MlflowLog(args.tracking_uri, args.experiment or "production", cfg, args.out)
 
-    history_file = args.out / "history.jsonl"
-    if not args.resume:
-        history_file.unlink(missing_ok=True)
-
-    def on_report(report: dict[str, Any]) -> None:
-        with history_file.open("a") as f:
-            f.write(json.dumps(report) + "\n")
-        if tracking:
-            tracking.epoch(report)
-
-    reports = trainer.fit(checkpoint_dir=args.out, on_report=on_report)
+    reports = trainer.fit()
     verdict = trainer.monitor.verdict
     final = reports[-1] if reports else {}
     outcome = f"stopped:{verdict.diagnosis}" if verdict.stop else "completed"
@@ -144,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             trainer.model, trainer.val_set, args.out / DETECTIONS_FILE, trainer.device, postprocess=cfg.postprocess.model_dump()
         )
     )
+    official = None if verdict.stop else official_numbers(trainer, args.out, progress=not args.no_progress)
+    if official is not None:
+        artifacts.append(args.out / OFFICIAL_FILE)
     if tracking:
-        tracking.finish(outcome, artifacts)
+        tracking.finish(outcome, artifacts, metrics=official)
     if verdict.stop:
         print(f"training stopped: {verdict.message()}", file=sys.stderr)
         return EXIT_STOPPED

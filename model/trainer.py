@@ -11,7 +11,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from model import report_keys as K
+from model.callbacks import Callback, EpochLog, HealthCheck, StepResult, TrainStatistics
 from model.config import TrainConfig
+from model.data.batch_augment import RENDER_KEYS, render_batch
 from model.engine import (
     batched_augmentation,
     build_datasets,
@@ -34,38 +37,34 @@ from model.engine import (
     resolve_device,
     seed_everything,
 )
-from model.data.batch_augment import RENDER_KEYS, render_batch
-from model.health import LABELS, HealthMonitor, Verdict, constant_predictor_cls_loss
-
-#: Validation metrics every report carries (zeros when a run stopped before it could validate).
-VAL_KEYS = (
-    "val/ap",
-    "val/precision",
-    "val/recall",
-    "val/tp",
-    "val/fp",
-    "val/fn",
-    "val/mean_iou",
-    "val/num_gt",
-    "val/num_images",
-    "val/detections_per_image",
-    "val/top_score",
-    "val/top_score_spread",
-)
-_TRAIN_SUMS = ("train/loss", "train/loss_cls", "train/loss_box", "train/grad_norm", "train/pos_anchors", "empty")
+from model.health import HealthMonitor
+from model.loss import weighted_loss
+from model.loss_weighting import build_loss_weighting
+from model.recovery import Recovery
+from model.report_keys import VAL_KEYS  # noqa: F401  (re-exported: older imports)
 
 
 class Trainer:
     """Trains one SSD face detector from a :class:`TrainConfig`.
 
+    The loop steps the optimiser and validates; the rest is callbacks (``model.callbacks``): the
+    defaults (training statistics, the health monitor, a log line per epoch) and the caller's
+    (checkpoints, history, MLflow, a search's reporting), called in that order.
+
     Args:
         cfg: the run's configuration.
         log: where progress lines go (``print`` for the CLI; a no-op in a trial).
         progress: show a progress bar per epoch.
+        callbacks: the caller's callbacks, after the defaults.
     """
 
-    def __init__(self, cfg: TrainConfig, *, log: Callable[[str], None] = print, progress: bool = False) -> None:
+    def __init__(
+        self, cfg: TrainConfig, *, log: Callable[[str], None] = print, progress: bool = False, callbacks: Sequence[Callback] = ()
+    ) -> None:
         self.cfg = cfg
+        """The configuration in force: ``start_cfg`` with the changes of any recovery."""
+        self.start_cfg = cfg
+        """The configuration the run was started with (checkpoints carry it: a resume passes it again)."""
         self.log = log
         self.progress = progress
         seed_everything(cfg.seed)
@@ -81,6 +80,9 @@ class Trainer:
         self.model = self.model.to(memory_format=self.memory_format)
         self.loss_fn = build_loss(cfg, self.model)
         self.optimizer = build_optimizer(cfg, self.model)
+        self.loss_weighting = build_loss_weighting(cfg.weighting.method, cfg.weighting.ratio_momentum).to(self.device)
+        if (group := self.loss_weighting.param_group()) is not None:
+            self.optimizer.add_param_group(group)  # before the scheduler: it schedules every group
         self.scheduler = build_scheduler(cfg, self.optimizer, self.iters_per_epoch)
         self.amp_dtype: torch.dtype | None = None
         if cuda and cfg.optim.amp:
@@ -88,132 +90,134 @@ class Trainer:
         # Only fp16 needs loss scaling; bf16 has float32's range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
-        self.monitor = HealthMonitor(
-            cfg.health,
-            warmup_iters=cfg.schedule.warmup_length(self.iters_per_epoch),
-            iters_per_epoch=self.iters_per_epoch,
-            eval_score_threshold=cfg.eval.score_threshold,
-            prior_cls_loss=constant_predictor_cls_loss(cfg.loss.neg_pos_ratio) if cfg.loss.cls_loss == "ce" else None,
-        )
         self.epoch = 0
         self.global_step = 0
+        self.steps_this_epoch = 0
+        self.batch_index = -1
+        """Position in the epoch's data order of the batch just trained (skipped batches count)."""
         self.best_ap = -math.inf
+        self.improved = False
+        """The last epoch raised ``best_ap``."""
+        self.should_stop = False
+        """Set by a callback (the health monitor) to end the run."""
+        self.health = HealthCheck(self)
+        self.callbacks: list[Callback] = [TrainStatistics(), self.health, EpochLog(), *callbacks]
+        self._bar: tqdm | None = None
 
     # -- the loop -------------------------------------------------------------------------------
 
     @property
+    def monitor(self) -> HealthMonitor:
+        return self.health.monitor
+
+    @property
+    def recovery(self) -> Recovery:
+        return self.health.recovery
+
+    def effective_config(self) -> TrainConfig:
+        """The configuration in force now: the start's with every recovery's changes."""
+        return self.cfg
+
+    def recovery_events(self) -> list[dict[str, Any]]:
+        """The run's recoveries so far (``model.recovery``), oldest first."""
+        return list(self.recovery.events)
+
+    @property
     def stopped(self) -> bool:
-        """The health monitor asked to stop."""
-        return self.monitor.verdict.stop
+        """A callback (the health monitor) asked to stop."""
+        return self.should_stop
 
     @property
     def finished(self) -> bool:
         return self.stopped or self.epoch >= self.cfg.epochs
 
     def run_epoch(self) -> dict[str, Any]:
-        """Train one epoch, validate, ask the health monitor; return the epoch's flat report."""
+        """Train one epoch, validate, run the callbacks; return the epoch's flat report (``model.report_keys``)."""
         self.epoch += 1
         start = time.perf_counter()
         train = self._train_epoch()
         if self.stopped:
             # A diverged model's boxes are NaN: nothing to validate, and it detects nothing.
-            val = dict.fromkeys(VAL_KEYS, 0.0)
+            val = dict.fromkeys(K.VAL_KEYS, 0.0)
         else:
             val = evaluate_model(self.model, self.val_loader, self.device, self.cfg)
-            self.monitor.check_epoch(self.epoch, {**train, **val})
-        report: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step, **train, **val}
-        report["time/epoch_s"] = time.perf_counter() - start
-        report.update(health_fields(self.monitor.verdict))
+        report: dict[str, Any] = {K.EPOCH: self.epoch, K.STEP: self.global_step, **train, **val}
+        self._call("on_validation_end", report)
+        self.improved = not self.stopped and report[K.VAL_AP] > self.best_ap
+        if self.improved:
+            self.best_ap = report[K.VAL_AP]
+        report[K.EPOCH_SECONDS] = time.perf_counter() - start
+        self._call("on_epoch_end", report)
         return report
 
-    def fit(self, checkpoint_dir: Path | None = None, on_report: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-        """Run until the last epoch or a stopping diagnosis, saving ``last.pt``/``best.pt`` if asked."""
+    def fit(self) -> list[dict[str, Any]]:
+        """Run until the last epoch or a stop; the epochs' reports."""
         reports = []
         while not self.finished:
-            report = self.run_epoch()
-            self.log(format_report(report, self.cfg.epochs))
-            if checkpoint_dir is not None:
-                self.save_checkpoint(checkpoint_dir / "last.pt")
-                if not self.stopped and report["val/ap"] > self.best_ap:
-                    self.best_ap = report["val/ap"]
-                    self.save_checkpoint(checkpoint_dir / "best.pt")
-            if on_report is not None:
-                on_report(report)
-            reports.append(report)
+            reports.append(self.run_epoch())
         return reports
 
-    def _train_epoch(self) -> dict[str, float]:
+    def show_progress(self, **values: str) -> None:
+        """Figures beside the progress bar (a callback that has synced them anyway)."""
+        if self._bar is not None:
+            self._bar.set_postfix(values, refresh=False)
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def _train_epoch(self) -> dict[str, Any]:
         cfg, device, model = self.cfg, self.device, self.model
         model.train()
-        check_every = cfg.health.check_every_steps if cfg.health.enabled else 0
         anchors = model.anchors(device, torch.float32)
         autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         max_norm = cfg.optim.grad_clip_norm or math.inf
-        # Running sums stay on the device: the host syncs once per health check, not per step.
-        sums = torch.zeros(len(_TRAIN_SUMS), device=device)
-        steps = images = 0
+        self.steps_this_epoch = images = 0
+        class_weight, box_weight = loss_weights_at(cfg, self.global_step, self.iters_per_epoch)
         start = time.perf_counter()
-        bar = self._progress_bar()
-        for batch_images, targets in self._batches(bar):
-            class_weight, box_weight = loss_weights_at(cfg, self.global_step, self.iters_per_epoch)
-            self.loss_fn.class_weight, self.loss_fn.box_weight = class_weight, box_weight
+        self._call("on_train_epoch_start")
+        self._bar = self._progress_bar()
+        for index, (batch_images, targets) in enumerate(self._batches(self._bar)):
+            if self.recovery.skips(self.epoch, index):
+                continue  # a recovery skips the batches around an explosion when it replays the epoch
+            self.batch_index = index
+            cfg = self.cfg  # a recovery may have changed it (loss weights)
             with autocast:
                 outputs = model(batch_images)
             losses = self.loss_fn(outputs, anchors, targets)
+            class_weight, box_weight = self.loss_weighting.weights(losses, *loss_weights_at(cfg, self.global_step, self.iters_per_epoch))
+            losses["loss"] = weighted_loss(losses, class_weight, box_weight)
+            regulariser = self.loss_weighting.regulariser()
+            objective = losses["loss"] + regulariser if isinstance(regulariser, torch.Tensor) else losses["loss"]
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(losses["loss"]).backward()
+            self.scaler.scale(objective).backward()
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             if self.scaler.is_enabled():
                 # fp16 overflows are routine (the scaler skips that step); they are not divergence.
                 grad_norm = torch.nan_to_num(grad_norm, nan=0.0, posinf=0.0)
+            lr = self.optimizer.param_groups[0]["lr"]
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             self.global_step += 1
-            steps += 1
+            self.steps_this_epoch += 1
             images += batch_images.shape[0]
-            num_pos = losses["num_pos"].float()
-            current = torch.stack(
-                [losses["loss"].detach(), losses["loss_cls"].detach(), losses["loss_box"].detach(), grad_norm.detach().float(), num_pos]
-            )
-            sums += torch.cat([current, (num_pos == 0).float().view(1)])
-            # Step 1 too: its loss is the untrained network's, the one clean reference when the
-            # loss has already exploded by the first regular check (lr 1: x56 at step 5).
-            if check_every and (self.global_step % check_every == 0 or self.global_step == 1):
-                loss, loss_cls, loss_box, gnorm, pos = current.tolist()
-                verdict = self.monitor.check_step(
-                    self.global_step, self.epoch, loss=loss, loss_cls=loss_cls, loss_box=loss_box, grad_norm=gnorm, num_pos=pos
-                )
-                bar.set_postfix(loss=f"{loss:.4g}", cls=f"{loss_cls:.3g}", box=f"{loss_box:.3g}", refresh=False)
-                if verdict.stop:
-                    break
-        bar.close()
-        if steps == 0:
+            step = StepResult(self.global_step, self.epoch, batch_images.shape[0], outputs, losses, grad_norm, lr, class_weight, box_weight)
+            self._call("on_train_step_end", step)
+            if self.should_stop:
+                break
+        self._bar.close()
+        self._bar = None
+        if self.steps_this_epoch == 0:
             raise RuntimeError("the training loader yielded no batches: is the training split empty?")
-        totals = dict(zip(_TRAIN_SUMS, sums.tolist()))
-        train = {key: totals[key] / steps for key in _TRAIN_SUMS[:4]}
-        train["train/pos_anchors_per_image"] = totals["train/pos_anchors"] / images
-        # Training alone (validation excluded), after the sums' sync: the trial's throughput.
-        train["train/images"] = images
-        train["train/images_per_s"] = images / (time.perf_counter() - start)
-        train["train/batches_without_positives"] = totals["empty"]
-        train["train/lr"] = self.optimizer.param_groups[0]["lr"]
-        train["train/class_weight"], train["train/box_weight"] = self.loss_fn.class_weight, self.loss_fn.box_weight
-        exploded = not all(map(math.isfinite, train.values())) or train["train/loss"] > cfg.health.max_loss
-        if check_every and not self.stopped and exploded:
-            # Steps after the last check still count: a non-finite or exploded epoch mean is
-            # labelled before validation, which a diverged model's NaN boxes would only crash.
-            self.monitor.check_step(
-                self.global_step,
-                self.epoch,
-                loss=train["train/loss"],
-                loss_cls=train["train/loss_cls"],
-                loss_box=train["train/loss_box"],
-                grad_norm=train["train/grad_norm"],
-                num_pos=totals["train/pos_anchors"] / steps,
-            )
-        return train
+        train: dict[str, Any] = {K.TRAIN_IMAGES: images}
+        self._call("on_train_epoch_end", train)
+        train[K.TRAIN_LR] = self.optimizer.param_groups[0]["lr"]
+        train[K.TRAIN_CLASS_WEIGHT], train[K.TRAIN_BOX_WEIGHT] = _scalar(class_weight), _scalar(box_weight)
+        # Training alone (validation excluded), after the callbacks' sync: the run's throughput.
+        train[K.TRAIN_IMAGES_PER_S] = images / (time.perf_counter() - start)
+        return {key: train[key] for key in K.TRAIN_KEYS if key in train} | train
 
     def _progress_bar(self) -> tqdm:
         return tqdm(
@@ -245,8 +249,13 @@ class Trainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "best_ap": self.best_ap,
-            "health": self.monitor.state_dict(),
-            "config": self.cfg.model_dump(mode="json"),
+            "stopped": self.should_stop,
+            "loss_weighting": self.loss_weighting.state_dict(),
+            "callbacks": {
+                **{cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
+                self.recovery.state_key: self.recovery.state_dict(),
+            },
+            "config": self.start_cfg.model_dump(mode="json"),
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -264,7 +273,15 @@ class Trainer:
         self.epoch = state["epoch"]
         self.global_step = state["global_step"]
         self.best_ap = state["best_ap"]
-        self.monitor.load_state_dict(state["health"])
+        if state.get("loss_weighting"):
+            self.loss_weighting.load_state_dict(state["loss_weighting"])
+        saved = state.get("callbacks", {"health": state.get("health")})  # before callbacks: "health" alone
+        for callback in self.callbacks:
+            if callback.state_key and saved.get(callback.state_key) is not None:
+                callback.load_state_dict(saved[callback.state_key])
+        if saved.get(self.recovery.state_key):  # after the monitor's: it re-arms the monitor
+            self.recovery.load_state_dict(saved[self.recovery.state_key], self)
+        self.should_stop = state.get("stopped", self.monitor.verdict.stop)
         rng = state["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
@@ -284,27 +301,8 @@ class Trainer:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
 
 
-def health_fields(verdict: Verdict) -> dict[str, Any]:
-    """The report's health part: the label, a numeric code for metric stores, stop flag, reason."""
-    return {
-        "health/diagnosis": verdict.diagnosis,
-        "health/code": float(LABELS.index(verdict.diagnosis)),
-        "health/stop": float(verdict.stop),
-        "health/message": verdict.message() if verdict.diagnosis != "healthy" else "",
-    }
-
-
-def format_report(report: dict[str, Any], epochs: int) -> str:
-    """One log line per epoch."""
-    line = (
-        f"epoch {report['epoch']:3d}/{epochs}  loss {report['train/loss']:.4f}"
-        f" (cls {report['train/loss_cls']:.4f}, box {report['train/loss_box']:.4f})"
-        f"  lr {report['train/lr']:.2e}  val AP {report['val/ap']:.4f}  P {report['val/precision']:.3f}"
-        f"  R {report['val/recall']:.3f}  top {report['val/top_score']:.3f}  {report['time/epoch_s']:.1f}s"
-    )
-    if report["health/diagnosis"] != "healthy":
-        line += f"  [{report['health/message']}]"
-    return line
+def _scalar(value: float | torch.Tensor) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def _to(value: Any, device: torch.device) -> Any:

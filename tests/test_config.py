@@ -51,6 +51,11 @@ def test_out_of_range_values_and_bad_sections_are_refused() -> None:
         TrainConfig().with_overrides({"optim.lr": -1})
     with pytest.raises(ConfigError, match="both be 0"):
         TrainConfig().with_overrides({"loss.class_weight": 0, "loss.box_weight": 0})
+    # The weights' one owner is the config (the loss returns its parts unweighted).
+    with pytest.raises(ConfigError, match="loss.box_weight"):
+        TrainConfig().with_overrides({"loss.box_weight": -1.0})
+    with pytest.raises(ConfigError, match="loss.class_weight"):
+        TrainConfig().with_overrides({"loss.class_weight": float("nan")})
     with pytest.raises(ConfigError, match="'epochs' is not a config section"):
         TrainConfig().with_overrides({"epochs.value": 3})
 

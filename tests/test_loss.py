@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import box_iou
 
-from model.loss import WeightedMultiBoxLoss, match_anchors
+from model.loss import MultiBoxLoss, match_anchors, weighted_loss
 from model.ssd import HeadOutputs, build_ssd
 
 SIZE = 128
@@ -48,20 +48,14 @@ FACES_A = [[10.0, 10.0, 42.0, 42.0], [70.0, 60.0, 120.0, 118.0]]
 FACES_B = [[40.0, 30.0, 56.0, 48.0]]
 
 
-def test_loss_is_the_weighted_sum_of_its_parts(anchors):
+def test_the_loss_returns_its_parts_unweighted_and_weighted_loss_combines_them(anchors):
     cls, reg = _outputs(2, len(anchors))
     targets = [_target(FACES_A), _target(FACES_B)]
-    base = WeightedMultiBoxLoss()(HeadOutputs(cls, reg), anchors, targets)
-    assert base["loss_cls"] > 0 and base["loss_box"] > 0
+    base = MultiBoxLoss()(HeadOutputs(cls, reg), anchors, targets)
+    assert base["loss_cls"] > 0 and base["loss_box"] > 0 and "loss" not in base
     for cw, bw in [(1.0, 1.0), (0.5, 2.0), (2.0, 0.0), (0.0, 0.1)]:
-        out = WeightedMultiBoxLoss(class_weight=cw, box_weight=bw)(HeadOutputs(cls, reg), anchors, targets)
-        # The parts are unweighted: the weights change only how they are combined.
-        torch.testing.assert_close(out["loss_cls"], base["loss_cls"])
-        torch.testing.assert_close(out["loss_box"], base["loss_box"])
-        torch.testing.assert_close(out["loss"], cw * base["loss_cls"] + bw * base["loss_box"])
-    one = WeightedMultiBoxLoss(box_weight=1.0)(HeadOutputs(cls, reg), anchors, targets)["loss"]
-    two = WeightedMultiBoxLoss(box_weight=2.0)(HeadOutputs(cls, reg), anchors, targets)["loss"]
-    torch.testing.assert_close(two - one, base["loss_box"])
+        torch.testing.assert_close(weighted_loss(base, cw, bw), cw * base["loss_cls"] + bw * base["loss_box"])
+    torch.testing.assert_close(weighted_loss(base, 1.0, 2.0) - weighted_loss(base, 1.0, 1.0), base["loss_box"])
 
 
 def test_gradients_scale_with_the_weights(anchors):
@@ -69,7 +63,7 @@ def test_gradients_scale_with_the_weights(anchors):
 
     def grads(cw: float, bw: float) -> tuple[torch.Tensor, torch.Tensor]:
         cls, reg = _outputs(2, len(anchors), requires_grad=True)
-        WeightedMultiBoxLoss(class_weight=cw, box_weight=bw)(HeadOutputs(cls, reg), anchors, targets)["loss"].backward()
+        weighted_loss(MultiBoxLoss()(HeadOutputs(cls, reg), anchors, targets), cw, bw).backward()
         return cls.grad, reg.grad
 
     cls_1, reg_1 = grads(1.0, 1.0)
@@ -113,7 +107,7 @@ def test_force_matching_conflicts_are_resolved_by_iou(anchors):
 def test_neg_pos_ratio_sets_the_number_of_mined_negatives(anchors, ratio: float):
     cls, reg = _outputs(2, len(anchors))
     targets = [_target(FACES_A), _target(FACES_B)]
-    out = WeightedMultiBoxLoss(neg_pos_ratio=ratio)(HeadOutputs(cls, reg), anchors, targets)
+    out = MultiBoxLoss(neg_pos_ratio=ratio)(HeadOutputs(cls, reg), anchors, targets)
     pos = [int(_reference_positives(anchors, f).sum()) for f in (FACES_A, FACES_B)]
     assert out["num_pos"] == sum(pos)
     assert out["num_neg"] == sum(math.ceil(ratio * p) for p in pos)
@@ -128,7 +122,7 @@ def test_mining_takes_the_hardest_negatives(anchors):
     hard = negatives[torch.randperm(len(negatives), generator=torch.Generator().manual_seed(1))[: 5 * num_pos]]
     cls[0, hard, 1] = 4.0  # ... except these confident false positives
     hard_ce = F.cross_entropy(torch.tensor([[0.0, 4.0]]), torch.tensor([0])).item()
-    out = WeightedMultiBoxLoss(neg_pos_ratio=3.0)(HeadOutputs(cls, torch.zeros(1, len(anchors), 4)), anchors, [_target(faces)])
+    out = MultiBoxLoss(neg_pos_ratio=3.0)(HeadOutputs(cls, torch.zeros(1, len(anchors), 4)), anchors, [_target(faces)])
     # 3 * num_pos negatives, all of them from the hard set.
     expected = (num_pos * LN2 + 3 * num_pos * hard_ce) / num_pos
     assert out["loss_cls"].item() == pytest.approx(expected, rel=1e-5)
@@ -137,14 +131,14 @@ def test_mining_takes_the_hardest_negatives(anchors):
 def test_images_without_faces_contribute_mined_negatives(anchors):
     cls, reg = _outputs(2, len(anchors))
     targets = [_target(FACES_B), _target([])]
-    out = WeightedMultiBoxLoss(neg_pos_ratio=3.0, empty_image_negatives=16)(HeadOutputs(cls, reg), anchors, targets)
+    out = MultiBoxLoss(neg_pos_ratio=3.0, empty_image_negatives=16)(HeadOutputs(cls, reg), anchors, targets)
     pos = int(_reference_positives(anchors, FACES_B).sum())
     assert out["num_pos"] == pos
     assert out["num_neg"] == 3 * pos + 16
     assert out["images_without_positives"] == 1
-    assert torch.isfinite(out["loss"])
+    assert torch.isfinite(out["loss_cls"]) and torch.isfinite(out["loss_box"])
     # The empty image adds loss: more than the same batch with it mining nothing.
-    without = WeightedMultiBoxLoss(empty_image_negatives=0)(HeadOutputs(cls, reg), anchors, targets)
+    without = MultiBoxLoss(empty_image_negatives=0)(HeadOutputs(cls, reg), anchors, targets)
     assert out["loss_cls"] > without["loss_cls"]
     torch.testing.assert_close(out["loss_box"], without["loss_box"])
 
@@ -152,15 +146,15 @@ def test_images_without_faces_contribute_mined_negatives(anchors):
 def test_a_batch_without_faces_is_finite_and_teaches_background(anchors):
     cls = torch.zeros(3, len(anchors), 2, requires_grad=True)
     reg = torch.randn(3, len(anchors), 4, requires_grad=True)
-    out = WeightedMultiBoxLoss(empty_image_negatives=16)(HeadOutputs(cls, reg), anchors, [_target([])] * 3)
+    out = MultiBoxLoss(empty_image_negatives=16)(HeadOutputs(cls, reg), anchors, [_target([])] * 3)
     assert out["num_pos"] == 0 and out["num_neg"] == 48 and out["images_without_positives"] == 3
     assert out["loss_box"] == 0
     assert out["loss_cls"].item() == pytest.approx(48 * LN2, rel=1e-5)  # normalised by max(1, 0)
-    out["loss"].backward()
+    weighted_loss(out, 1.0, 1.0).backward()
     assert torch.isfinite(cls.grad).all() and torch.isfinite(reg.grad).all()
     assert (cls.grad[..., 1] > 0).sum() == 48  # pushes the mined anchors towards background
-    none = WeightedMultiBoxLoss(empty_image_negatives=0)(HeadOutputs(cls, reg), anchors, [_target([])] * 3)
-    assert none["loss"] == 0 and torch.isfinite(none["loss"])
+    none = MultiBoxLoss(empty_image_negatives=0)(HeadOutputs(cls, reg), anchors, [_target([])] * 3)
+    assert weighted_loss(none, 1.0, 1.0) == 0
 
 
 def test_ignore_regions_give_no_positives_and_no_mined_negatives(anchors):
@@ -170,7 +164,7 @@ def test_ignore_regions_give_no_positives_and_no_mined_negatives(anchors):
     cls = torch.zeros(1, len(anchors), 2)
     cls[0, overlapping, 1] = 20.0  # would be the hardest negatives by far if they were negatives
     reg = torch.zeros(1, len(anchors), 4)
-    loss_fn = WeightedMultiBoxLoss(empty_image_negatives=16)
+    loss_fn = MultiBoxLoss(empty_image_negatives=16)
 
     out = loss_fn(HeadOutputs(cls, reg), anchors, [_target([region], ignore=[True])])
     assert out["num_pos"] == 0 and out["images_without_positives"] == 1
@@ -195,7 +189,7 @@ def test_box_losses_decrease_towards_the_target(anchors, box_loss: str):
     exact = torch.zeros(1, len(anchors), 4)
     exact[0, positive] = CODER.encode_single(torch.tensor(faces).expand(int(positive.sum()), 4), anchors[positive])
     cls = torch.zeros(1, len(anchors), 2)
-    loss_fn = WeightedMultiBoxLoss(box_loss=box_loss)
+    loss_fn = MultiBoxLoss(box_loss=box_loss)
     values = [loss_fn(HeadOutputs(cls, t * exact), anchors, [_target(faces)])["loss_box"].item() for t in (0.0, 0.5, 0.9, 1.0)]
     assert all(math.isfinite(v) for v in values)
     assert values[0] > values[1] > values[2] > values[3]
@@ -205,8 +199,8 @@ def test_box_losses_decrease_towards_the_target(anchors, box_loss: str):
 def test_smooth_l1_beta_changes_the_box_loss(anchors):
     cls, reg = _outputs(1, len(anchors))
     targets = [_target(FACES_A)]
-    small = WeightedMultiBoxLoss(smooth_l1_beta=0.1)(HeadOutputs(cls, reg), anchors, targets)["loss_box"]
-    large = WeightedMultiBoxLoss(smooth_l1_beta=1.0)(HeadOutputs(cls, reg), anchors, targets)["loss_box"]
+    small = MultiBoxLoss(smooth_l1_beta=0.1)(HeadOutputs(cls, reg), anchors, targets)["loss_box"]
+    large = MultiBoxLoss(smooth_l1_beta=1.0)(HeadOutputs(cls, reg), anchors, targets)["loss_box"]
     assert small > large  # a smaller beta is closer to L1, which is above smooth-L1 everywhere
 
 
@@ -219,7 +213,7 @@ def test_focal_loss_uses_every_non_ignored_anchor(anchors):
     ignored = ~positive & (box_iou(torch.tensor([region]), anchors)[0] >= 0.5)
     used = ~ignored
 
-    out = WeightedMultiBoxLoss(cls_loss="focal", focal_alpha=0.5, focal_gamma=0.0)(HeadOutputs(cls, reg), anchors, targets)
+    out = MultiBoxLoss(cls_loss="focal", focal_alpha=0.5, focal_gamma=0.0)(HeadOutputs(cls, reg), anchors, targets)
     assert out["num_pos"] == positive.sum()
     assert out["num_neg"] == (used & ~positive).sum()
     # With gamma 0 and alpha 0.5 the focal loss is half the binary cross-entropy of the face logit.
@@ -227,14 +221,14 @@ def test_focal_loss_uses_every_non_ignored_anchor(anchors):
     bce = F.binary_cross_entropy_with_logits(logit[used], positive[used].float(), reduction="sum")
     assert out["loss_cls"].item() == pytest.approx(0.5 * bce.item() / positive.sum().item(), rel=1e-5)
 
-    focal = WeightedMultiBoxLoss(cls_loss="focal")
+    focal = MultiBoxLoss(cls_loss="focal")
     before = focal(HeadOutputs(cls, reg), anchors, targets)["loss_cls"]
     better = cls.clone()
     better[0, positive, 1] += 3.0
     assert torch.isfinite(before)
     assert focal(HeadOutputs(better, reg), anchors, targets)["loss_cls"] < before
     empty = focal(HeadOutputs(cls, reg), anchors, [_target([])])
-    assert torch.isfinite(empty["loss"]) and empty["num_pos"] == 0
+    assert torch.isfinite(empty["loss_cls"]) and empty["num_pos"] == 0
 
 
 def test_a_few_steps_lower_the_loss_of_the_tiny_ssd():
@@ -246,40 +240,34 @@ def test_a_few_steps_lower_the_loss_of_the_tiny_ssd():
     for i, (x, y, side) in enumerate([(10, 12, 40), (60, 50, 30), (20, 70, 50), (80, 16, 24)]):
         images[i, :, y : y + side, x : x + side] = 1.0  # a white square on noise
         targets.append(_target([[x, y, x + side, y + side]]))
-    loss_fn = WeightedMultiBoxLoss()
+    loss_fn = MultiBoxLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(8):
-        out = loss_fn(model(images), anchors, targets)
+        loss = weighted_loss(loss_fn(model(images), anchors, targets), 1.0, 1.0)
         optimizer.zero_grad()
-        out["loss"].backward()
+        loss.backward()
         optimizer.step()
-        losses.append(out["loss"].item())
+        losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.5 * losses[0]
 
 
 def test_constructor_validates_its_arguments():
     with pytest.raises(ValueError, match="ce, focal"):
-        WeightedMultiBoxLoss(cls_loss="bce")
+        MultiBoxLoss(cls_loss="bce")
     with pytest.raises(ValueError, match="smooth_l1, giou, diou, ciou"):
-        WeightedMultiBoxLoss(box_loss="l2")
-    with pytest.raises(ValueError, match="box_weight"):
-        WeightedMultiBoxLoss(box_weight=-1.0)
-    with pytest.raises(ValueError, match="class_weight"):
-        WeightedMultiBoxLoss(class_weight=float("nan"))
-    with pytest.raises(ValueError, match="both be 0"):
-        WeightedMultiBoxLoss(class_weight=0.0, box_weight=0.0)
+        MultiBoxLoss(box_loss="l2")
     with pytest.raises(ValueError, match="neg_pos_ratio"):
-        WeightedMultiBoxLoss(neg_pos_ratio=0.0)
+        MultiBoxLoss(neg_pos_ratio=0.0)
     with pytest.raises(ValueError, match="match_iou"):
-        WeightedMultiBoxLoss(match_iou=1.5)
+        MultiBoxLoss(match_iou=1.5)
     with pytest.raises(ValueError, match="empty_image_negatives"):
-        WeightedMultiBoxLoss(empty_image_negatives=-1)
+        MultiBoxLoss(empty_image_negatives=-1)
 
 
 def test_forward_checks_shapes(anchors):
-    loss_fn = WeightedMultiBoxLoss()
+    loss_fn = MultiBoxLoss()
     cls, reg = _outputs(2, len(anchors))
     with pytest.raises(ValueError, match="targets for a batch of 2"):
         loss_fn(HeadOutputs(cls, reg), anchors, [_target(FACES_B)])

@@ -1,9 +1,8 @@
 """``hpo/report.py`` and ``hpo/plots.py``: a report built from a small real search (Ray Tune, Optuna,
 MLflow on SQLite, the trainer on the mini set), and the figures and importances on hand-built data."""
 
-import html
 import random
-import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import mlflow
@@ -12,6 +11,7 @@ import yaml
 from matplotlib.figure import Figure
 from optuna.distributions import FloatDistribution
 
+from hpo import layout as L
 from hpo import plots
 from hpo.report import ReportError, TrialRecord, build_report, load_search, param_importances, search_distributions
 from hpo.report import main as report_main
@@ -19,10 +19,63 @@ from hpo.search import main as search_main
 from hpo.space import load_space
 from hpo.stages import read_stages
 from hpo.tracking import open_parent_run
+from model import report_keys as K
 
 DIVERGING = {"optim.lr": 5.0, "schedule.warmup_epochs": 0.0, "loss.box_weight": 1.0, "loss.class_weight": 1.0}
 HEALTHY = {"optim.lr": 0.01, "schedule.warmup_epochs": 0.5, "loss.box_weight": 1.0, "loss.class_weight": 1.0}
 SECTIONS = ("outcomes", "best-trials", "learning-curves", "failure-atlas", "importances", "trials")
+
+
+class Page(HTMLParser):
+    """What a report page shows, markup aside: its sections' text and table rows, images, links."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.title = ""
+        self.tags: list[str] = []
+        self.sections: dict[str, dict] = {}
+        self.images: list[tuple[str, str]] = []
+        self.links: list[str] = []
+        self._section: dict | None = None
+        self._cell: list[str] | None = None
+        self._in_title = False
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags.append(tag)
+        self._in_title = tag == "title"
+        if tag == "section":
+            self._section = self.sections[a["id"]] = {"text": "", "rows": []}
+        elif tag == "tr" and self._section is not None:
+            self._section["rows"].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "img":
+            self.images.append((a["alt"], a["src"]))
+        elif tag == "a":
+            self.links.append(a["href"])
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_title = False
+        if tag == "section":
+            self._section = None
+        elif tag == "td" and self._section is not None:
+            self._section["rows"][-1].append("".join(self._cell))
+        if tag in ("td", "th"):
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title += data
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._section is not None:
+            self._section["text"] += data
+
+    def rows(self, section: str) -> list[list[str]]:
+        """The section's table rows with data cells (header rows have none)."""
+        return [r for r in self.sections[section]["rows"] if r]
 
 
 def _space_file(tmp_path: Path) -> Path:
@@ -72,22 +125,21 @@ def test_report_of_a_real_search(finished_search: str, tmp_path: Path, capsys) -
     out = tmp_path / "report"
     assert report_main(["--experiment", "report-e2e", "--tracking-uri", finished_search, "--out", str(out)]) == 0
     assert "report of search" in capsys.readouterr().out
-    page = (out / "report.html").read_text()
+    page = Page((out / "report.html").read_text())
 
-    for anchor in SECTIONS:
-        assert f'<section id="{anchor}">' in page
+    assert set(SECTIONS) <= set(page.sections)
     # Self-contained: every image inline, nothing fetched.
-    images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,[A-Za-z0-9+/=]{500,}">', page)
-    assert "failure atlas" in images and "learning curves of all trials" in images
-    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert all(src.startswith("data:image/png;base64,") and len(src) > 500 for _, src in page.images)
+    assert {"failure atlas", "learning curves of all trials"} <= {alt for alt, _ in page.images}
+    assert all(link.startswith("#") for link in page.links)
     assert {p.name for p in out.glob("*.png")} >= {"atlas.png", "curves_all.png"}
 
     search = load_search(finished_search, "report-e2e")
     assert len(search.trials) == 3
     outcomes = {t.params["optim.lr"]: t.outcome for t in search.trials}
     assert outcomes[5.0] == "stopped:diverged"
-    for t in search.trials:  # the all-trials table: id, outcome, diagnosis in one row
-        assert f"<tr><td>{t.trial_id}</td><td>{t.outcome}</td><td>{t.diagnosis}</td>" in page
+    # The all-trials table: id, outcome, diagnosis in one row.
+    assert sorted(r[:3] for r in page.rows("trials")) == sorted([t.trial_id, t.outcome, t.diagnosis] for t in search.trials)
     assert "curves_stopped_diverged.png" in {p.name for p in out.glob("*.png")}  # the diverged example's curves
 
     client = mlflow.MlflowClient(finished_search)
@@ -109,12 +161,10 @@ def test_report_of_a_grid_sweep_shows_every_setting(mini_root: Path, tmp_path: P
     assert search_main([*args, "--no-report"]) == 0
 
     result = build_report(uri, "sweep-e2e", tmp_path / "report", log_to_parent=False)
-    page = result.html.read_text()
-    assert '<section id="sweep">' in page and '<a href="#sweep">' in page
+    page = Page(result.html.read_text())
+    assert "sweep" in page.sections and "#sweep" in page.links
     assert {"sweep_curves.png", "sweep_summary.png"} <= {p.name for p in result.images}
-    sweep = page.split('<section id="sweep">')[1].split("</section>")[0]
-    rows = [[html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", row)] for row in re.findall(r"<tr>(.*?)</tr>", sweep)]
-    rows = [r for r in rows if r]  # the header row has <th> cells only
+    rows = page.rows("sweep")
     assert [r[0] for r in rows] == ["box_weight=0.01", "box_weight=10"]  # grid order
     for setting, outcome, epochs, _best, _last, avoidance, fp_growth, overfitting, monitor in rows:
         trial = next(t for t in result.search.trials if f"box_weight={t.params['loss.box_weight']:g}" == setting)
@@ -128,8 +178,8 @@ def test_report_of_a_grid_sweep_shows_every_setting(mini_root: Path, tmp_path: P
 
 @pytest.mark.slow
 def test_a_non_grid_search_has_no_sweep_section(finished_search: str, tmp_path: Path) -> None:
-    page = build_report(finished_search, "report-e2e", tmp_path, log_to_parent=False).html.read_text()
-    assert '<section id="sweep">' not in page and 'href="#sweep"' not in page
+    page = Page(build_report(finished_search, "report-e2e", tmp_path, log_to_parent=False).html.read_text())
+    assert "sweep" not in page.sections and "#sweep" not in page.links
 
 
 @pytest.mark.slow
@@ -153,6 +203,28 @@ def test_report_errors_without_a_search_or_trials(tmp_path: Path) -> None:
     open_parent_run(uri, "no-trials", "s1", load_space("cpu-mini"))
     with pytest.raises(ReportError, match="search s1 .* has no trial runs"):
         build_report(uri, "no-trials", tmp_path)
+
+
+def test_report_escapes_what_mlflow_holds(tmp_path: Path) -> None:
+    """Names from MLflow are text on the page, never markup: a search of two hand-logged trials."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = "<script>alert('x')</script> & co"
+    open_parent_run(uri, experiment, "s1", load_space("cpu-mini"))
+    client = mlflow.MlflowClient(uri)
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    for i, (outcome, diagnosis) in enumerate([(L.COMPLETED, L.HEALTHY), (L.stopped("diverged"), "diverged")]):
+        tags = {L.ROLE: L.TRIAL, L.SEARCH_ID: "s1", L.TRIAL_ID: f"t{i}<b>", L.OUTCOME: outcome, L.DIAGNOSIS: diagnosis}
+        run_id = client.create_run(exp_id, tags=tags).info.run_id
+        client.log_param(run_id, "optim.lr", 0.01 * (i + 1))
+        for epoch in (1, 2):
+            client.log_metric(run_id, K.VAL_AP, 0.1 * epoch, step=epoch)
+    result = build_report(uri, experiment, tmp_path / "report", log_to_parent=False)
+    page = Page(result.html.read_text())
+    assert page.title == f"Search report: {experiment}"
+    assert "script" not in page.tags and "b" not in page.tags
+    assert sorted(r[:3] for r in page.rows("trials")) == [["t0<b>", "completed", "healthy"], ["t1<b>", "stopped:diverged", "diverged"]]
+    assert [r[0] for r in page.rows("outcomes")] == ["healthy", "stopped:diverged"]
+    assert "Not computed: too few trials to rank parameters" in page.sections["importances"]["text"]
 
 
 # -- importances -----------------------------------------------------------------------------------

@@ -14,11 +14,12 @@ import pytest
 import yaml
 
 from hpo.export import main as export_main
+from hpo.layout import PENALTY_MAX
 from hpo.search import CLUSTER_CACHE_DIR, INTERRUPTED_EXIT, cache_dir, parse_args
 from hpo.search import main as search_main
 from hpo.space import load_space
 from hpo.stopping import RungAwareOptunaSearch
-from hpo.trainable import PENALTY_MAX, _trial_config
+from hpo.trainable import _trial_config
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +105,8 @@ def test_search_stops_the_failures_with_their_diagnoses_and_tracks_every_trial_o
 
     diverged = by_point[tuple(DIVERGING.values())]
     assert diverged.data.tags["hpo.outcome"] == "stopped:diverged"
-    assert [m.step for m in client.get_metric_history(diverged.info.run_id, "val/ap")] == [1]  # its first epoch
+    assert [m.step for m in client.get_metric_history(diverged.info.run_id, "health/stop")] == [1]  # its first epoch
+    assert client.get_metric_history(diverged.info.run_id, "val/ap") == []  # stopped before validating: nothing measured
 
     collapsed = by_point[tuple(COLLAPSING.values())]
     assert collapsed.data.tags["hpo.outcome"] == "stopped:background-collapse", collapsed.data.tags
@@ -275,3 +277,14 @@ def test_an_interrupted_search_resumes_without_rerunning_or_duplicating(mini_roo
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/ap")]
         assert steps == [1, 2, 3], (run.data.tags["hpo.trial_id"], steps)
+
+
+def test_how_a_trial_ended_in_the_summary() -> None:
+    from hpo.search import outcome_of
+
+    assert outcome_of({}, None, 6) == "interrupted"  # started, never reported: not "pruned@0"
+    assert outcome_of({"epoch": 2, "health/stop": 0.0}, None, 6) == "pruned@2"
+    assert outcome_of({"epoch": 6, "health/stop": 0.0}, None, 6) == "completed"
+    assert outcome_of({"epoch": 1, "health/stop": 1.0, "health/diagnosis": "diverged"}, None, 6) == "stopped:diverged"
+    assert outcome_of({"epoch": 1}, RuntimeError("boom"), 6) == "error"
+    assert outcome_of({"epoch": 3}, None, 6, unfinished=True) == "interrupted"

@@ -24,10 +24,12 @@ from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from ray import cloudpickle, tune
 
+from hpo.layout import NONFINITE_FILL
+from hpo.runs import trial_outcomes
 from hpo.space import load_space, space_from_dict
 from hpo.stopping import HealthStopper
-from hpo.tracking import TRIAL_METRICS, MlflowTrialCallback, finish_parent_run, open_parent_run, trial_outcomes
-from hpo.trainable import NONFINITE_FILL, tune_metrics
+from hpo.tracking import TRIAL_METRICS, MlflowTrialCallback, finish_parent_run, open_parent_run
+from hpo.trainable import tune_metrics
 
 MAX_EPOCHS = 3
 SEARCH_ID = "5e4c0ffee0000000000000000000abcd"
@@ -50,10 +52,13 @@ def fake_report(lr: float, epoch: int) -> dict[str, Any]:
             "health/message": "",
             "health/code": 0.0,
             "health/stop": 0.0,
+            "val/num_images": 10.0,
         }
     )
-    if lr == DIVERGED:
-        report.update({"train/loss": math.nan, "health/diagnosis": "diverged", "health/code": 1.0, "health/stop": 1.0})
+    if lr == DIVERGED:  # stopped inside its first epoch: not validated, zeros (as the trainer reports)
+        report.update(dict.fromkeys((k for k in TRIAL_METRICS if k.startswith("val/")), 0.0))
+        report.update({"train/loss": math.nan, "health/diagnosis": "diverged", "health/code": 1.0, "health/stop": 1.0,
+                       "health/message": "loss exploded (made up)"})  # fmt: skip
     return report
 
 
@@ -220,11 +225,21 @@ def test_child_tags_metrics_and_trial_config(search) -> None:
     ap = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val/ap"))
     assert ap == [(e, pytest.approx(COMPLETED * 10 * e)) for e in range(1, MAX_EPOCHS + 1)]
 
-    # The stopped trial: one epoch, its penalised metric and its non-finite loss made finite.
+    # The stopped trial: one epoch, its non-finite loss made finite; no validation metric (it was
+    # not validated) and no penalty: only measured values are logged.
     diverged = fate[DIVERGED]
-    assert diverged["metrics"]["health/stop"] == 1.0 and diverged["metrics"]["val/ap"] == -1.0
-    assert diverged["metrics"]["train/loss"] == NONFINITE_FILL
-    assert [m.step for m in client.get_metric_history(diverged["run_id"], "val/ap")] == [1]
+    assert diverged["metrics"]["health/stop"] == 1.0 and diverged["metrics"]["train/loss"] == NONFINITE_FILL
+    assert not any(key.startswith("val/") for key in diverged["metrics"])
+    assert client.get_metric_history(diverged["run_id"], "val/ap") == []
+    for row in search["first"]:
+        assert all(m.value >= 0 for m in client.get_metric_history(row["run_id"], "val/ap"))
+
+    # Names and descriptions say how each trial ended, with the monitor's evidence.
+    names = {lr: client.get_run(row["run_id"]).info.run_name for lr, row in fate.items()}
+    assert names[COMPLETED].endswith(" completed") and names[PRUNED].endswith(" pruned@2")
+    assert names[DIVERGED].endswith(" stopped:diverged") and names[FAILED].endswith(" error")
+    note = client.get_run(diverged["run_id"]).data.tags["mlflow.note.content"]
+    assert "stopped:diverged after epoch 1" in note and "Health monitor: loss exploded" in note
 
     path = download_artifacts(run_id=run.info.run_id, artifact_path="trial_config.yaml", tracking_uri=uri)
     cfg = yaml.safe_load(Path(path).read_text())
@@ -287,9 +302,13 @@ def test_finish_parent_run_writes_the_summary(search) -> None:
     uri, client = search["uri"], search["client"]
     rows = [{"trial_id": r["trial_id"], "outcome": r["outcome"], **r["metrics"]} for r in search["first"]]
     rows[0]["extra"] = "only here"
-    finish_parent_run(uri, search["parent"], rows, "finished")
+    best = {"trial_id": "abc123", "val/ap": 0.25}
+    finish_parent_run(uri, search["parent"], rows, "finished", best=best, metric="val/ap")
     run = client.get_run(search["parent"])
     assert run.info.status == "FINISHED" and run.data.tags["hpo.status"] == "finished"
+    # The runs table shows the best trial on the parent; its description counts the outcomes.
+    assert run.data.metrics["val/ap"] == 0.25 and run.data.tags["hpo.best_trial"] == "abc123"
+    assert "| stopped:diverged | 1 |" in run.data.tags["mlflow.note.content"]
     path = download_artifacts(run_id=search["parent"], artifact_path="summary.csv", tracking_uri=uri)
     table = list(csv.DictReader(io.StringIO(Path(path).read_text())))
     assert [row["trial_id"] for row in table] == [r["trial_id"] for r in rows]

@@ -20,13 +20,11 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from hpo.layout import NONFINITE_FILL, PENALTY_MAX, PENALTY_MIN
 from hpo.space import load_space, space_from_dict
 from hpo.stopping import HealthStopper, RungAwareOptunaSearch, build_scheduler, build_searcher, optuna_study
 from hpo.trainable import (
     CHECKPOINT_NAME,
-    NONFINITE_FILL,
-    PENALTY_MAX,
-    PENALTY_MIN,
     SETUP_KEY,
     _trial_config,
     last_chance_epochs,

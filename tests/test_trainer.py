@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from model.config import TrainConfig
-from model.trainer import VAL_KEYS, Trainer
+from model.callbacks import Callback, StepResult
+from model.report_keys import REPORT_KEYS
+from model.trainer import Trainer
 from model.train import EXIT_STOPPED, main
 
 
@@ -66,20 +68,61 @@ def test_the_batched_pipeline_renders_on_the_device_what_the_loader_drew(mini_ro
     assert not plain.batched_augmentation and next(iter(plain.train_loader))[0].shape == (8, 3, 128, 128)
 
 
+class StepLosses(Callback):
+    """Records every step's weighted loss, and stops the run after ``stop_at`` steps if asked."""
+
+    state_key = "step_losses"
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.losses: list[float] = []
+        self.stop_at = stop_at
+
+    def on_train_step_end(self, trainer: Trainer, step: StepResult) -> None:
+        self.losses.append(float(step.losses["loss"].detach()))
+        assert step.step == trainer.global_step and step.class_weight == trainer.cfg.loss.class_weight
+        if self.stop_at is not None and step.step >= self.stop_at:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict:
+        return {"losses": self.losses}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses = list(state["losses"])
+
+
 def test_the_monitor_checks_step_one_so_its_reference_is_the_untrained_loss(mini_root: Path) -> None:
-    trainer = Trainer(small_cfg(mini_root, **{"health.check_every_steps": 3}), log=lambda _: None)
-    losses: list[float] = []
-    trainer.loss_fn.register_forward_hook(lambda _m, _i, out: losses.append(float(out["loss"].detach())))
+    recorder = StepLosses()
+    trainer = Trainer(small_cfg(mini_root, **{"health.check_every_steps": 3}), log=lambda _: None, callbacks=[recorder])
     trainer.run_epoch()  # 4 steps: checks at steps 1 and 3
+    losses = recorder.losses
     assert len(losses) == 4
     assert trainer.monitor.state_dict()["loss_ref"] == [losses[0], losses[2]]
+
+
+def test_a_callback_stops_the_run_mid_epoch_and_its_state_travels_in_the_checkpoint(mini_root: Path, tmp_path: Path) -> None:
+    reports: list[dict] = []
+
+    class Reports(Callback):
+        def on_epoch_end(self, trainer: Trainer, report: dict) -> None:
+            reports.append(dict(report))  # after the defaults: the report is complete here
+
+    trainer = Trainer(small_cfg(mini_root, epochs=3), log=lambda _: None, callbacks=[StepLosses(stop_at=2), Reports()])
+    trainer.fit()
+    assert trainer.stopped and trainer.epoch == 1 and trainer.global_step == 2  # ended inside epoch 1
+    assert len(reports) == 1 and set(reports[0]) == set(REPORT_KEYS)
+    assert reports[0]["val/ap"] == 0.0  # a stopped run is not validated
+    trainer.save_checkpoint(tmp_path / "last.pt")
+    again = StepLosses()
+    resumed = Trainer(small_cfg(mini_root, epochs=3), log=lambda _: None, callbacks=[again])
+    resumed.load_checkpoint(tmp_path / "last.pt")
+    assert again.losses == trainer.callbacks[3].losses and len(again.losses) == 2
+    assert resumed.stopped and resumed.finished  # the stop survives the checkpoint
 
 
 def test_every_report_has_the_same_keys_and_finite_numbers_or_a_label(mini_root: Path) -> None:
     trainer = Trainer(small_cfg(mini_root, epochs=1), log=lambda _: None)
     report = trainer.run_epoch()
-    for key in (*VAL_KEYS, "train/loss", "train/lr", "train/pos_anchors_per_image", "health/diagnosis", "health/stop"):
-        assert key in report, key
+    assert list(report) == list(REPORT_KEYS)  # every key, in the documented order
     assert report["health/diagnosis"] == "healthy" and report["health/stop"] == 0.0
     assert all(math.isfinite(v) for v in report.values() if isinstance(v, float))
     assert report["train/pos_anchors_per_image"] > 0

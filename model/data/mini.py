@@ -12,15 +12,35 @@ Layout written under ``out`` (what ``model.data.widerface`` reads)::
 
     WIDER_{train,val}/images/<event>/<name>.jpg
     wider_face_split/wider_face_{train,val}_bbx_gt.txt
+    wider_face_split/wider_face_val.mat, wider_{easy,medium,hard}_val.mat   # official-format val GT
     .mini_complete.json        # written last: generation parameters, format version, summary
 
 Generation is deterministic: the same parameters give byte-identical files. Image ``i`` of a split
 depends only on ``(seed, split, i)``, so a larger set extends a smaller one.
+
+The ``.mat`` files are the official evaluation ground truth's cell layout (``event_list``,
+``file_list``, ``face_bbx_list``, the six ``*_label_list`` and, per setting, ``gt_list``: 1-based
+indices of the faces that count), so ``python -m model.widerface_eval --gt <root>/wider_face_split``
+runs on the mini set as on the real one. They are derived from the val annotation file by
+:func:`write_ground_truth`; :func:`ensure_mini` writes them into a set generated before they existed.
+
+Which setting a face counts in (:func:`face_settings`). The official rule is not published; the
+WIDER FACE paper only says the settings go from large, clear faces (easy) to everything,
+including small, heavily occluded and blurred faces (hard), each containing the one before. Measured
+on the official val ground truth (39,708 faces): an invalid face counts in no setting, and a valid
+face counts in easy, medium, hard when its height exceeds 50, 30, 10 pixels. That rule never
+takes a face the official files leave out; the files hold 84 / 236 / 810 faces more (of 7,211 /
+13,319 / 31,958), all but 4 / 11 / 3 of them of exactly the threshold height, which the files
+include in part. Blur, occlusion, pose and illumination play no part: every valid face taller than
+50 pixels, however blurred or occluded, is easy (blurred and occluded faces are mostly small,
+hence the paper's wording). The mini set applies this measured rule, so its settings mean what
+the official ones do (``tests/test_predict.py`` checks the figures against the official files).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -57,6 +77,13 @@ EVENTS = (
 )
 #: Face-height histogram bins (pixels, lower edges) used in the summary.
 SIZE_BINS = (0, 8, 16, 32, 64, 128)
+#: A valid face counts in a setting when its height exceeds this (pixels); see the module docstring.
+SETTING_MIN_HEIGHT = {"easy": 50, "medium": 30, "hard": 10}
+#: The official-format val ground truth, in ``wider_face_split`` (``model.widerface_eval`` reads it).
+GROUND_TRUTH_FILES = ("wider_face_val.mat", *(f"wider_{s}_val.mat" for s in SETTING_MIN_HEIGHT))
+_LABEL_LISTS = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")  # annotation columns 4..9
+# The MAT header's 116-byte text holds a creation time; a fixed one keeps generation byte-identical.
+_MAT_DESCRIPTION = b"MATLAB 5.0 MAT-file, written by model.data.mini (WIDER FACE mini set ground truth)"
 
 _MIN_SIDE, _MAX_SIDE = 256, 480
 _MIN_FACE = 8
@@ -199,7 +226,9 @@ def ensure_mini(out: Path | str, *, seed: int = 0, num_train: int = 400, num_val
     """Make sure a complete mini set generated with these parameters exists at ``out``.
 
     Does nothing when ``out`` holds a complete set with the same parameters and format version;
-    (re)generates it when ``out`` is missing, empty, incomplete or was generated differently.
+    (re)generates it when ``out`` is missing, empty, incomplete or was generated differently. A
+    complete set without the ``.mat`` val ground truth (generated before it existed) gets it
+    written from its annotation file, nothing else touched.
     Concurrent callers (e.g. several trials on one node) wait for the first one's set.
 
     Args:
@@ -214,11 +243,13 @@ def ensure_mini(out: Path | str, *, seed: int = 0, num_train: int = 400, num_val
     """
     out = Path(out)
     params = _params(seed, num_train, num_val)
-    if _is_complete(out, params):
+    if _is_complete(out, params) and _has_ground_truth(out):
         return out
     with _lock(out):
         if not _is_complete(out, params):  # another process may have finished it meanwhile
             _make_locked(out, params)
+        elif not _has_ground_truth(out):  # a set generated before the .mat ground truth existed
+            write_ground_truth(out)
     return out
 
 
@@ -361,6 +392,8 @@ def _generate(root: Path, params: dict[str, int]) -> dict[str, SplitSummary]:
             invalid += sum(f.invalid for f in faces)
             distractors += n_distractors
         _write_annotations(root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt", entries)
+        if split == "val":
+            write_ground_truth(root)
         summaries[split] = SplitSummary(
             images=count,
             faces=len(heights),
@@ -385,6 +418,98 @@ def _write_annotations(path: Path, entries: list[tuple[int, str, list[_Face]]]) 
         else:  # the official files give a zero-face image one dummy all-zero box line
             lines.append("0 0 0 0 0 0 0 0 0 0")
     path.write_text("\n".join(lines) + "\n")
+
+
+def face_settings(heights: np.ndarray, invalid: np.ndarray) -> np.ndarray:
+    """(M, 3) bool: whether each face counts in easy, medium, hard (the rule in the module docstring).
+
+    Args:
+        heights: (M,) face heights in pixels.
+        invalid: (M,) the annotation's ``invalid`` flag; an invalid face counts nowhere.
+    """
+    heights = np.asarray(heights, dtype=np.float64).reshape(-1)
+    valid = np.asarray(invalid).reshape(-1) == 0
+    limits = np.array(list(SETTING_MIN_HEIGHT.values()), dtype=np.float64)
+    return valid[:, None] & (heights[:, None] > limits[None, :])
+
+
+def write_ground_truth(root: Path | str) -> list[Path]:
+    """Write the val split's official-format ``.mat`` ground truth into ``<root>/wider_face_split``.
+
+    Read from ``wider_face_val_bbx_gt.txt`` (so the files always agree with it), events in the
+    official order and images in annotation order. As in the official files, a zero-face image
+    keeps one all-zero box that counts in no setting, boxes are int32 ``x y w h``, labels uint8
+    ``(M, 1)``, ``gt_list`` entries uint16 ``(K, 1)``. Each file is written to a temporary name
+    and renamed into place, so readers never see a partial file.
+
+    Returns:
+        The four written paths, :data:`GROUND_TRUTH_FILES` order.
+    """
+    from scipy.io import savemat  # only needed here; keeps importing this module light
+
+    split_dir = Path(root) / "wider_face_split"
+    records = _read_annotations(split_dir / "wider_face_val_bbx_gt.txt")
+    events = sorted({rel.split("/")[0] for rel, _ in records}, key=lambda e: (int(e.split("--")[0]), e))
+    per_event: dict[str, list[tuple[str, np.ndarray]]] = {event: [] for event in events}
+    for rel, rows in records:
+        event, name = rel.split("/")
+        per_event[event].append((name.removesuffix(".jpg"), rows))
+
+    def cells(values: list) -> np.ndarray:  # a MATLAB cell column: (N, 1) object array
+        column = np.empty((len(values), 1), dtype=object)
+        for i, value in enumerate(values):
+            column[i, 0] = value
+        return column
+
+    common: dict[str, np.ndarray] = {"event_list": cells(events)}
+    common["file_list"] = cells([cells([name for name, _ in per_event[e]]) for e in events])
+    common["face_bbx_list"] = cells([cells([rows[:, :4].astype(np.int32) for _, rows in per_event[e]]) for e in events])
+    for column, label in enumerate(_LABEL_LISTS, start=4):
+        common[f"{label}_label_list"] = cells(
+            [cells([rows[:, column : column + 1].astype(np.uint8) for _, rows in per_event[e]]) for e in events]
+        )
+    contents = {GROUND_TRUTH_FILES[0]: common}
+    for k, setting in enumerate(SETTING_MIN_HEIGHT):
+        gt_list = []
+        for event in events:
+            kept = [face_settings(rows[:, 3], rows[:, 7])[:, k] for _, rows in per_event[event]]
+            gt_list.append(cells([(np.flatnonzero(keep) + 1).astype(np.uint16).reshape(-1, 1) for keep in kept]))
+        contents[f"wider_{setting}_val.mat"] = {**common, "gt_list": cells(gt_list)}
+
+    written = []
+    for name in GROUND_TRUTH_FILES:
+        buffer = io.BytesIO()
+        savemat(buffer, contents[name], do_compression=False, oned_as="column")
+        data = bytearray(buffer.getvalue())
+        data[:116] = _MAT_DESCRIPTION.ljust(116)  # the header's text field, see _MAT_DESCRIPTION
+        path = split_dir / name
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_bytes(bytes(data))
+        os.replace(tmp, path)
+        written.append(path)
+    return written
+
+
+def _has_ground_truth(out: Path) -> bool:
+    return all((out / "wider_face_split" / name).is_file() for name in GROUND_TRUTH_FILES)
+
+
+def _read_annotations(path: Path) -> list[tuple[str, np.ndarray]]:
+    """Read back an annotation file :func:`_write_annotations` wrote: ``(relpath, (M, 10) int64)``.
+
+    Not ``model.data.widerface.parse_annotations``: that module imports torch, which generating
+    the mini set (``python -m model.data make-mini``) does not need. A zero-face image gets the
+    official dummy box (one row of zeros), as in the official ``.mat`` files.
+    """
+    lines = path.read_text().splitlines()
+    records: list[tuple[str, np.ndarray]] = []
+    i = 0
+    while i < len(lines):
+        rel, count = lines[i], int(lines[i + 1])
+        rows = lines[i + 2 : i + 2 + max(count, 1)]  # a zero-face image carries one dummy line
+        records.append((rel, np.array([line.split() for line in rows], dtype=np.int64).reshape(-1, 10)))
+        i += 2 + max(count, 1)
+    return records
 
 
 def _size_histogram(heights: list[int]) -> dict[str, int]:

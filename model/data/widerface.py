@@ -110,6 +110,8 @@ def parse_annotations(path: str | Path) -> tuple[list[ImageRecord], ParseStats]:
                 f"{path}:{path_line}: expected an image path ending in .jpg, got {relpath!r} "
                 "(does the previous record have more face lines than its count?)"
             )
+        if relpath.startswith(("/", "\\")) or ".." in Path(relpath).parts:
+            raise AnnotationError(f"{path}:{path_line}: image path {relpath!r} leaves the split's images folder")
         if pos + 1 >= len(lines):
             raise AnnotationError(
                 f"{path}:{path_line}: truncated record {relpath!r}: the file ends before its face count"

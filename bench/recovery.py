@@ -1,0 +1,161 @@
+"""Recovery against stopping, on real failing configurations of the failure zoo.
+
+Each case trains the tiny SSD at the failure zoo's ``cpu-mini`` sizes (160 px, 300 train / 60 val
+images of the generated mini set, batch 8, CPU) for the same epoch budget with
+``health.on_failure: stop`` and ``recover`` (optionally with another intervention, to choose the
+defaults of ``health.interventions``), beside the healthy baseline. Per run: final and best val AP,
+epochs reported (a recovery replays epochs), optimiser steps, recoveries and their events, wall
+time. Also the memory of one recovery snapshot for the tiny SSD and MobileNetV3.
+
+Usage::
+
+    nice -n 10 python bench/recovery.py                       # ~5-10 min on 2 shared cores
+    python bench/recovery.py --cases diverged_lr1:stop --epochs 4 --out /tmp/rec
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling zoo module
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from failure_zoo import ZOO, config_for
+
+from bench.machine import load_average, machine_info, write_results
+from model import report_keys as K
+from model.config import DEFAULT_MINI_ROOT, TrainConfig
+from model.data.mini import ensure_mini
+from model.engine import build_model, build_optimizer
+from model.recovery import snapshot_bytes
+from model.trainer import Trainer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+#: name -> (zoo entry, overrides). ``recover`` uses the default intervention table; the variants
+#: change one entry of it, to compare.
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "healthy:stop": ("healthy", {}),
+    "diverged_lr1:stop": ("diverged_lr1", {}),
+    "diverged_lr1:recover": ("diverged_lr1", {"health.on_failure": "recover"}),
+    "diverged_lr1:recover_lr0.01": (
+        "diverged_lr1",
+        {"health.on_failure": "recover", "health.interventions.diverged.lr_factor": 0.01},
+    ),
+    "collapse_bw10_neg30_nowarm:stop": ("collapse_bw10_neg30_nowarm", {}),
+    "collapse_bw10_neg30_nowarm:recover": ("collapse_bw10_neg30_nowarm", {"health.on_failure": "recover"}),
+}
+
+
+def run_case(name: str, data_root: Path, seed: int, epochs: int) -> dict[str, Any]:
+    entry_name, overrides = CASES[name]
+    entry = ZOO[entry_name]
+    base = config_for(entry, seed, data_root, epochs)
+    # The zoo observes (stop_on: []); here the monitor acts as in production.
+    cfg = base.with_overrides({"health.stop_on": TrainConfig().health.stop_on, **overrides})
+    lines: list[str] = []
+    start = time.perf_counter()
+    trainer = Trainer(cfg, log=lines.append)
+    reports = trainer.fit()
+    wall = time.perf_counter() - start
+    aps = [r[K.VAL_AP] for r in reports]
+    verdict = trainer.monitor.verdict
+    return {
+        "case": name,
+        "zoo_entry": entry_name,
+        "seed": seed,
+        "epochs_budget": epochs,
+        "overrides": overrides,
+        "final_ap": aps[-1] if aps else None,
+        "best_ap": max(aps) if aps else None,
+        "epoch_reached": trainer.epoch,
+        "epochs_reported": len(reports),
+        "steps": trainer.global_step,
+        "outcome": f"stopped:{verdict.diagnosis}" if trainer.stopped else "completed",
+        "recoveries": len(trainer.recovery_events()),
+        "events": [e for e in lines if e.startswith("recovery")],
+        "effective_changes": trainer.recovery.overrides,
+        "wall_s": round(wall, 1),
+        "aps": [round(a, 4) for a in aps],
+    }
+
+
+def snapshot_costs() -> dict[str, int]:
+    """Bytes of one snapshot's tensors (model + SGD momentum) per backbone, after one step."""
+    costs = {}
+    for backbone, size in (("tiny", 256), ("mobilenet_v3", 320)):
+        cfg = TrainConfig().with_overrides({"model.backbone": backbone, "model.input_size": size})
+        model = build_model(cfg)
+        optimizer = build_optimizer(cfg, model)
+        out = model(torch.rand(2, 3, size, size))
+        sum(t.float().sum() for t in out if isinstance(t, torch.Tensor)).backward()
+        optimizer.step()  # creates the momentum buffers
+        costs[backbone] = snapshot_bytes({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+    return costs
+
+
+def write_markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        "# Recovery vs stop on the failure zoo (`bench/recovery.py`)",
+        "",
+        (
+            f"Machine: {m['cpu']}, {m['cpu_cores']} cores (shared), torch {m['torch']} with {m['torch_threads']}"
+            f" thread(s), load average at start {', '.join(map(str, m['load_average_at_start']))},"
+            f" at end {', '.join(map(str, m.get('load_average_at_end', [])))}."
+        ),
+        (
+            f"Tiny SSD, cpu-mini sizes (160 px, 300 train / 60 val mini images, batch 8), seed {result['seed']},"
+            f" {result['epochs']} epochs budget; a recovery replays epochs, so `steps` counts the compute."
+        ),
+        "",
+        "| case | outcome | final AP | best AP | epochs reported | steps | recoveries | wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        lines.append(
+            f"| {r['case']} | {r['outcome']} | {r['final_ap']:.4f} | {r['best_ap']:.4f} | {r['epochs_reported']} |"
+            f" {r['steps']} | {r['recoveries']} | {r['wall_s']} |"
+        )
+    lines += ["", "Events:", ""]
+    for r in result["runs"]:
+        lines += [f"- {r['case']}: {e}" for e in r["events"]]
+    costs = result["snapshot_bytes"]
+    lines += [
+        "",
+        "One snapshot (model + SGD momentum, float32): "
+        + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in costs.items())
+        + " (AdamW: one more copy of the parameters). `health.snapshots` (4) of them are kept in host memory"
+        " and in `last.pt`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated names of CASES")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    data_root = ensure_mini(DEFAULT_MINI_ROOT)
+    result: dict[str, Any] = {"machine": machine_info(), "seed": args.seed, "epochs": args.epochs, "runs": []}
+    for name in args.cases.split(","):
+        record = run_case(name, data_root, args.seed, args.epochs)
+        print(f"{name}: {record['outcome']} final AP {record['final_ap']:.4f} best {record['best_ap']:.4f} "
+              f"recoveries {record['recoveries']} {record['wall_s']} s", flush=True)
+        result["runs"].append(record)
+    result["snapshot_bytes"] = snapshot_costs()
+    result["machine"]["load_average_at_end"] = load_average()
+    write_results(args.out, "recovery", result, write_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""The search's contract with MLflow and with itself: tags, artifacts, outcomes and the penalty.
+
+The search writes, and the report and the export read back, this layout:
+
+* one parent run per search, found again by its ``hpo.search_id`` (stable across ``--resume``):
+  tags ``hpo.role=parent``, ``hpo.search_id``, ``hpo.space``, ``hpo.metric``, ``hpo.mode``, at the
+  end ``hpo.status`` (``finished`` or ``interrupted``); artifacts ``search_space.yaml``,
+  ``summary.csv``, the report under ``report/`` and, once exported, ``best.yaml`` with the tags
+  ``hpo.exported_trial`` / ``hpo.exported_run``;
+* one child run per trial (``mlflow.parentRunId``), found again by (``hpo.search_id``,
+  ``hpo.trial_id``): tags ``hpo.role=trial``, ``hpo.outcome`` (``running``, ``completed``,
+  ``pruned`` with ``hpo.pruned_at_epoch``, ``stopped:<diagnosis>``, ``error``, ``interrupted``
+  until ``--resume`` goes on with it), ``hpo.diagnosis`` (the health monitor's latest);
+  params = the sampled dotted keys; artifacts ``trial_config.yaml`` and, once it ended,
+  ``learning_curves.png`` and the sample detections of its last checkpoint (an errored trial's
+  only if that checkpoint holds one, see :func:`hpo.trainable.last_chance_epochs`).
+
+How a trial ended is decided here once (:func:`trial_end`) for MLflow, Optuna and the search's
+summary. Imports nothing heavy: the report CLI and the driver's callback read it without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from hpo.values import is_number
+from model import report_keys as K
+from model.health import LABELS
+
+#: MLflow 3.x refuses the plain file store; a sqlite file is the zero-setup default.
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+# -- tags ------------------------------------------------------------------------------------------
+ROLE, SEARCH_ID, TRIAL_ID = "hpo.role", "hpo.search_id", "hpo.trial_id"
+SPACE, METRIC, MODE, STATUS = "hpo.space", "hpo.metric", "hpo.mode", "hpo.status"
+OUTCOME, DIAGNOSIS, PRUNED_AT = "hpo.outcome", "hpo.diagnosis", "hpo.pruned_at_epoch"
+EXPORTED_TRIAL, EXPORTED_RUN = "hpo.exported_trial", "hpo.exported_run"
+PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own: the UI nests the child under its parent
+DESCRIPTION = "mlflow.note.content"  # MLflow's own: the run page's description
+BEST_TRIAL = "hpo.best_trial"  #: on the parent: the id of the best completed trial
+#: Values of ``hpo.role`` and of the parent's ``hpo.status`` (FINISHED or INTERRUPTED).
+PARENT, TRIAL = "parent", "trial"
+FINISHED = "finished"
+SearchStatus = Literal["finished", "interrupted"]
+
+# -- artifacts -------------------------------------------------------------------------------------
+SPACE_ARTIFACT = "search_space.yaml"
+SUMMARY_ARTIFACT = "summary.csv"
+TRIAL_CONFIG_ARTIFACT = "trial_config.yaml"  #: the trial's full TrainConfig (what the export reads)
+CURVES_ARTIFACT = "learning_curves.png"
+EXPORT_ARTIFACT = "best.yaml"
+REPORT_ARTIFACT_DIR = "report"
+
+# -- outcomes (``hpo.outcome``) --------------------------------------------------------------------
+RUNNING, COMPLETED, PRUNED, ERROR, INTERRUPTED = "running", "completed", "pruned", "error", "interrupted"
+STOPPED = "stopped:"  #: the prefix of ``stopped:<diagnosis>``; INTERRUPTED is also a parent's status
+#: The health monitor's "nothing wrong" (the ``hpo.diagnosis`` of a run it never flagged).
+HEALTHY = LABELS[0]
+UNKNOWN = "unknown"  #: a diagnosis (or an outcome) that was never recorded
+
+
+def stopped(diagnosis: str) -> str:
+    """The outcome of a trial the health monitor stopped for ``diagnosis``."""
+    return f"{STOPPED}{diagnosis}"
+
+
+def is_stopped(outcome: str) -> bool:
+    return outcome.startswith(STOPPED)
+
+
+def stopped_by_health(report: Mapping[str, Any]) -> bool:
+    """Whether the health monitor stopped the run at this report."""
+    return report.get(K.HEALTH_STOP) == 1
+
+
+def diagnosis_of(report: Mapping[str, Any]) -> str:
+    return str(report.get(K.HEALTH_DIAGNOSIS) or UNKNOWN)
+
+
+@dataclass(frozen=True)
+class TrialEnd:
+    """How a trial that ended on its own ended."""
+
+    outcome: str
+    """``stopped:<diagnosis>``, ``completed`` or ``pruned``."""
+    pruned_at: int | None = None
+    """The last epoch a pruned trial reached."""
+
+
+def trial_end(last: Mapping[str, Any], max_epochs: int) -> TrialEnd:
+    """From a trial's last report: stopped when the health monitor stopped it, else completed at
+    ``max_epochs``, else pruned (by ASHA at a rung, or by the time budget); a report without an
+    epoch counts as epoch 0. (Errored and interrupted trials are told apart by their callers.)"""
+    if stopped_by_health(last):
+        return TrialEnd(stopped(diagnosis_of(last)))
+    epoch = int(last[K.EPOCH]) if is_number(last.get(K.EPOCH)) else 0
+    return TrialEnd(COMPLETED) if epoch >= max_epochs else TrialEnd(PRUNED, epoch)
+
+
+# -- the search metric's penalty -------------------------------------------------------------------
+
+#: The search metric of a trial the health monitor stopped, for ``mode: max``. Every maximised
+#: metric of a search (``model.report_keys.METRIC_MODES``: AP, precision, recall, mean IoU, TP) is >= 0.
+PENALTY_MAX = -1.0
+#: The same for ``mode: min``. The minimised metrics are validation counts (FP, FN), bounded by
+#: images x ``postprocess.max_detections`` (WIDER FACE val: 3,226 x 200), far below this.
+PENALTY_MIN = 1.0e12
+#: What a non-finite number in a report becomes (NaN and +inf: this; -inf: minus this). In a
+#: report they come from a blown-up loss or gradient norm, so "huge" is the faithful reading; it
+#: stays finite in float32 (TensorBoard, MLflow plots) and is recognisable in any table.
+NONFINITE_FILL = 1.0e30
+#: ``raw/<metric>`` in a result: the metric's own value, also where the penalty replaced it.
+RAW_PREFIX = "raw/"
+
+
+def penalty(mode: Literal["max", "min"]) -> float:
+    """The finite search-metric value that is worse than any real one in this ``mode``."""
+    if mode == "max":
+        return PENALTY_MAX
+    if mode == "min":
+        return PENALTY_MIN
+    raise ValueError(f"mode must be 'max' or 'min' (got {mode!r})")
+
+
+def measured(points: Iterable[tuple[int, float]], mode: Literal["max", "min"]) -> list[tuple[int, float]]:
+    """A search metric's history without its penalty values: the search's stand-in, not a measurement."""
+    worst = penalty(mode)
+    return [(step, value) for step, value in points if value != worst]

@@ -1,0 +1,191 @@
+"""A finished search read back from MLflow (:mod:`hpo.layout`) into plain data for the report.
+
+:func:`load_search` reads the parent run (the newest, or the one of a search id), its
+``search_space.yaml`` and every child run's params, outcome and diagnosis tags and metric
+histories; :class:`SearchRecord` answers the questions the report asks of them (the best trials,
+the sampled params, their scales and ranges).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from mlflow import MlflowClient
+
+from hpo import layout as L
+from hpo import plots
+from hpo.runs import SearchLookupError, find_parent, trial_outcomes
+from hpo.space import GridParam, IntParam, LogUniformParam, SearchSpace, SearchSpaceError, space_from_dict
+from hpo.values import is_finite
+
+__all__ = ["FAILURE_DIAGNOSES", "ReportError", "SearchRecord", "TrialRecord", "load_search", "spans_decades"]
+
+#: Diagnoses that count as a failed trial even when it was not stopped for them.
+FAILURE_DIAGNOSES = ("diverged", "background-collapse", "stalled", "no-positives")
+
+
+class ReportError(RuntimeError):
+    """There is nothing to report; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as MLflow holds it."""
+
+    trial_id: str
+    run_id: str
+    outcome: str
+    """``completed``, ``pruned``, ``stopped:<diagnosis>``, ``error``, ``interrupted`` or ``running``."""
+    diagnosis: str
+    params: dict[str, Any]
+    history: dict[str, list[tuple[int, float]]]
+    """``{metric: [(epoch, value), ...]}``, the search metric's penalty values left out."""
+    value: float | None
+    """The last real value of the search metric (``None``: none logged, e.g. stopped at epoch 1)."""
+
+    @property
+    def category(self) -> str:
+        return plots.trial_category(self.outcome, self.diagnosis)
+
+    @property
+    def epochs(self) -> int:
+        return max((s for points in self.history.values() for s, _ in points), default=0)
+
+    @property
+    def failed(self) -> bool:
+        return L.is_stopped(self.outcome) or self.diagnosis in FAILURE_DIAGNOSES
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """A search read back from MLflow."""
+
+    experiment: str
+    search_id: str
+    parent_run_id: str
+    status: str
+    """The parent's ``hpo.status`` (``finished``, ``interrupted``) or ``running``."""
+    metric: str
+    mode: Literal["max", "min"]
+    space: SearchSpace | None
+    """``None`` when the parent's ``search_space.yaml`` is missing or no longer validates."""
+    space_note: str
+    trials: list[TrialRecord]
+
+    def ranked(self) -> list[TrialRecord]:
+        """Trials that completed healthy with a value of the metric, best first."""
+        sign = 1.0 if self.mode == "max" else -1.0
+        healthy = [t for t in self.trials if t.category == L.HEALTHY and t.value is not None]
+        return sorted(healthy, key=lambda t: -sign * t.value)  # type: ignore[operator]
+
+    def best_point(self, trial: TrialRecord) -> tuple[int, float] | None:
+        """The trial's best ``(epoch, value)`` of the search metric (the earliest of ties)."""
+        points = sorted(trial.history.get(self.metric, []))
+        return (max if self.mode == "max" else min)(points, key=lambda p: p[1], default=None)
+
+    def param_keys(self) -> list[str]:
+        """The sampled params: the space's, else those whose recorded values differ between trials."""
+        if self.space is not None:
+            return list(self.space.params)
+        keys = sorted({k for t in self.trials for k in t.params})
+        return [k for k in keys if len({repr(t.params.get(k)) for t in self.trials}) > 1]
+
+    def grid_keys(self) -> list[str]:
+        """The params a grid search swept (empty for other samplers or an unknown space)."""
+        if self.space is None:
+            return []
+        return [k for k, spec in self.space.params.items() if isinstance(spec, GridParam)]
+
+    def log_keys(self) -> set[str]:
+        """Params on a log axis: log-sampled ones (a grid spanning two decades counts)."""
+        if self.space is None:
+            return {k for k in self.param_keys() if spans_decades([t.params.get(k) for t in self.trials])}
+        return {
+            key
+            for key, spec in self.space.params.items()
+            if isinstance(spec, LogUniformParam)
+            or (isinstance(spec, IntParam) and spec.log)
+            or (isinstance(spec, GridParam) and spans_decades(spec.values))
+        }
+
+    def limits(self) -> dict[str, tuple[float, float]]:
+        """The sampled range of each numeric param (the atlas shows the whole space)."""
+        out: dict[str, tuple[float, float]] = {}
+        for key, spec in self.space.params.items() if self.space is not None else ():
+            if isinstance(spec, GridParam):
+                if all(is_finite(v) for v in spec.values):
+                    out[key] = (min(spec.values), max(spec.values))
+            elif hasattr(spec, "low"):
+                out[key] = (spec.low, spec.high)
+        return out
+
+
+def spans_decades(values: Sequence[Any]) -> bool:
+    """All numbers, more than one, positive, the largest at least 100 times the smallest."""
+    numbers = [v for v in values if is_finite(v)]
+    return len(numbers) == len(values) > 1 and min(numbers) > 0 and max(numbers) / min(numbers) >= 100
+
+
+def load_search(tracking_uri: str, experiment: str, search_id: str | None = None) -> SearchRecord:
+    """Read a search's parent run, space and trials (with their metric histories) from MLflow.
+
+    Raises:
+        ReportError: no such store, experiment or search, a parent without ``hpo.search_id``, or
+            a search without trial runs.
+    """
+    try:
+        client, _, parent = find_parent(tracking_uri, experiment, search_id)
+    except SearchLookupError as exc:
+        raise ReportError(str(exc)) from None
+    tags = parent.data.tags
+    sid = tags.get(L.SEARCH_ID)
+    if not sid:
+        raise ReportError(
+            f"parent run {parent.info.run_id} of experiment {experiment!r} has no {L.SEARCH_ID} tag: not written by hpo/search.py"
+        )
+    space, space_note = _space(client, parent.info.run_id)
+    metric = tags.get(L.METRIC) or (space.metric if space else None)
+    mode = tags.get(L.MODE) or (space.mode if space else None)
+    if not metric or mode not in ("max", "min"):
+        raise ReportError(
+            f"search {sid} (run {parent.info.run_id}) has no usable {L.METRIC}/{L.MODE} tags (got {metric!r}/{mode!r})"
+        )
+
+    rows = trial_outcomes(tracking_uri, sid)
+    if not rows:
+        raise ReportError(f"search {sid} in experiment {experiment!r} has no trial runs: nothing to report")
+    trials = []
+    for row in rows:
+        history = {
+            key: [(m.step, m.value) for m in client.get_metric_history(row["run_id"], key)] for key in sorted(row["metrics"])
+        }
+        if metric in history:
+            history[metric] = L.measured(history[metric], mode)  # type: ignore[arg-type]
+        last = sorted(history.get(metric, []))
+        value = last[-1][1] if last and math.isfinite(last[-1][1]) else None
+        trials.append(
+            TrialRecord(row["trial_id"], row["run_id"], row["outcome"], row["diagnosis"], row["params"], history, value)
+        )
+    status = tags.get(L.STATUS, L.RUNNING)
+    return SearchRecord(experiment, sid, parent.info.run_id, status, metric, mode, space, space_note, trials)  # type: ignore[arg-type]
+
+
+def _space(client: MlflowClient, run_id: str) -> tuple[SearchSpace | None, str]:
+    with tempfile.TemporaryDirectory(prefix="hpo-report-") as tmp:
+        try:
+            local = client.download_artifacts(run_id, L.SPACE_ARTIFACT, dst_path=tmp)
+        except Exception as exc:  # MLflow raises different types per artifact store
+            return (
+                None,
+                f"the parent run has no readable {L.SPACE_ARTIFACT} ({type(exc).__name__}): scales are guessed, no importances",
+            )
+        try:
+            return space_from_dict(yaml.safe_load(Path(local).read_text()), source=L.SPACE_ARTIFACT), ""
+        except (yaml.YAMLError, SearchSpaceError) as exc:
+            return None, f"the parent run's {L.SPACE_ARTIFACT} does not load ({exc}): scales are guessed, no importances"

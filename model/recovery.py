@@ -1,0 +1,291 @@
+"""Recovery: roll a failing run back to its last healthy state and change what made it fail.
+
+With ``health.on_failure: recover`` a stopping diagnosis of the health monitor no longer ends the
+run. The trainer's whole state (model, optimiser, schedule, RNG, monitor, callbacks: what a
+checkpoint holds) is kept in memory at the end of every epoch the monitor judged healthy, the last
+``health.snapshots`` of them, plus the state before the first step. On a diagnosis whose
+intervention (``health.interventions``) is ``rollback``, the newest snapshot from before the
+failure's onset is restored (for a validation diagnosis the onset is the first of the evaluations
+that showed it), the intervention's changes are applied (learning rate, a fresh warm-up, loss
+weights, hard-negative ratio, batches to skip) and training goes on, within ``max_recoveries``.
+
+Snapshots are taken at epoch ends only: there, and only there, the data order is resumable
+exactly (as for checkpoints), so a restored epoch replays the same batches, and the run after a
+recovery resumes from ``last.pt`` exactly like one never interrupted. The cost is at most one epoch
+of lost work per recovery and, per snapshot, the model and optimiser state (see
+``bench/results/recovery.md`` for the bytes of the tiny SSD and MobileNetV3).
+
+Each recovery is an event: the diagnosis and its evidence, the failure's step and epoch, the
+snapshot's epoch and step, the changes (before -> after). It goes to the epoch report
+(``health/recoveries``, ``health/recovery``), the log, the checkpoint, and ``effective_config.yaml``
+(the config with the changes: a run restarted with the fix) beside ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from model import report_keys as K
+from model.engine import build_loss
+from model.health import Intervention, Verdict, constant_predictor_cls_loss
+
+if TYPE_CHECKING:
+    from model.trainer import Trainer
+
+__all__ = ["Recovery", "snapshot_bytes"]
+
+_STATE_VERSION = 1
+
+
+def _cpu_copy(value: Any) -> Any:
+    """A deep copy with every tensor on the CPU: snapshots must not alias live state or use GPU memory."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(v) for v in value)
+    return copy.deepcopy(value)
+
+
+def snapshot_bytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) state dict."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(snapshot_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(snapshot_bytes(v) for v in state)
+    return 0
+
+
+class Recovery:
+    """The trainer's recovery (driven by :class:`model.callbacks.HealthCheck`, whose verdicts it acts on)."""
+
+    state_key = "recovery"
+
+    def __init__(self, trainer: Trainer) -> None:
+        health = trainer.cfg.health
+        self.cfg = health
+        self.enabled = health.enabled and health.on_failure == "recover"
+        self.snapshots: list[dict[str, Any]] = []  # oldest first
+        self.best: dict[str, Any] | None = None
+        self.events: list[dict[str, Any]] = []
+        self.overrides: dict[str, Any] = {}  # dotted config keys changed by interventions
+        self.rewarms: list[tuple[int, int, float]] = []  # (first step, length, start factor)
+        self.lr_scale = 1.0
+        self.skip: set[tuple[int, int]] = set()  # (epoch, batch index in the epoch's data order)
+        self.rearm: tuple[int, int] | None = None  # the monitor's (warmup_epochs, first_verdict_epoch)
+        self.event_text = ""
+        self._last_index = -1
+        self._taking = False
+        # The schedule as built from the run's config: interventions compose with it.
+        self._base_lambdas = list(trainer.scheduler.lr_lambdas)
+        self._base_lrs = list(trainer.scheduler.base_lrs)
+        self._keep_best = any(iv.action == "restore_best" and d in health.stop_on for d, iv in health.interventions.items())
+
+    # -- hooks (called by HealthCheck) -------------------------------------------------------------
+
+    def on_train_epoch_start(self, trainer: Trainer) -> None:
+        self.event_text = ""
+        if self.enabled and not self.snapshots and trainer.global_step == 0:
+            # The untrained state: run_epoch has already counted this epoch, nothing else has run.
+            snapshot = self._snapshot(trainer)
+            snapshot["epoch"] = trainer.epoch - 1
+            self.snapshots.append(snapshot)
+
+    def skips(self, epoch: int, index: int) -> bool:
+        return (epoch, index) in self.skip
+
+    def on_train_step_end(self, trainer: Trainer) -> None:
+        self._last_index = trainer.batch_index
+
+    def on_epoch_end(self, trainer: Trainer, report: dict[str, Any]) -> None:
+        verdict = trainer.monitor.verdict
+        if self.enabled and trainer.should_stop and verdict.stop:
+            if self._recover(trainer, verdict):
+                report[K.HEALTH_STOP] = 0.0
+        elif self.enabled and not trainer.should_stop and verdict.diagnosis == "healthy":
+            snapshot = self._snapshot(trainer)
+            self.snapshots = [*self.snapshots, snapshot][-self.cfg.snapshots :]
+            if self._keep_best and trainer.improved:
+                self.best = snapshot
+        report[K.HEALTH_RECOVERIES] = float(len(self.events))
+        report[K.HEALTH_RECOVERY] = self.event_text
+
+    # -- recovering --------------------------------------------------------------------------------
+
+    def _recover(self, trainer: Trainer, verdict: Verdict) -> bool:
+        intervention = self.cfg.interventions.get(verdict.diagnosis)
+        if intervention is None or intervention.action == "stop":
+            return False
+        if len(self.events) >= self.cfg.max_recoveries:
+            trainer.log(f"recovery: budget of {self.cfg.max_recoveries} spent; stopping on {verdict.diagnosis}")
+            return False
+        if intervention.action == "restore_best":
+            if self.best is None:
+                return False
+            snapshot = self.best
+        else:
+            onset = _onset_epoch(verdict)
+            before = [s for s in self.snapshots if s["epoch"] < onset]
+            if not before and not self.snapshots:
+                return False
+            snapshot = (before or self.snapshots[:1])[-1]
+        failed_epoch, failed_step = verdict.epoch, verdict.step
+        skipped = []
+        if intervention.skip_batches and failed_step is not None and failed_epoch is not None:
+            last = self._last_index
+            skipped = [(failed_epoch, i) for i in range(max(0, last - intervention.skip_batches + 1), last + 1)]
+        trainer.load_state_dict(_cpu_copy(snapshot))  # a copy: the optimiser's state would alias it
+        self.snapshots = [s for s in self.snapshots if s["epoch"] <= snapshot["epoch"]]
+        if intervention.action == "restore_best":
+            changes: dict[str, list[Any]] = {}
+            trainer.should_stop = True
+        else:
+            self.skip.update(skipped)
+            changes = self._apply(trainer, intervention)
+        event = {
+            "recovery": len(self.events) + 1,
+            "diagnosis": verdict.diagnosis,
+            "verdict": verdict.message(),
+            "failed_epoch": failed_epoch,
+            "failed_step": failed_step,
+            "action": intervention.action,
+            "snapshot_epoch": snapshot["epoch"],
+            "snapshot_step": snapshot["global_step"],
+            "changes": changes,
+            "skipped_batches": [list(s) for s in skipped],
+        }
+        self.events.append(event)
+        self.event_text = describe(event)
+        trainer.log(f"recovery {event['recovery']}/{self.cfg.max_recoveries}: {self.event_text}")
+        return True
+
+    def _apply(self, trainer: Trainer, iv: Intervention) -> dict[str, list[Any]]:
+        """Change the run as ``iv`` says; return ``{dotted key: [before, after]}``."""
+        cfg, changes = trainer.cfg, {}
+        for key, current, factor in (
+            ("optim.lr", cfg.optim.lr, iv.lr_factor),
+            ("loss.class_weight", cfg.loss.class_weight, iv.class_weight_factor),
+            ("loss.neg_pos_ratio", cfg.loss.neg_pos_ratio, iv.neg_pos_factor),
+        ):
+            if factor != 1.0:
+                changes[key] = [current, current * factor]
+        if iv.warmup_epochs:
+            length = max(1, round(iv.warmup_epochs * trainer.iters_per_epoch))
+            # A rewarm that starts after the restored step belongs to the abandoned branch.
+            self.rewarms = [r for r in self.rewarms if r[0] <= trainer.global_step]
+            self.rewarms.append((trainer.global_step, length, cfg.schedule.warmup_start_factor))
+            old = cfg.schedule.warmup_length(trainer.iters_per_epoch) / max(1, trainer.iters_per_epoch)
+            if iv.warmup_epochs > old:  # a restart with the fix warms up at least this long
+                changes["schedule.warmup_epochs"] = [cfg.schedule.warmup_epochs, iv.warmup_epochs]
+        self.lr_scale *= iv.lr_factor
+        self.overrides.update({key: after for key, (_, after) in changes.items()})
+        # Validation diagnoses wait for the fresh warm-up and the grace again, judged on new epochs only.
+        monitor = trainer.monitor
+        warm = math.ceil(iv.warmup_epochs) if iv.warmup_epochs else 0
+        warmup_epochs = max(monitor.warmup_epochs, trainer.epoch + warm)
+        self.rearm = (warmup_epochs, max(monitor.first_verdict_epoch, warmup_epochs + monitor._span(self.cfg.grace_epochs) + 1))
+        self._install(trainer)
+        scheduler = trainer.scheduler
+        lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for group, lr in zip(trainer.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        scheduler._last_lr = lrs
+        return changes
+
+    def _install(self, trainer: Trainer) -> None:
+        """Make the trainer's objects follow ``overrides``, ``rewarms``, ``lr_scale`` and ``rearm``
+        (after a rollback and on resume: none of them is in the objects' own state)."""
+        trainer.cfg = trainer.start_cfg.with_overrides(self.overrides)
+        trainer.loss_fn = build_loss(trainer.cfg, trainer.model)
+        monitor = trainer.monitor
+        if trainer.cfg.loss.cls_loss == "ce":
+            monitor.prior_cls_loss = constant_predictor_cls_loss(trainer.cfg.loss.neg_pos_ratio)
+        if self.rearm is not None:
+            monitor.warmup_epochs, monitor.first_verdict_epoch = self.rearm
+        scheduler, rewarms = trainer.scheduler, list(self.rewarms)
+        scheduler.lr_lambdas = [_rewarmed(base, rewarms) for base in self._base_lambdas]
+        scheduler.base_lrs = [lr * self.lr_scale for lr in self._base_lrs]
+
+    def _snapshot(self, trainer: Trainer) -> dict[str, Any]:
+        self._taking = True
+        try:
+            state = trainer.state_dict()
+        finally:
+            self._taking = False
+        state["callbacks"].pop(self.state_key, None)  # a rollback keeps the record of recoveries
+        return _cpu_copy(state)
+
+    # -- checkpoint ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._taking:
+            return {}
+        return {
+            "version": _STATE_VERSION,
+            "snapshots": self.snapshots,
+            "best": self.best,
+            "events": self.events,
+            "overrides": self.overrides,
+            "rewarms": [list(r) for r in self.rewarms],
+            "lr_scale": self.lr_scale,
+            "skip": sorted(list(s) for s in self.skip),
+            "rearm": list(self.rearm) if self.rearm is not None else None,
+            "event_text": self.event_text,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], trainer: Trainer) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"recovery state version {state.get('version')!r} is not {_STATE_VERSION}")
+        self.snapshots = [_cpu_copy(s) for s in state["snapshots"]]
+        self.best = _cpu_copy(state["best"]) if state["best"] is not None else None
+        self.events = list(state["events"])
+        self.overrides = dict(state["overrides"])
+        self.rewarms = [(int(a), int(b), float(c)) for a, b, c in state["rewarms"]]
+        self.lr_scale = float(state["lr_scale"])
+        self.skip = {(int(e), int(i)) for e, i in state["skip"]}
+        self.rearm = tuple(state["rearm"]) if state["rearm"] is not None else None  # type: ignore[assignment]
+        self.event_text = state["event_text"]
+        if self.events:
+            self._install(trainer)  # the checkpoint's scheduler already holds the scaled base lrs
+
+
+def _onset_epoch(verdict: Verdict) -> int:
+    """The first epoch that showed the failure: a validation diagnosis counts its evaluations back."""
+    epoch = verdict.epoch if verdict.epoch is not None else 0
+    evaluations = verdict.evidence.get("evaluations")
+    if verdict.step is None and isinstance(evaluations, int) and evaluations > 1:
+        return epoch - evaluations + 1
+    return epoch
+
+
+def _rewarmed(base: Any, rewarms: list[tuple[int, int, float]]) -> Any:
+    # A plain function (not a partial or an object): LambdaLR then keeps it out of its state_dict.
+    def factor(step: int) -> float:
+        value = base(step)
+        for start, length, start_factor in rewarms:
+            if start <= step < start + length:
+                value *= start_factor + (1.0 - start_factor) * (step - start) / length
+        return value
+
+    return factor
+
+
+def describe(event: dict[str, Any]) -> str:
+    """One line: ``diverged at step 5 (epoch 1) -> rollback to epoch 0 (step 0): optim.lr 1 -> 0.1, ...``."""
+    where = f"step {event['failed_step']} (epoch {event['failed_epoch']})" if event["failed_step"] is not None else f"epoch {event['failed_epoch']}"
+    target = "best" if event["action"] == "restore_best" else "rollback to"
+    parts = [f"{key} {before} -> {after}" for key, (before, after) in event["changes"].items()]
+    if event["skipped_batches"]:
+        parts.append(f"skip {len(event['skipped_batches'])} batches of epoch {event['skipped_batches'][0][0]}")
+    change = ", ".join(parts) or ("stop" if event["action"] == "restore_best" else "no change")
+    return (
+        f"{event['diagnosis']} at {where} -> {target} epoch {event['snapshot_epoch']} (step {event['snapshot_step']}):"
+        f" {change} [{event['verdict']}]"
+    )

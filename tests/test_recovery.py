@@ -1,0 +1,91 @@
+"""Recovery (model/recovery.py) on the real mini set: a diverging run is rolled back and goes on,
+the event is reported and saved, the budget ends it, and a resume after a recovery is exact."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from test_trainer import DIVERGING, small_cfg
+
+from model.callbacks import Checkpointing
+from model.config import ConfigError, TrainConfig
+from model.trainer import Trainer
+
+RECOVER = {**DIVERGING, "health.on_failure": "recover", "health.check_every_steps": 1}
+
+
+def quiet(cfg: TrainConfig, **kw) -> Trainer:
+    return Trainer(cfg, log=lambda _: None, **kw)
+
+
+def test_a_diverging_run_is_rolled_back_and_continues_with_a_finite_loss(mini_root: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    trainer = Trainer(small_cfg(mini_root, epochs=2, **RECOVER), log=lines.append, callbacks=[Checkpointing(tmp_path)])
+    reports = trainer.fit()
+    failed, *after = reports
+    assert failed["health/diagnosis"] == "diverged" and failed["health/stop"] == 0.0  # recovered, not stopped
+    assert failed["health/recoveries"] == 1.0 and "rollback to epoch 0" in failed["health/recovery"]
+    assert "optim.lr 5.0 -> 0.5" in failed["health/recovery"]
+    assert any(line.startswith("recovery 1/2: diverged") for line in lines)
+    assert [r["epoch"] for r in after] == [1, 2] and not trainer.stopped  # epoch 1 replayed from the snapshot
+    assert all(math.isfinite(r["train/loss"]) and r["health/recovery"] == "" for r in after)
+    assert after[-1]["health/recoveries"] == 1.0
+    (event,) = trainer.recovery_events()
+    assert event["snapshot_step"] == 0 and event["failed_epoch"] == 1 and event["skipped_batches"]
+    # The effective config (a restart with the fix) and the events are saved beside last.pt.
+    saved = TrainConfig.model_validate(__import__("yaml").safe_load((tmp_path / "effective_config.yaml").read_text()))
+    assert saved.optim.lr == 0.5 and saved.schedule.warmup_epochs == 1.0
+    assert json.loads((tmp_path / "recoveries.json").read_text()) == [event]
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["config"]["optim"]["lr"] == 5.0  # what was started
+
+
+def test_a_spent_budget_stops_the_run_as_without_recovery(mini_root: Path) -> None:
+    # An intervention that changes nothing: the run diverges again and the budget of 1 runs out.
+    same = {"health.interventions": {"diverged": {"action": "rollback"}}, "health.max_recoveries": 1}
+    trainer = quiet(small_cfg(mini_root, epochs=3, **RECOVER, **same))
+    reports = trainer.fit()
+    assert [r["health/recoveries"] for r in reports] == [1.0, 1.0]
+    assert reports[-1]["health/stop"] == 1.0 and trainer.stopped and trainer.monitor.verdict.diagnosis == "diverged"
+    none = quiet(small_cfg(mini_root, epochs=3, **RECOVER, **{"health.max_recoveries": 0}))
+    assert len(none.fit()) == 1 and none.stopped
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(mini_root: Path) -> tuple[Trainer, dict]:
+    straight = quiet(small_cfg(mini_root, epochs=2, **RECOVER))
+    return straight, straight.fit()[-1]
+
+
+@pytest.mark.parametrize("interrupt_after", [1, 2])  # right after the recovery; after the replayed epoch
+def test_a_run_checkpointed_after_a_recovery_resumes_exactly(
+    mini_root: Path, tmp_path: Path, interrupt_after: int, uninterrupted: tuple[Trainer, dict]
+) -> None:
+    cfg = small_cfg(mini_root, epochs=2, **RECOVER)
+    straight, expected = uninterrupted
+
+    first = quiet(cfg)
+    for _ in range(interrupt_after):
+        first.run_epoch()
+    assert first.recovery_events()
+    first.save_checkpoint(tmp_path / "last.pt")
+    del first
+
+    resumed = quiet(cfg)  # built from the start config, as `model.train --resume` does
+    resumed.load_checkpoint(tmp_path / "last.pt")
+    assert resumed.effective_config().optim.lr == 0.5
+    last = resumed.fit()[-1]
+    for key in ("train/loss", "train/loss_cls", "train/grad_norm", "train/lr", "val/ap", "step", "health/recoveries"):
+        assert last[key] == expected[key], key
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [({"health.interventions": {"exploded": {}}}, "health.interventions.exploded"), ({"health.max_recoveries": -1}, "health.max_recoveries")],
+)
+def test_a_bad_recovery_config_names_the_key(overrides: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        TrainConfig().with_overrides(overrides)
