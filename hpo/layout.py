@@ -56,6 +56,7 @@ REPORT_ARTIFACT_DIR = "report"
 # -- outcomes (``hpo.outcome``) --------------------------------------------------------------------
 RUNNING, COMPLETED, PRUNED, ERROR, INTERRUPTED = "running", "completed", "pruned", "error", "interrupted"
 STOPPED = "stopped:"  #: the prefix of ``stopped:<diagnosis>``; INTERRUPTED is also a parent's status
+RECOVERED = "recovered:"  #: the prefix of ``recovered:<diagnosis>``: the trainer rolled back and fixed it
 #: The health monitor's "nothing wrong" (the ``hpo.diagnosis`` of a run it never flagged).
 HEALTHY = LABELS[0]
 UNKNOWN = "unknown"  #: a diagnosis (or an outcome) that was never recorded
@@ -68,6 +69,17 @@ def stopped(diagnosis: str) -> str:
 
 def is_stopped(outcome: str) -> bool:
     return outcome.startswith(STOPPED)
+
+
+def recovered(diagnosis: str) -> str:
+    """The outcome of a trial that ran to its end after recovering from ``diagnosis``."""
+    return f"{RECOVERED}{diagnosis}"
+
+
+def recovered_by_health(report: Mapping[str, Any]) -> bool:
+    """Whether the run has recovered (``health.on_failure: recover``) at least once by this report."""
+    count = report.get(K.HEALTH_RECOVERIES)
+    return is_number(count) and count > 0
 
 
 def stopped_by_health(report: Mapping[str, Any]) -> bool:
@@ -91,12 +103,17 @@ class TrialEnd:
 
 def trial_end(last: Mapping[str, Any], max_epochs: int) -> TrialEnd:
     """From a trial's last report: stopped when the health monitor stopped it, else completed at
-    ``max_epochs``, else pruned (by ASHA at a rung, or by the time budget); a report without an
-    epoch counts as epoch 0. (Errored and interrupted trials are told apart by their callers.)"""
+    ``max_epochs`` (``recovered:<diagnosis>`` when it got there after a recovery), else pruned (by
+    ASHA at a rung, or by the time budget); a report without an epoch counts as epoch 0. (Errored
+    and interrupted trials are told apart by their callers.)"""
     if stopped_by_health(last):
         return TrialEnd(stopped(diagnosis_of(last)))
     epoch = int(last[K.EPOCH]) if is_number(last.get(K.EPOCH)) else 0
-    return TrialEnd(COMPLETED) if epoch >= max_epochs else TrialEnd(PRUNED, epoch)
+    if epoch < max_epochs:
+        return TrialEnd(PRUNED, epoch)
+    if recovered_by_health(last):
+        return TrialEnd(recovered(str(last.get(K.HEALTH_RECOVERED_FROM) or UNKNOWN)))
+    return TrialEnd(COMPLETED)
 
 
 # -- the search metric's penalty -------------------------------------------------------------------

@@ -11,6 +11,8 @@
 What Optuna's study records for each way a trial ends:
 
 * completed (all ``budget.max_epochs``): COMPLETE with its last value;
+* recovered (``health.on_failure: recover``; ``recovered:<diagnosis>``): COMPLETE with the penalty,
+  the configuration as sampled failed; the run itself goes on, judged by ASHA on its raw metric;
 * stopped by :class:`HealthStopper`: COMPLETE, value = the trial's last reported metric, which
   :func:`hpo.trainable.tune_metrics` made the finite penalty, so the sampler learns that the
   region fails (a NaN instead would leave the trial RUNNING forever: Optuna refuses to be told it);
@@ -98,7 +100,9 @@ def build_scheduler(space: SearchSpace) -> ASHAScheduler | FIFOScheduler:
     if isinstance(spec, AshaSchedulerSpec):
         return ASHAScheduler(
             time_attr=K.EPOCH,
-            metric=space.metric,
+            # The measured value: equal to the metric except for a recovered trial, whose metric
+            # is the penalty for Optuna while ASHA judges the run on what it reaches.
+            metric=f"{L.RAW_PREFIX}{space.metric}",
             mode=space.mode,
             max_t=space.budget.max_epochs,
             grace_period=spec.grace_period,

@@ -52,7 +52,7 @@ _LOG = logging.getLogger(__name__)
 
 #: The per-epoch metrics a child run records: every number of the trainer's report but its position
 #: and time (``val/num_images`` with ``val/fp``: false positives per image, the fp-surge signal).
-TRIAL_METRICS: tuple[str, ...] = (*K.TRAIN_KEYS, *K.VAL_KEYS, K.HEALTH_CODE, K.HEALTH_STOP)
+TRIAL_METRICS: tuple[str, ...] = (*K.TRAIN_KEYS, *K.VAL_KEYS, K.HEALTH_CODE, K.HEALTH_STOP, K.HEALTH_RECOVERIES)
 
 #: The callback's MLflow writes off Tune's event loop (see the module's doc); False writes them in
 #: the hooks themselves (``bench/dead_time.py --variant sync-tracking`` measures the difference).
@@ -190,8 +190,12 @@ class MlflowTrialCallback(tune.Callback):
         self._experiment_id: str | None = None
         # Written by the writer thread only (read on the loop after a flush).
         self._runs: dict[str, str] = {}  # trial id -> child run id
-        self._last_step: dict[str, int] = {}  # trial id -> last epoch logged
+        # trial id -> (recoveries, epoch, validated) last logged: a recovery's replay of an epoch
+        # (after the unvalidated report that triggered it) is new, a result re-reported after a
+        # restore from a checkpoint is not.
+        self._last_step: dict[str, tuple[int, int, int]] = {}
         self._ended: set[str] = set()  # trials whose run this driver ended
+        self._recovery: dict[str, str] = {}  # trial id -> its latest recovery event (for the description)
         self._executor: ThreadPoolExecutor | None = None  # the writer, started on first use
         self._pending: list[Future] = []
         self.unfinished: set[str] = set()
@@ -200,7 +204,8 @@ class MlflowTrialCallback(tune.Callback):
     # writer thread are not.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_client=None, _experiment_id=None, _runs={}, _last_step={}, _ended=set(), _executor=None, _pending=[], unfinished=set())
+        state.update(_client=None, _experiment_id=None, _runs={}, _last_step={}, _ended=set(), _recovery={}, _executor=None,
+                     _pending=[], unfinished=set())  # fmt: skip
         return state
 
     @property
@@ -286,7 +291,9 @@ class MlflowTrialCallback(tune.Callback):
         if not is_number(epoch):
             return  # not a training report (nothing to plot against)
         step = int(epoch)
-        if step <= self._last_step.get(trial.trial_id, -1):
+        recoveries = int(result[K.HEALTH_RECOVERIES]) if is_number(result.get(K.HEALTH_RECOVERIES)) else 0
+        position = (recoveries, step, int(result.get(K.VAL_NUM_IMAGES) != 0))
+        if position <= self._last_step.get(trial.trial_id, (0, -1, 0)):
             return  # re-reported after a restore from an earlier checkpoint
         # Measured values only: an epoch stopped before validation has placeholder zeros for its
         # val/* (no image validated), and the search metric's penalty is Optuna's, not a measurement.
@@ -294,8 +301,10 @@ class MlflowTrialCallback(tune.Callback):
         values = {key: result.get(f"{L.RAW_PREFIX}{key}", result.get(key)) for key in TRIAL_METRICS if key not in skip}
         metrics = [Metric(key, float(value), trial.at_ms, step) for key, value in values.items() if is_finite(value)]
         tags = [RunTag(L.DIAGNOSIS, str(result[K.HEALTH_DIAGNOSIS]))] if result.get(K.HEALTH_DIAGNOSIS) else []
+        if result.get(K.HEALTH_RECOVERY):  # only in the report of the epoch it happened
+            self._recovery[trial.trial_id] = f"(of {recoveries}): {result[K.HEALTH_RECOVERY]}"
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
-        self._last_step[trial.trial_id] = step
+        self._last_step[trial.trial_id] = position
 
     def _complete(self, trial: _TrialView) -> None:
         end = L.trial_end(trial.last_result, self.max_epochs)
@@ -306,7 +315,8 @@ class MlflowTrialCallback(tune.Callback):
 
     def _end(self, trial: _TrialView, tags: dict[str, str], status: int) -> None:
         run_id = self._run_id(trial)
-        tags = {**tags, L.DESCRIPTION: _description(trial.trial_id, tags[L.OUTCOME], trial.last_result)}
+        note = _description(trial.trial_id, tags[L.OUTCOME], trial.last_result, self._recovery.get(trial.trial_id))
+        tags = {**tags, L.DESCRIPTION: note}
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.update_run(run_id, name=_run_name(trial.trial_id, tags[L.OUTCOME], tags.get(L.PRUNED_AT)))
         self.client.set_terminated(run_id, RunStatus.to_string(status), end_time=trial.at_ms)
@@ -347,7 +357,7 @@ class MlflowTrialCallback(tune.Callback):
             self._last_step[trial_id] = self._logged_until(run_id)
         else:
             run_id = self._create(trial)
-            self._last_step[trial_id] = -1
+            self._last_step[trial_id] = (0, -1, 0)
         self._runs[trial_id] = run_id
         return run_id
 
@@ -375,10 +385,14 @@ class MlflowTrialCallback(tune.Callback):
             self.client.log_text(run_id, text, L.TRIAL_CONFIG_ARTIFACT)
         return run_id
 
-    def _logged_until(self, run_id: str) -> int:
-        """The last epoch an existing child run holds (``health/stop`` is in every report)."""
-        history = self.client.get_metric_history(run_id, K.HEALTH_STOP)
-        return max((m.step for m in history), default=-1)
+    def _logged_until(self, run_id: str) -> tuple[int, int, int]:
+        """(recoveries, epoch, validated) of the last report an existing child run holds."""
+        def last(key: str) -> Metric | None:
+            return max(self.client.get_metric_history(run_id, key), key=lambda m: (m.timestamp, m.step), default=None)
+
+        recoveries, epoch, images = last(K.HEALTH_RECOVERIES), last(K.HEALTH_STOP), last(K.VAL_NUM_IMAGES)
+        validated = images is not None and epoch is not None and images.step == epoch.step
+        return (int(recoveries.value) if recoveries else 0, epoch.step if epoch else -1, int(validated))
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -390,13 +404,16 @@ def _run_name(trial_id: str, outcome: str, pruned_at: str | None = None) -> str:
     return f"{trial_id} {outcome}" + (f"@{pruned_at}" if pruned_at else "")
 
 
-def _description(trial_id: str, outcome: str, last: Mapping[str, Any]) -> str:
-    """A child run's description: the outcome, where it happened and the health monitor's evidence."""
+def _description(trial_id: str, outcome: str, last: Mapping[str, Any], recovery: str | None = None) -> str:
+    """A child run's description: the outcome, where it happened, the health monitor's evidence and
+    the latest recovery (what, from which snapshot, which change)."""
     epoch, step = last.get(K.EPOCH), last.get(K.STEP)
     where = f" after epoch {int(epoch)} (step {int(step)})" if is_number(epoch) and is_number(step) else ""
     lines = [f"Trial {trial_id}: {outcome}{where}."]
     if last.get(K.HEALTH_MESSAGE):
         lines.append(f"Health monitor: {last[K.HEALTH_MESSAGE]}")
+    if recovery:
+        lines.append(f"Last recovery {recovery}")
     return "\n\n".join(lines)
 
 

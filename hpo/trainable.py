@@ -66,7 +66,10 @@ def tune_metrics(report: Mapping[str, Any], metric: str, mode: Literal["max", "m
     * ``raw/<metric>`` is the metric's own value (made finite as above).
     * ``<metric>`` is :func:`hpo.layout.penalty` when the health monitor stopped the run
       (``health/stop == 1``; the trainer then reports zeros for validation, which would flatter a
-      minimised metric) or when the metric itself is not finite; otherwise the value itself.
+      minimised metric), when it has recovered from a failure (``health.on_failure: recover``:
+      the sampled configuration failed, which is what Optuna must learn, while the run goes on and
+      ASHA judges it on ``raw/<metric>``), or when the metric itself is not finite; otherwise the
+      value itself.
 
     Args:
         report: the flat dict :meth:`model.trainer.Trainer.run_epoch` returns.
@@ -89,7 +92,7 @@ def tune_metrics(report: Mapping[str, Any], metric: str, mode: Literal["max", "m
             replaced += 1
         out[key] = item
     out[f"{L.RAW_PREFIX}{metric}"] = out[metric]
-    if L.stopped_by_health(report) or not math.isfinite(value):
+    if L.stopped_by_health(report) or L.recovered_by_health(report) or not math.isfinite(value):
         out[metric] = worst
     out[_NONFINITE_KEY] = float(replaced)
     return out

@@ -116,6 +116,7 @@ class Recovery:
                 self.best = snapshot
         report[K.HEALTH_RECOVERIES] = float(len(self.events))
         report[K.HEALTH_RECOVERY] = self.event_text
+        report[K.HEALTH_RECOVERED_FROM] = self.events[-1]["diagnosis"] if self.events else ""
 
     # -- recovering --------------------------------------------------------------------------------
 

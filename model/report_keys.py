@@ -49,12 +49,14 @@ HEALTH_STOP = "health/stop"  #: 1.0 when the monitor stopped the run, else 0.0
 HEALTH_MESSAGE = "health/message"  #: the diagnosis with its evidence ("" when healthy)
 HEALTH_RECOVERIES = "health/recoveries"  #: recoveries (rollbacks) made so far in the run (model/recovery.py)
 HEALTH_RECOVERY = "health/recovery"  #: this epoch's recovery event: what, from which snapshot, which change ("" when none)
+HEALTH_RECOVERED_FROM = "health/recovered_from"  #: the diagnosis the latest recovery fixed ("" when none)
 
 TRAIN_KEYS = (TRAIN_LOSS, TRAIN_LOSS_CLS, TRAIN_LOSS_BOX, TRAIN_GRAD_NORM, TRAIN_POS_ANCHORS, TRAIN_EMPTY_BATCHES,
               TRAIN_LR, TRAIN_CLASS_WEIGHT, TRAIN_BOX_WEIGHT, TRAIN_IMAGES, TRAIN_IMAGES_PER_S)  # fmt: skip
 VAL_KEYS = (VAL_AP, VAL_PRECISION, VAL_RECALL, VAL_TP, VAL_FP, VAL_FN, VAL_MEAN_IOU, VAL_NUM_GT, VAL_NUM_IMAGES,
             VAL_DETECTIONS_PER_IMAGE, VAL_TOP_SCORE, VAL_TOP_SCORE_SPREAD)  # fmt: skip
-HEALTH_KEYS = (HEALTH_DIAGNOSIS, HEALTH_CODE, HEALTH_STOP, HEALTH_MESSAGE, HEALTH_RECOVERIES, HEALTH_RECOVERY)
+HEALTH_KEYS = (HEALTH_DIAGNOSIS, HEALTH_CODE, HEALTH_STOP, HEALTH_MESSAGE, HEALTH_RECOVERIES, HEALTH_RECOVERY,
+               HEALTH_RECOVERED_FROM)  # fmt: skip
 #: Every key of a report, in report order.
 REPORT_KEYS = (EPOCH, STEP, *TRAIN_KEYS, *VAL_KEYS, EPOCH_SECONDS, *HEALTH_KEYS)
 
@@ -107,6 +109,7 @@ EpochReport = TypedDict(
         "health/message": str,
         "health/recoveries": float,
         "health/recovery": str,
+        "health/recovered_from": str,
     },
 )
 

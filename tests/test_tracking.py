@@ -52,6 +52,7 @@ def fake_report(lr: float, epoch: int) -> dict[str, Any]:
             "health/message": "",
             "health/code": 0.0,
             "health/stop": 0.0,
+            "health/recoveries": 0.0,
             "val/num_images": 10.0,
         }
     )

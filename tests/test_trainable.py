@@ -149,11 +149,19 @@ def test_health_stopper_stops_only_stopped_trials_and_keeps_the_first_diagnosis(
     assert not stopper.stop_all()
 
 
+def searcher_metric(searcher) -> str:
+    while isinstance(searcher, ConcurrencyLimiter):
+        searcher = searcher.searcher
+    return searcher.metric
+
+
 def test_scheduler_and_searcher_follow_the_space() -> None:
     space = space_from_dict(tiny_space())
     asha = build_scheduler(space)
     assert isinstance(asha, ASHAScheduler)
-    assert (asha._time_attr, asha.metric, asha._mode, asha._max_t) == ("epoch", "val/ap", "max", MAX_EPOCHS)
+    # ASHA judges the measured value (raw/val/ap: the metric itself, except a recovered trial's penalty).
+    assert (asha._time_attr, asha.metric, asha._mode, asha._max_t) == ("epoch", "raw/val/ap", "max", MAX_EPOCHS)
+    assert searcher_metric(build_searcher(space)) == "val/ap"  # Optuna is told the penalty
     assert sorted(milestone for milestone, _ in asha._brackets[0]._rungs) == [1, 2]  # grace 1, factor 2
     searcher = build_searcher(space)
     assert isinstance(searcher, ConcurrencyLimiter) and searcher.max_concurrent == 2
