@@ -41,7 +41,6 @@ from model.health import HealthMonitor
 from model.loss import weighted_loss
 from model.loss_weighting import build_loss_weighting
 from model.recovery import Recovery
-from model.report_keys import VAL_KEYS  # noqa: F401  (re-exported: older imports)
 
 
 class Trainer:

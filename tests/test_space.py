@@ -157,7 +157,7 @@ def test_exponents_without_a_dot_are_numbers(tmp_path: Path) -> None:
 
 
 def test_metric_modes_are_keys_of_the_trainer_report() -> None:
-    from model.trainer import VAL_KEYS
+    from model.report_keys import VAL_KEYS
 
     assert set(METRIC_MODES) <= set(VAL_KEYS)
 

@@ -1,0 +1,258 @@
+"""Search strategies compared on the recorded table: every strategy replayed over many seeds.
+
+Strategies: TPE or random sampling, each with no stopping, ASHA alone, the health stopper alone,
+and health stopper + ASHA (the platform's default); see ``bench/tabular/replay.py`` for how one
+search is replayed. Variants of the comparison:
+
+* ``points``: the space as shipped, its ``points_to_evaluate`` (the healthy baseline, then the
+  diverging lr 1.0) tried first by every search;
+* ``nopoints``: without them, so the best configuration has to be found by sampling;
+* ``nopoints-cpu``: the same, compute counted in process CPU seconds instead of wall seconds (the
+  table was recorded on a shared machine; this checks that the other jobs' load on the wall
+  clock does not decide the comparison), for the two ends: no stopping and the default;
+* ``nopoints-rung3``, ``nopoints-rf2``, ``nopoints-rf4``: other ASHA settings than the space's
+  (its one rung at epoch 2 keeping a third): the rung at epoch 3; rungs at 2 and 4 keeping half;
+  the rung at 2 keeping a quarter. What a change of the default would buy.
+
+Each search gets the same compute budget (``--budget-runs`` times the median recorded cost of one
+run to ``max_epochs``); the seeds are the sampler's (and ASHA's bracket draw's). Writes
+``<out>/<stem>.{md,json,png}``.
+
+    python bench/tabular/compare.py                          # 3 variants, 50 seeds: bench/results/tabular_replay.*
+    python bench/tabular/compare.py --variants nopoints --strategies tpe+nostop,tpe+health+asha --seeds 5 --out /tmp/r
+    python bench/tabular/compare.py --set scheduler.grace_period=3 --stem tabular_replay_grace3 --out /tmp/r
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository's packages
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from bench.machine import load_average, machine_info, machine_line  # noqa: E402
+from bench.tabular import report  # noqa: E402
+from bench.tabular.record import TABLE  # noqa: E402
+from bench.tabular.replay import COST_KEYS, STRATEGIES, Cost, quiet, replay  # noqa: E402
+from bench.tabular.surrogate import (  # noqa: E402
+    NearestSurrogate,
+    error_summary,
+    leave_one_out,
+    load_runs,
+    primary_runs,
+    seed_noise,
+)
+from hpo.space import SearchSpace, load_space, space_from_dict  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+_ENDS = ("tpe+nostop", "tpe+health+asha", "random+nostop", "random+health+asha")
+_ASHA = ("tpe+nostop", "tpe+asha", "tpe+health+asha", "random+nostop", "random+asha", "random+health+asha")
+
+
+@dataclass(frozen=True)
+class Variant:
+    points: bool
+    cost: Cost
+    strategies: tuple[str, ...]
+    figure: bool
+    title: str
+    sets: tuple[tuple[str, Any], ...] = ()
+    """Space overrides of this variant (dotted path into the space's YAML, value)."""
+
+
+VARIANTS = {
+    "points": Variant(True, "wall", tuple(STRATEGIES), True, "the space as shipped: its 2 points first"),
+    "nopoints": Variant(False, "wall", tuple(STRATEGIES), True, "no points_to_evaluate: every trial sampled"),
+    "nopoints-cpu": Variant(False, "cpu", _ENDS, False, "no points, compute in process CPU seconds"),
+    "nopoints-rung3": Variant(False, "wall", _ASHA, False, "no points, ASHA's rung at epoch 3 (grace_period 3)",
+                              (("scheduler.grace_period", 3),)),
+    "nopoints-rf2": Variant(False, "wall", _ASHA, False, "no points, ASHA keeping half at epochs 2 and 4 (reduction_factor 2)",
+                            (("scheduler.reduction_factor", 2),)),
+    "nopoints-rf4": Variant(False, "wall", _ASHA, False, "no points, ASHA keeping a quarter at epoch 2 (reduction_factor 4)",
+                            (("scheduler.reduction_factor", 4),)),
+}
+
+_STATE: dict[str, Any] = {}
+
+
+def variant_space(raw: dict[str, Any], points: bool) -> SearchSpace:
+    raw = json.loads(json.dumps(raw))
+    if not points:
+        raw.pop("points_to_evaluate", None)
+    return space_from_dict(raw, source=f"{raw['name']} (replay)")
+
+
+def _init(table: str, raw: dict[str, Any], points: bool, cost: Cost, budget_s: float, workers: int | None,
+          grid: list[float]) -> None:
+    """Per process: the variant's space, the surrogate over the primary runs, the table's best."""
+    quiet()
+    space = variant_space(raw, points)
+    primary = primary_runs(load_runs(Path(table), space), space.fixed.get("seed", 0))
+    best_id = max(primary, key=lambda c: primary[c].final_ap)
+    _STATE.update(space=space, surrogate=NearestSurrogate(space, primary), best_id=best_id,
+                  best=primary[best_id].final_ap, budget_s=budget_s, workers=workers, grid=grid, cost=cost)
+
+
+def _one(job: tuple[str, int]) -> tuple[str, dict[str, Any], list[float], float]:
+    """Replay one (strategy, seed): its numbers, its anytime curve on the grid, its seconds."""
+    name, seed = job
+    started = time.perf_counter()
+    s = _STATE
+    trace = replay(s["space"], s["surrogate"], STRATEGIES[name], seed, s["budget_s"], s["workers"], s["cost"])
+    stats = report.trace_stats(trace, s["best"], s["best_id"])
+    return name, stats, [trace.best_at(x) for x in s["grid"]], time.perf_counter() - started
+
+
+def compare(args: argparse.Namespace, raw: dict[str, Any], variant: Variant, names: list[str], unit: float) -> dict[str, Any]:
+    """Every strategy of ``names`` over ``args.seeds`` seeds in one variant."""
+    budget_s = args.budget_runs * unit
+    grid = np.geomspace(0.25 * unit, budget_s, 161)  # geometric: the figure's compute axis is logarithmic
+    raw = apply_sets(json.loads(json.dumps(raw)), [f"{k}={v}" for k, v in variant.sets])
+    init = (args.table, raw, variant.points, variant.cost, budget_s, args.workers, grid.tolist())
+    jobs = [(n, s) for n in names for s in range(args.seeds)]
+    started = time.perf_counter()
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, initializer=_init, initargs=init) as pool:
+            results = list(pool.map(_one, jobs))
+    else:
+        _init(*init)
+        results = [_one(job) for job in jobs]
+    stats: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    curves: dict[str, list[list[float]]] = {n: [] for n in names}
+    seconds: dict[str, float] = dict.fromkeys(names, 0.0)
+    for name, one, curve, wall in results:
+        stats[name].append(one)
+        curves[name].append(curve)
+        seconds[name] += wall
+    comparisons = {}
+    for sampler in ("tpe", "random"):
+        default, nostop = f"{sampler}+health+asha", f"{sampler}+nostop"
+        if default in stats and nostop in stats:
+            comparisons[sampler] = {
+                f"paired_ratio_to_{int(f * 100)}": report.paired_ratios(stats[default], stats[nostop], f"compute_to_{int(f * 100)}", budget_s)
+                for f in report.TARGETS
+            }
+    return {
+        "points": variant.points,
+        "cost": variant.cost,
+        "title": variant.title,
+        "space_overrides": [f"{k}={v}" for k, v in variant.sets],
+        "figure": variant.figure,
+        "full_run_s": unit,
+        "budget_runs": args.budget_runs,
+        "budget_s": budget_s,
+        "strategies": {n: report.summarise(stats[n]) for n in names},
+        "comparisons": comparisons,
+        "per_seed": stats,
+        "anytime": {"grid_s": grid.tolist(),
+                    "curves": {n: {f"p{q}": np.percentile(np.array(curves[n]), q, axis=0).tolist()
+                                   for q in report.QUANTILES} for n in names}},
+        "replay_s": {"total": time.perf_counter() - started, "per_strategy": seconds},
+    }
+
+
+def apply_sets(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` overrides of the space (dotted path into its YAML, the value read as YAML)."""
+    for item in sets:
+        key, _, value = item.partition("=")
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = yaml.safe_load(value)
+    return raw
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", default=str(TABLE))
+    parser.add_argument("--space", default="cpu-mini")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated, of: " + ", ".join(STRATEGIES))
+    parser.add_argument("--seeds", type=int, default=50, help="seeds 0..N-1 per strategy")
+    parser.add_argument("--budget-runs", type=float, default=200.0,
+                        help="compute per search, in full runs (the median recorded cost of one run to max_epochs)")
+    parser.add_argument("--workers", type=int, default=None, help="trial slots (default: the space's max_concurrent_trials)")
+    parser.add_argument("--jobs", type=int, default=1, help="replay processes")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the space, e.g. scheduler.grace_period=3 (repeatable)")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    parser.add_argument("--stem", default="tabular_replay")
+    args = parser.parse_args(argv)
+
+    import optuna
+    import ray
+
+    machine = machine_info(ray=ray.__version__, optuna=optuna.__version__)
+    raw = apply_sets(load_space(args.space).as_dict(), args.set)
+    space = variant_space(raw, points=True)
+    runs = load_runs(Path(args.table), space)
+    seed0 = space.fixed.get("seed", 0)
+    primary = primary_runs(runs, seed0)
+    wanted = [n for n in args.strategies.split(",") if n]
+    unknown = [n for n in wanted if n not in STRATEGIES] + [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown strategies or variants {unknown}; strategies: {list(STRATEGIES)}, variants: {list(VARIANTS)}")
+
+    loo = leave_one_out(space, primary)
+    noise = seed_noise(runs, seed0)
+    surrogate = {
+        "leave_one_out_abs_error": error_summary([r["abs_error"] for r in loo]),
+        "leave_one_out_failing_agreement": sum(r["failing"] == r["predicted_failing"] for r in loo) / len(loo),
+        "seed_noise_abs_diff": error_summary([d for r in noise for d in r["abs_diff"]]),
+        "seed_noise_failing_agreement": sum(len(set(r["failing"].values())) == 1 for r in noise) / len(noise) if noise else None,
+        "seed_noise": noise,
+    }
+    variants = {}
+    for name in args.variants.split(","):
+        variant = VARIANTS[name]
+        names = [n for n in wanted if n in variant.strategies]
+        unit = report.table_facts(primary, runs, COST_KEYS[variant.cost][0])["full_run_s"]["p50"]
+        variants[name] = compare(args, raw, variant, names, unit)
+        print(f"{name}: {len(names)} strategies x {args.seeds} seeds in {variants[name]['replay_s']['total']:.0f} s", flush=True)
+    machine["load_average_at_end"] = load_average()
+
+    result = {
+        "issue": 18,
+        "table": {**report.table_facts(primary, runs), "path": _shown(Path(args.table))},
+        "space_overrides": args.set,
+        "recording_machine": json.loads(next(iter(runs.values())).epochs[0]["machine"]),
+        "replay_machine": machine,
+        "git_commit_of_table": sorted({r.epochs[0]["git_commit"] for r in runs.values()}),
+        "git_dirty_runs": sum(bool(r.epochs[0]["git_dirty"]) for r in runs.values()),
+        "workers": args.workers or space.budget.max_concurrent_trials or 1,
+        "seeds": args.seeds,
+        "jobs": args.jobs,
+        "surrogate": surrogate,
+        "leave_one_out": loo,
+        "variants": variants,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{args.stem}.png"
+    report.plot({k: v for k, v in variants.items() if v["figure"]}, result["table"]["best_ap"], png,
+                f"{args.space}: {result['table']['configs']} recorded configurations, {args.seeds} seeds per strategy, "
+                f"{result['workers']} trial slots" + (f", {', '.join(args.set)}" if args.set else ""))
+    (out / f"{args.stem}.json").write_text(report.dumps(result))
+    markdown = report.markdown(result, machine_line(machine), png.name)
+    (out / f"{args.stem}.md").write_text(markdown)
+    print(markdown)
+
+
+def _shown(path: Path) -> str:
+    """The table's path relative to the repository when it lies inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(resolved)
+
+
+if __name__ == "__main__":
+    main()
