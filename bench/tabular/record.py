@@ -7,10 +7,11 @@ a scrambled Sobol design) is trained to the space's full epoch budget by the pro
 observe mode (``health.stop_on: []``: every verdict recorded, nothing stops). A few configurations
 get extra seeds (``--noise-seeds``) to measure run-to-run noise.
 
-A diverged run is not cut: with NaN weights the trainer keeps training and validating (the model
-then detects nothing: AP 0), so every run has all its epochs, which is what a search without
-stopping pays for. Only if an epoch raises after the monitor said ``diverged`` is the run recorded
-as ended at that epoch (column ``ended``), as ``bench/failure_zoo.py`` does.
+A diverged run is not cut: with exploded or NaN weights the trainer keeps training and validating
+(the model then detects nothing: AP 0), so every run has all its epochs, which is what a search
+without stopping pays for (the recorded table has 6 epochs with a NaN training loss; their runs
+completed). Only if an epoch raises after the monitor said ``diverged`` is the run recorded as
+ended at that epoch (column ``ended``), as ``bench/failure_zoo.py`` does; none did.
 
 Per epoch, one row: every key of the trainer's report, plus what the replay needs to play the
 default stop rule (``HealthConfig().stop_on``) exactly: the verdicts raised in the epoch
