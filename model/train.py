@@ -20,7 +20,8 @@ from typing import Any
 from model import report_keys as K
 from model.callbacks import Callback, Checkpointing, History
 from model.config import ConfigError, TrainConfig, config_from_dict, load_config
-from model.predict import find_ground_truth, load_checkpoint, predict_split
+from model.checkpoint import load_checkpoint
+from model.predict import find_ground_truth, predict_split
 from model.samples import DETECTIONS_FILE, save_sample_detections
 from model.trainer import Trainer
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from model import report_keys as K
 from model.callbacks import Callback, EpochLog, HealthCheck, StepResult, TrainStatistics
+from model.checkpoint import load_checkpoint
 from model.config import TrainConfig
 from model.data.batch_augment import RENDER_KEYS, render_batch
 from model.engine import (
@@ -297,7 +298,7 @@ class Trainer:
         os.replace(tmp, path)
 
     def load_checkpoint(self, path: Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        self.load_state_dict(load_checkpoint(path))  # tensors and plain data only (weights_only)
 
 
 def _scalar(value: float | torch.Tensor) -> float:
