@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:  # run as a script (bench/ is not an installed pac
 
 import torch  # noqa: E402
 
-from bench.machine import machine_info, write_results  # noqa: E402
+from bench.machine import machine_info, publish  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
 from model.engine import build_loss, build_model, build_optimizer  # noqa: E402
 from model.loss import weighted_loss  # noqa: E402
@@ -138,11 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = run(args)
-    markdown = to_markdown(results)
-    if args.smoke:
-        print(markdown)
-    else:
-        write_results(args.out, args.stem, results, markdown)
+    publish(args, results, to_markdown(results))
     return 0
 
 

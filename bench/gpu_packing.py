@@ -38,7 +38,7 @@ if str(REPO) not in sys.path:  # run as a script (bench/ is not an installed pac
 
 import torch  # noqa: E402
 
-from bench.machine import machine_info, write_results  # noqa: E402
+from bench.machine import machine_info, publish  # noqa: E402
 from bench.throughput import GpuSampler, loader_rate  # noqa: E402
 from bench.wider_like import make_wider_like  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
@@ -281,11 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: run with --device cpu for a check of the script", file=sys.stderr)
         return 2
     results = run(args)
-    markdown = to_markdown(results)
-    if args.smoke:
-        print(markdown)
-    else:
-        write_results(args.out, args.stem, results, markdown)
+    publish(args, results, to_markdown(results))
     return 0
 
 

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script (bench/ is not an installed package)
     sys.path.insert(0, str(REPO))
 
-from bench.machine import machine_info, write_results  # noqa: E402
+from bench.machine import machine_info, publish  # noqa: E402
 from bench.wider_like import make_wider_like  # noqa: E402
 
 SPACE = REPO / "bench" / "gpu_search.yaml"
@@ -196,11 +196,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = run(args)
-    markdown = to_markdown(results)
-    if args.smoke:
-        print(markdown)
-    else:
-        write_results(args.out, args.stem, results, markdown)
+    publish(args, results, to_markdown(results))
     return 0
 
 

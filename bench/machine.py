@@ -60,3 +60,12 @@ def write_results(folder: Path, stem: str, results: dict[str, Any], markdown: st
     (folder / f"{stem}.json").write_text(json.dumps(results, indent=1))
     (folder / f"{stem}.md").write_text(markdown)
     print(markdown)
+
+
+def publish(args: Any, results: dict[str, Any], markdown: str) -> None:
+    """A benchmark's end: with ``args.smoke`` (a check of the script) the markdown on stdout only,
+    else :func:`write_results` into ``args.out`` as ``args.stem``."""
+    if args.smoke:
+        print(markdown)
+    else:
+        write_results(args.out, args.stem, results, markdown)
