@@ -18,7 +18,7 @@ Each search gets the same compute budget (``--budget-runs`` times the median rec
 run to ``max_epochs``); the seeds are the sampler's (and ASHA's bracket draw's). Writes
 ``<out>/<stem>.{md,json,png}``.
 
-    python bench/tabular/compare.py                          # 3 variants, 50 seeds: bench/results/tabular_replay.*
+    python bench/tabular/compare.py --jobs 2                 # 6 variants, 50 seeds: bench/results/tabular_replay.*, ~13 min
     python bench/tabular/compare.py --variants nopoints --strategies tpe+nostop,tpe+health+asha --seeds 5 --out /tmp/r
     python bench/tabular/compare.py --set scheduler.grace_period=3 --stem tabular_replay_grace3 --out /tmp/r
 """
@@ -152,7 +152,7 @@ def compare(args: argparse.Namespace, raw: dict[str, Any], variant: Variant, nam
         "budget_s": budget_s,
         "strategies": {n: report.summarise(stats[n]) for n in names},
         "comparisons": comparisons,
-        "per_seed": stats,
+        "per_seed": {n: {k: [one[k] for one in rows] for k in rows[0]} for n, rows in stats.items()},  # columns: small
         "anytime": {"grid_s": grid.tolist(),
                     "curves": {n: {f"p{q}": np.percentile(np.array(curves[n]), q, axis=0).tolist()
                                    for q in report.QUANTILES} for n in names}},
@@ -187,7 +187,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="override the space, e.g. scheduler.grace_period=3 (repeatable)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     parser.add_argument("--stem", default="tabular_replay")
+    parser.add_argument("--rerender", action="store_true", help="only write the .md and .png again from the .json")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.rerender:
+        result = report.from_json(json.loads((out / f"{args.stem}.json").read_text()))
+        write_report(result, out, args.stem)
+        return
 
     import optuna
     import ray
@@ -223,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
 
     result = {
         "issue": 18,
+        "space": args.space,
         "table": {**report.table_facts(primary, runs), "path": _shown(Path(args.table))},
         "space_overrides": args.set,
         "recording_machine": json.loads(next(iter(runs.values())).epochs[0]["machine"]),
@@ -236,15 +243,21 @@ def main(argv: list[str] | None = None) -> None:
         "leave_one_out": loo,
         "variants": variants,
     }
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{args.stem}.png"
-    report.plot({k: v for k, v in variants.items() if v["figure"]}, result["table"]["best_ap"], png,
-                f"{args.space}: {result['table']['configs']} recorded configurations, {args.seeds} seeds per strategy, "
-                f"{result['workers']} trial slots" + (f", {', '.join(args.set)}" if args.set else ""))
     (out / f"{args.stem}.json").write_text(report.dumps(result))
-    markdown = report.markdown(result, machine_line(machine), png.name)
-    (out / f"{args.stem}.md").write_text(markdown)
+    write_report(result, out, args.stem)
+
+
+def write_report(result: dict[str, Any], out: Path, stem: str) -> None:
+    """``<stem>.png`` and ``<stem>.md`` from the comparison's result (also re-made from its JSON)."""
+    png = out / f"{stem}.png"
+    figure = {k: v for k, v in result["variants"].items() if v["figure"]}
+    report.plot(figure, result["table"]["best_ap"], png,
+                f"{result.get('space', 'cpu-mini')}: {result['table']['configs']} recorded configurations, {result['seeds']} seeds per "
+                f"strategy, {result['workers']} trial slots" + (f", {', '.join(result['space_overrides'])}"
+                                                                if result["space_overrides"] else ""))
+    markdown = report.markdown(result, machine_line(result["replay_machine"]), png.name)
+    (out / f"{stem}.md").write_text(markdown)
     print(markdown)
 
 

@@ -28,7 +28,7 @@ epoch whose recorded verdicts include a diagnosis of the default ``HealthConfig(
 (``health/default_stop``). That epoch's report gets ``health/stop = 1`` and the diagnosis, its
 validation is zeroed when a step check fired (the trainer skips it), and it costs the recorded
 seconds up to the stopping step (``time/to_default_stop_s``), or the whole epoch for an epoch
-check. Every other epoch costs its recorded ``time/epoch_s`` (``--cost cpu``: the same in process
+check. Every other epoch costs its recorded ``time/epoch_s`` (``cost="cpu"``: the same in process
 CPU seconds, which other jobs on a shared machine inflate far less). Compute is slot-seconds: the slots
 never wait (a suggestion costs no recorded time), so compute at clock time t is ``workers * t``.
 Dead time between trials and Ray's own overhead are not in the table (bench/dead_time.py: ~3 %).

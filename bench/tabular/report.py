@@ -203,13 +203,26 @@ def dumps(obj: Any) -> str:
     return json.dumps(to_json(obj), indent=1)
 
 
+def from_json(obj: Any) -> Any:
+    """:func:`to_json` undone: "inf" back to a float."""
+    if obj == "inf":
+        return math.inf
+    if isinstance(obj, dict):
+        return {k: from_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_json(v) for v in obj]
+    return obj
+
+
 def fmt_runs(seconds: float, unit: float) -> str:
     return ">budget" if math.isinf(seconds) else f"{seconds / unit:.1f}"
 
 
-def strategy_label(name: str) -> str:
+def strategy_label(name: str, default: bool = True) -> str:
+    """``default``: the space's own scheduler settings, so health + ASHA is the platform's default."""
     sampler, rules = name.split("+", 1)
-    rules = {"nostop": "no stopping", "health+asha": "health + ASHA (platform default)"}.get(rules, f"{rules} alone")
+    both = "health + ASHA (platform default)" if default else "health + ASHA"
+    rules = {"nostop": "no stopping", "health+asha": both}.get(rules, f"{rules} alone")
     return f"{'TPE' if sampler == 'tpe' else 'random'}, {rules}"
 
 
@@ -284,7 +297,7 @@ def markdown(r: dict[str, Any], replay_machine: str, png: str) -> str:
                   + "; ".join(f"`{n['config_id']}` " + " / ".join(f"{v:.4f}" for v in n["final_ap"].values())
                               for n in sur["seed_noise"]) + "."]
     for vname, v in r["variants"].items():
-        lines += _variant_lines(vname, v, r["seeds"], r["workers"])
+        lines += _variant_lines(vname, v, r["seeds"], r["workers"], r["jobs"])
     lines += [
         "",
         f"![anytime curves]({png})",
@@ -307,7 +320,7 @@ def markdown(r: dict[str, Any], replay_machine: str, png: str) -> str:
     return "\n".join(lines)
 
 
-def _variant_lines(vname: str, v: dict[str, Any], seeds: int, workers: int) -> list[str]:
+def _variant_lines(vname: str, v: dict[str, Any], seeds: int, workers: int, jobs: int) -> list[str]:
     s, unit = v["strategies"], v["full_run_s"]
     lines = [
         "",
@@ -331,14 +344,14 @@ def _variant_lines(vname: str, v: dict[str, Any], seeds: int, workers: int) -> l
             for f in TARGETS
         )
         lines.append(
-            f"| {strategy_label(name)} | {x['trials']['p50']:.0f} ({x['distinct']['p50']:.0f}) | {reach} | "
+            f"| {strategy_label(name, not v['space_overrides'])} | {x['trials']['p50']:.0f} ({x['distinct']['p50']:.0f}) | {reach} | "
             f"{x['failing_share']['p50']:.0%} ({x['failing_share']['p25']:.0%}-{x['failing_share']['p75']:.0%}) | "
             f"{x['final_best_ap']['p50']:.4f} ({x['final_best_ap']['p25']:.4f}-{x['final_best_ap']['p75']:.4f}) | "
             f"{x['best_proposed_fate'].get('asha', 0)} / {x['best_proposed_fate'].get('health', 0)} | "
             f"{seeds - tb.get('not proposed', 0)} / {tb.get('asha', 0)} / {tb.get('health', 0)} |"
         )
     lines += ["", "Trials per search by how they ended, mean over seeds (`running`: cut by the end of the budget): "
-              + "; ".join(f"{strategy_label(n)}: " + ", ".join(f"{k} {c:.1f}" for k, c in s[n]["outcomes_mean"].items())
+              + "; ".join(f"{strategy_label(n, not v['space_overrides'])}: " + ", ".join(f"{k} {c:.1f}" for k, c in s[n]["outcomes_mean"].items())
                           for n in ordered(list(s))) + "."]
     lines += ["", "The platform's default against no stopping, compute to reach the target (default / no stopping; "
               "the issue's target for the table's best: <= 1/3 at the median, <= 1/2 at the 75th percentile):", ""]
@@ -354,8 +367,29 @@ def _variant_lines(vname: str, v: dict[str, Any], seeds: int, workers: int) -> l
                 f"{pr['censored']} with one side not reaching it, counted as the budget): median "
                 f"{_ratio_value(pr.get('p50'))}, 75th percentile {_ratio_value(pr.get('p75'))}."
             )
-    lines += ["", "Replay time: " + ", ".join(f"{n} {sec:.0f} s" for n, sec in v["replay_s"]["per_strategy"].items())
-              + f" ({seeds} seeds each, one process)."]
+    lines += ["", "Which rule costs or saves what, against no stopping (median compute to the table's best / to 75 % of "
+              "it, as above; cut: seeds in which the best configuration the search proposed never completed because "
+              "the rule stopped it):", ""]
+    for sampler in ("tpe", "random"):
+        base = s.get(f"{sampler}+nostop")
+        if base is None:
+            continue
+        parts = []
+        for rules in ("asha", "health", "health+asha"):
+            x = s.get(f"{sampler}+{rules}")
+            if x is None:
+                continue
+            cut = x["best_proposed_fate"]
+            parts.append(
+                f"{rules.replace('+', ' + ')} {_ratio(x['compute_to_100']['p50'], base['compute_to_100']['p50'], v['budget_s'], 'it')}"
+                f" / {_ratio(x['compute_to_75']['p50'], base['compute_to_75']['p50'], v['budget_s'], 'it')}, reached "
+                f"{x['reached_100']} / {x['reached_75']} of {seeds} seeds (no stopping {base['reached_100']} / "
+                f"{base['reached_75']}), cut by ASHA {cut.get('asha', 0)}, by health {cut.get('health', 0)}"
+            )
+        lines.append(f"- {'TPE' if sampler == 'tpe' else 'random'}: " + "; ".join(parts) + ".")
+    lines += ["", "Replay time, each strategy's searches added up (one search runs in one process): "
+              + ", ".join(f"{n} {sec:.0f} s" for n, sec in v["replay_s"]["per_strategy"].items())
+              + f"; the variant {v['replay_s']['total']:.0f} s wall with {jobs} process(es)."]
     return lines
 
 
@@ -363,12 +397,12 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _ratio(a: float, b: float, budget: float) -> str:
+def _ratio(a: float, b: float, budget: float, who: str = "the default") -> str:
     """``a / b``; a side that did not reach the target counts as the budget: the ratio is a bound."""
     if math.isinf(a) and math.isinf(b):
         return "n/a (neither reached it)"
     if math.isinf(a):
-        return f">= {budget / b:.2f} (the default did not reach it)"
+        return f">= {budget / b:.2f} ({who} did not reach it)"
     if math.isinf(b):
         return f"<= {a / budget:.2f} (no stopping did not reach it)"
     return f"{a / b:.2f}"
