@@ -311,7 +311,9 @@ class MlflowTrialCallback(tune.Callback):
         tags = {L.OUTCOME: end.outcome}
         if end.pruned_at is not None:
             tags[L.PRUNED_AT] = str(end.pruned_at)
-        self._end(trial, tags, RunStatus.FINISHED if end.outcome == L.COMPLETED else RunStatus.KILLED)
+        # A recovered trial ran to its end: finished, not killed (its name and outcome say it recovered).
+        ran_to_end = end.outcome == L.COMPLETED or end.outcome.startswith(L.RECOVERED)
+        self._end(trial, tags, RunStatus.FINISHED if ran_to_end else RunStatus.KILLED)
 
     def _end(self, trial: _TrialView, tags: dict[str, str], status: int) -> None:
         run_id = self._run_id(trial)

@@ -48,7 +48,7 @@ def test_a_recovered_trial_is_kept_and_optuna_is_told_it_failed(full_mini: Path,
     recovered, healthy = runs[1.0], runs[0.01]
     assert healthy.data.tags["hpo.outcome"] == "completed"
     assert recovered.data.tags["hpo.outcome"] == "recovered:diverged", recovered.data.tags
-    assert recovered.info.run_name.endswith(" recovered:diverged")
+    assert recovered.info.run_name.endswith(" recovered:diverged") and recovered.info.status == "FINISHED"
     note = recovered.data.tags["mlflow.note.content"]
     assert "Last recovery (of 1)" in note and "rollback to epoch" in note and "optim.lr 1.0 -> 0.1" in note
     # The run was kept and trained on: real validation values (no penalty), the replayed epoch too.
