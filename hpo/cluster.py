@@ -11,7 +11,9 @@
   The workers' dependencies (torch, Ray, ...) come from the nodes' own install (cluster.yaml).
 * Token authentication (on by default for ``ray start`` in Ray 2.60): every process, the driver
   included, needs the cluster's token. Ray itself switches token mode on for ``--address auto``
-  when it finds a token, but not for an explicit address; :func:`connect` does the same for both.
+  when it finds a token, but not for an explicit address; :func:`connect` does the same for both,
+  with Ray's own function for it (not public in Ray 2.60: imported when joining, not at load).
+* A local search (no address) starts a Ray that listens on loopback only (:func:`start_local_ray`).
 * :func:`cap_gpu_memory`: a trial with a fraction of a GPU caps its CUDA allocator at that
   fraction, so trials sharing a GPU fail alone with an OOM of their own rather than take the
   memory their neighbours were promised.
@@ -19,11 +21,11 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from types import ModuleType
 
 import ray
-from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 from ray.exceptions import AuthenticationError
 
 import hpo
@@ -40,6 +42,7 @@ __all__ = [
     "connect",
     "memory_cap",
     "runtime_env",
+    "start_local_ray",
 ]
 
 #: The packages every trial imports.
@@ -75,19 +78,18 @@ def checkout_root() -> Path | None:
 def connect(address: str | None) -> None:
     """Start a local Ray (``address`` None) or join the cluster at ``address`` (``auto`` on a head node).
 
-    Joining ships the code (:func:`runtime_env`) and switches Ray's token mode on when a token is
-    at hand (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and
-    ``RAY_AUTH_MODE`` is not set.
+    A local Ray listens on loopback only (:func:`start_local_ray`). Joining ships the code
+    (:func:`runtime_env`) and switches Ray's token mode on when a token is at hand
+    (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and ``RAY_AUTH_MODE`` is
+    not set.
 
     Raises:
         ClusterConnectionError: the cluster refused the driver or could not be reached.
     """
     if address is None:
-        ray.init(include_dashboard=False, configure_logging=False)
+        start_local_ray()
         return
-    # Ray's own rule for `--address auto` (token mode when a token is found and RAY_AUTH_MODE is
-    # unset), applied to an explicit address too; it also refreshes Ray's already-loaded config.
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    _enable_token_auth_if_token_available()
     try:
         ray.init(address=address, runtime_env=runtime_env(), configure_logging=False)
     except ConnectionError as exc:
@@ -98,6 +100,62 @@ def connect(address: str | None) -> None:
                 "on the head prints it)"
             ) from exc
         raise ClusterConnectionError(f"could not join the Ray cluster at {address!r}: {exc}") from exc
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def start_local_ray() -> None:
+    """Start a local Ray for this process whose every server listens on loopback only.
+
+    Always a new one (``address="local"``): not a cluster that ``RAY_ADDRESS`` or a ``ray start``
+    on this machine would otherwise make ``ray.init()`` join (pass ``--address`` for that).
+
+    Ray's servers (GCS, raylet, object manager, the workers' and driver's own gRPC servers, the
+    runtime-env agent) listen on all interfaces unless the node's IP is ``127.0.0.1``; Ray 2.60 has
+    no public setting for that on Linux: ``ray.init(_node_ip_address="127.0.0.1")`` is rewritten
+    to the machine's outward address (``services.resolve_ip_for_localhost``) unless Ray runs in its
+    single-machine mode (``ray_constants.ENABLE_RAY_CLUSTER`` False, the default on macOS and
+    Windows; read from ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, at ``import ray``). So that mode
+    is switched on for the ``ray.init`` call only and switched back after: a later
+    ``connect(address)`` in this process still joins a cluster at the machine's address. If a Ray
+    release drops that constant, the local Ray starts as before (all interfaces, behind Ray's token
+    authentication) with a warning; ``tests/test_local_ray.py`` checks the listening sockets.
+    """
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # pragma: no cover - depends on the Ray release
+        ray_constants = None
+    if ray_constants is None or not isinstance(getattr(ray_constants, "ENABLE_RAY_CLUSTER", None), bool):
+        warnings.warn(
+            f"Ray {ray.__version__}: cannot bind the local Ray to loopback (no ray_constants.ENABLE_RAY_CLUSTER); "
+            "it listens on all interfaces",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        ray.init(address="local", include_dashboard=False, configure_logging=False)
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", include_dashboard=False, configure_logging=False, _node_ip_address=LOOPBACK)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _enable_token_auth_if_token_available() -> None:
+    """Ray's own rule for ``--address auto`` (token mode when a token is found and ``RAY_AUTH_MODE``
+    is unset), applied to an explicit address too; it also refreshes Ray's already-loaded config.
+
+    The function lives in a private Ray module (no public equivalent in Ray 2.60), so it is imported
+    here, when joining a cluster, and not when this module loads: a Ray without it (token auth not
+    in that release, or moved) leaves the auth mode to ``RAY_AUTH_MODE`` as the user set it.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _package_dir(module: ModuleType) -> str:

@@ -13,7 +13,10 @@ The search writes, and the report and the export read back, this layout:
   until ``--resume`` goes on with it), ``hpo.diagnosis`` (the health monitor's latest);
   params = the sampled dotted keys; artifacts ``trial_config.yaml`` and, once it ended,
   ``learning_curves.png`` and the sample detections of its last checkpoint (an errored trial's
-  only if that checkpoint holds one, see :func:`hpo.trainable.last_chance_epochs`).
+  only if that checkpoint holds one, see :func:`hpo.trainable.last_chance_epochs`); a trial that
+  recovered (``recovered:<diagnosis>``) also ``effective_config.yaml`` (its trial config with the
+  recoveries' changes: what the export writes for it) and ``recoveries.json`` (the recovery
+  events) of its last checkpoint, the files :mod:`model.run_files` names.
 
 How a trial ended is decided here once (:func:`trial_end`) for MLflow, Optuna and the search's
 summary. Imports nothing heavy: the report CLI and the driver's callback read it without torch.
@@ -27,6 +30,7 @@ from typing import Any, Literal
 
 from hpo.values import is_number
 from model import report_keys as K
+from model import run_files
 from model.health import LABELS
 
 #: MLflow 3.x refuses the plain file store; a sqlite file is the zero-setup default.
@@ -51,6 +55,9 @@ SUMMARY_ARTIFACT = "summary.csv"
 TRIAL_CONFIG_ARTIFACT = "trial_config.yaml"  #: the trial's full TrainConfig (what the export reads)
 CURVES_ARTIFACT = "learning_curves.png"
 EXPORT_ARTIFACT = "best.yaml"
+#: A recovered trial's config with its recoveries' changes (named where the trainer writes it).
+EFFECTIVE_CONFIG_ARTIFACT = run_files.EFFECTIVE_CONFIG_FILE
+RECOVERIES_ARTIFACT = run_files.RECOVERIES_FILE  #: a recovered trial's recovery events (JSON)
 REPORT_ARTIFACT_DIR = "report"
 
 # -- outcomes (``hpo.outcome``) --------------------------------------------------------------------
@@ -74,6 +81,10 @@ def is_stopped(outcome: str) -> bool:
 def recovered(diagnosis: str) -> str:
     """The outcome of a trial that ran to its end after recovering from ``diagnosis``."""
     return f"{RECOVERED}{diagnosis}"
+
+
+def is_recovered(outcome: str) -> bool:
+    return outcome.startswith(RECOVERED)
 
 
 def recovered_by_health(report: Mapping[str, Any]) -> bool:
@@ -130,6 +141,9 @@ PENALTY_MIN = 1.0e12
 NONFINITE_FILL = 1.0e30
 #: ``raw/<metric>`` in a result: the metric's own value, also where the penalty replaced it.
 RAW_PREFIX = "raw/"
+#: In every result of a trial, and a child run's metrics: images of each split the trial could not
+#: use (missing or undecodable files, skipped and counted, never fatal).
+TRAIN_SKIPPED, VAL_SKIPPED = "data/train_skipped", "data/val_skipped"
 
 
 def penalty(mode: Literal["max", "min"]) -> float:

@@ -33,6 +33,7 @@ __all__ = [
     "SettingRow",
     "atlas_pairs",
     "category_color",
+    "category_marker",
     "category_order",
     "failure_atlas",
     "importance_bars",
@@ -63,10 +64,15 @@ _PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 _SKIP_PREFIXES = ("health/", L.RAW_PREFIX, "time/")
 _SKIP_KEYS = {K.VAL_NUM_IMAGES, K.VAL_NUM_GT, K.TRAIN_IMAGES, K.EPOCH}
 
-#: Outcome categories in legend order, with fixed colours so every figure of a report agrees.
+#: Outcome categories in legend order, with fixed colours so every figure of a report agrees. A
+#: recovered trial (``recovered:<diagnosis>``) has the light shade of the colour of the failure it
+#: recovered from, and its own marker (:func:`category_marker`).
 _COLORS: dict[str, str] = {
     L.HEALTHY: "#2ca02c",
     **{f"{L.COMPLETED}:{d}": c for d, c in (("fp-surge", "#bcbd22"), ("recall-decline", "#17becf"), ("overfitting", "#ff7f0e"))},
+    **{L.recovered(d): c for d, c in (("diverged", "#ff9896"), ("background-collapse", "#6baed6"), ("stalled", "#c49c94"),
+                                      ("no-positives", "#f7b6d2"), ("fp-surge", "#dbdb8d"), ("recall-decline", "#9edae5"),
+                                      ("overfitting", "#ffbb78"))},  # fmt: skip
     L.PRUNED: "#8c8c8c",
     **{L.stopped(d): c for d, c in (("diverged", "#d62728"), ("background-collapse", "#1f77b4"), ("stalled", "#8c564b"),
                                     ("no-positives", "#e377c2"), ("fp-surge", "#9a9a00"), ("recall-decline", "#0f8c99"),
@@ -91,7 +97,8 @@ _ATLAS_PAIRS: tuple[tuple[str, str], ...] = (
 
 def trial_category(outcome: str, diagnosis: str | None) -> str:
     """The colour class of a trial: ``healthy`` (completed, no diagnosis), ``completed:<diagnosis>``
-    (completed with a warning such as ``fp-surge``), ``pruned``, ``stopped:<diagnosis>``, ``error``,
+    (completed with a warning such as ``fp-surge``), ``recovered:<diagnosis>`` (rolled back from that
+    failure and fixed, then ran to its end), ``pruned``, ``stopped:<diagnosis>``, ``error``,
     ``interrupted`` or ``running`` (the values of the ``hpo.outcome`` / ``hpo.diagnosis`` tags)."""
     if outcome == L.COMPLETED:
         return L.HEALTHY if diagnosis in (None, "", L.HEALTHY) else f"{outcome}:{diagnosis}"
@@ -107,8 +114,13 @@ def category_color(category: str) -> str:
     return _EXTRA_COLORS[sum(map(ord, category)) % len(_EXTRA_COLORS)]
 
 
+def category_marker(category: str) -> str:
+    """The category's marker: a diamond for a recovered trial, a circle for every other."""
+    return "D" if L.is_recovered(category) else "o"
+
+
 def category_order(categories: Iterable[str]) -> list[str]:
-    """The distinct categories in legend order: healthy, warnings, pruned, stopped, error, others."""
+    """The distinct categories in legend order: healthy, warnings, recovered, pruned, stopped, error, others."""
     known = list(_COLORS)
     return sorted(set(categories), key=lambda c: (known.index(c) if c in known else len(known), c))
 
@@ -229,13 +241,14 @@ def overlay_curves(
             steps, ys = zip(*points)
             values += ys
             best = label == highlight
+            category = categories.get(label, L.RUNNING)
             ax.plot(
                 steps,
                 ys,
-                color=category_color(categories.get(label, L.RUNNING)),
+                color=category_color(category),
                 linewidth=2.6 if best else 1.0,
                 alpha=1.0 if best else 0.75,
-                marker="o",
+                marker=category_marker(category),
                 markersize=3 if best else 2,
                 zorder=3 if best else 2,
             )
@@ -245,7 +258,10 @@ def overlay_curves(
     for ax in axes[len(present) :]:
         ax.set_visible(False)
     counts = Counter(categories.get(t, L.RUNNING) for t in histories)
-    handles = [Line2D([], [], color=category_color(c), linewidth=2, label=f"{c} ({counts[c]})") for c in category_order(counts)]
+    handles = [
+        Line2D([], [], color=category_color(c), linewidth=2, marker=category_marker(c), markersize=4, label=f"{c} ({counts[c]})")
+        for c in category_order(counts)
+    ]
     if highlight is not None and highlight in histories:
         handles.append(Line2D([], [], color="#444444", linewidth=2.6, label=f"best: {highlight}"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8)
@@ -291,7 +307,10 @@ def failure_atlas(
 
     A value that is missing or not finite (a stopped trial has no metric) is drawn as a hollow
     marker on the bottom (or left) edge of its panel, so failed trials stay visible. Text values
-    (categorical params) are placed at their index with the text as tick label.
+    (categorical params) are placed at their index with the text as tick label. A recovered trial
+    is a diamond (:func:`category_marker`) in the shade of the failure it recovered from, at its
+    sampled params (where the sampled configuration failed), with the metric it measured after
+    its interventions.
 
     Args:
         points: the trials.
@@ -318,7 +337,7 @@ def failure_atlas(
         ys = _coordinates(ax, "y", [p.values.get(ykey) for p in points], ykey in log_axes, limits.get(ykey))
         for category in order:
             idx = [i for i, p in enumerate(points) if p.category == category]
-            _scatter(ax, [xs[i] for i in idx], [ys[i] for i in idx], category_color(category))
+            _scatter(ax, [xs[i] for i in idx], [ys[i] for i in idx], category_color(category), category_marker(category))
         ax.set_xlabel(xkey, fontsize=9)
         ax.set_ylabel(ykey, fontsize=9)
         ax.grid(True, alpha=0.3, which="both")
@@ -326,7 +345,8 @@ def failure_atlas(
         ax.set_visible(False)
     counts = Counter(p.category for p in points)
     handles = [
-        Line2D([], [], linestyle="", marker="o", markersize=7, color=category_color(c), label=f"{c} ({counts[c]})") for c in order
+        Line2D([], [], linestyle="", marker=category_marker(c), markersize=7, color=category_color(c), label=f"{c} ({counts[c]})")
+        for c in order
     ]
     handles.append(
         Line2D(
@@ -373,18 +393,20 @@ def _coordinates(ax: Any, axis: str, values: list[Any], log: bool, limits: tuple
     return numbers_
 
 
-def _scatter(ax: Any, xs: list[float | None], ys: list[float | None], color: str) -> None:
+def _scatter(ax: Any, xs: list[float | None], ys: list[float | None], color: str, marker: str = "o") -> None:
     full = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
+    # A diamond (a recovered trial, in a light shade) gets a dark edge: it stands out on any point.
+    edge = "white" if marker == "o" else "#333333"
     if full:
-        ax.scatter(*zip(*full), s=42, color=color, edgecolors="white", linewidths=0.6, zorder=3)
+        ax.scatter(*zip(*full), s=42, color=color, marker=marker, edgecolors=edge, linewidths=0.6, zorder=3)
     # One coordinate missing: hollow marker on the edge of that axis (axes-fraction coordinates).
     no_y = [x for x, y in zip(xs, ys) if x is not None and y is None]
     if no_y:
-        ax.scatter(no_y, [0.02] * len(no_y), s=42, facecolors="none", edgecolors=color, linewidths=1.4,
+        ax.scatter(no_y, [0.02] * len(no_y), s=42, marker=marker, facecolors="none", edgecolors=color, linewidths=1.4,
                    transform=ax.get_xaxis_transform(), clip_on=False, zorder=3)  # fmt: skip
     no_x = [y for x, y in zip(xs, ys) if x is None and y is not None]
     if no_x:
-        ax.scatter([0.02] * len(no_x), no_x, s=42, facecolors="none", edgecolors=color, linewidths=1.4,
+        ax.scatter([0.02] * len(no_x), no_x, s=42, marker=marker, facecolors="none", edgecolors=color, linewidths=1.4,
                    transform=ax.get_yaxis_transform(), clip_on=False, zorder=3)  # fmt: skip
 
 
@@ -486,7 +508,7 @@ def sweep_summary(
     for x, best, last, category in points:
         color = category_color(category)
         ax.scatter([x], [best if best is not None else 0.0], s=55, color=color, zorder=3,
-                   marker="o" if best is not None else "x")  # fmt: skip
+                   marker=category_marker(category) if best is not None else "x")  # fmt: skip
         if last is not None:
             ax.scatter([x], [last], s=40, facecolors="none", edgecolors=color, linewidths=1.4, zorder=3)
     if log and min(xs) > 0:
@@ -496,7 +518,7 @@ def sweep_summary(
     ax.set_ylabel(metric, fontsize=9)
     ax.grid(True, alpha=0.3, which="both")
     counts = Counter(p[3] for p in points)
-    handles = [Line2D([], [], linestyle="", marker="o", color=category_color(c), label=c) for c in category_order(counts)]
+    handles = [Line2D([], [], linestyle="", marker=category_marker(c), color=category_color(c), label=c) for c in category_order(counts)]
     handles += [
         Line2D([], [], linestyle="", marker="o", color="#444444", label=f"best {metric}"),
         Line2D([], [], linestyle="", marker="o", markerfacecolor="none", color="#444444", label=f"last {metric}"),

@@ -17,7 +17,9 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
+from hpo import search_record
 from model.data.mini import generated_params
+from model.widerface_eval import GROUND_TRUTH_PLACES, find_ground_truth
 from model.data.widerface import AnnotationError, parse_annotations
 
 #: Seconds each network check may take.
@@ -105,29 +107,47 @@ def check_data(root: Path, source: str) -> str:
     return ", ".join(counts)
 
 
+def check_ground_truth(root: Path, source: str) -> None:
+    """A space scored on the official WIDER FACE AP (``eval.wider_ap``) has its ``.mat`` ground
+    truth under ``root`` (the generated mini set always has it)."""
+    if source != "mini" and find_ground_truth(root) is None:
+        places = ", ".join(f"{place}/" for place in GROUND_TRUTH_PLACES)
+        raise PreflightError(
+            f"eval.wider_ap: no official WIDER FACE .mat ground truth under {root} (looked in {places}): put the four "
+            "files of eval_tools.zip there, or search on val/ap"
+        )
+
+
 def check_name(name: str) -> None:
     """A search's name is one folder under ``--storage-path``: no separators, no ``..``."""
     if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\")):
         raise PreflightError(f"--name {name!r}: a search's name is one folder name under --storage-path (no '/' or '..')")
 
 
-def check_new_search(search_dir: str, marker: str, resume: bool) -> None:
-    """A search of this name is not already in storage, unless ``--resume`` continues it."""
-    if resume or "://" in search_dir:  # remote storage: Tune's restore check covers it
+def check_stored_search(search_dir: str, resume: bool, tracking_uri: str, experiment: str) -> None:
+    """A search of this name is not already in storage, unless ``--resume`` continues it, and then
+    with the tracking URI and experiment it was started with (:mod:`hpo.search_record`)."""
+    record = search_record.stored(search_dir)
+    if record is None:
         return
-    if (Path(search_dir) / marker).exists():
+    if not resume:
         raise PreflightError(
             f"a search is already stored at {search_dir}: continue it with --resume, or start another with --name"
         )
+    mismatch = record.mismatch(tracking_uri, experiment)
+    if mismatch:
+        raise PreflightError(mismatch)
 
 
-def run_checks(*, name: str, tracking_uri: str, address: str | None, root: Path, source: str, search_dir: str,
-               marker: str, resume: bool) -> str:  # fmt: skip
+def run_checks(*, name: str, tracking_uri: str, experiment: str, address: str | None, root: Path, source: str,
+               search_dir: str, resume: bool, wider_ap: bool = False) -> str:  # fmt: skip
     """All of the above, cheapest first; returns the data's description and the seconds taken."""
     start = time.perf_counter()
     check_name(name)
-    check_new_search(search_dir, marker, resume)
+    check_stored_search(search_dir, resume, tracking_uri, experiment)
     check_ray_address(address)
     check_tracking(tracking_uri)
     data = check_data(root, source)
+    if wider_ap:
+        check_ground_truth(root, source)
     return f"{data} (checked in {time.perf_counter() - start:.1f} s)"

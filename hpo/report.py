@@ -8,10 +8,12 @@ Reads the MLflow layout the search writes (``hpo/layout.py``): the parent run (t
 every child run's params, ``hpo.outcome`` / ``hpo.diagnosis`` tags and metric histories. Writes
 ``report.html`` (self-contained: the figures are embedded as base64 PNGs) and the PNGs to
 ``--out`` and logs them to the parent run under ``report/``. The report holds the outcome counts,
-the best healthy trials, learning curves (all trials overlaid, the best trial, one example of each
-way of failing), the failure atlas (the sampled space projected on pairs of params, each trial
-coloured by its diagnosis) and Optuna's parameter importances for the search metric and for
-failure. Exit status 0 on success, 2 with a message when there is nothing to report.
+the best healthy trials (those the export chooses from: completed healthy, or recovered and then
+healthy), learning curves (all trials overlaid, the best trial, one example of each way of failing
+or recovering), the failure atlas (the sampled space projected on pairs of params, each trial
+coloured by its diagnosis; a recovered trial a diamond in the shade of the failure it recovered
+from) and Optuna's parameter importances for the search metric and for failure. Exit status 0 on
+success, 2 with a message when there is nothing to report.
 
 The parts: reading MLflow into plain data (``hpo/report_data.py``), the importances
 (``hpo/importance.py``), the figures (``hpo/plots.py``) and the page, a Jinja2 template rendered
@@ -169,19 +171,27 @@ def _outcomes(search: SearchRecord) -> dict[str, Any]:
     groups: dict[str, list[str]] = {}
     for t in search.trials:
         groups.setdefault(t.category, []).append(t.trial_id)
+    shape = {"o": "dot", "D": "dot diamond"}  # the figures' markers, as the page's CSS classes
     return {
-        "groups": [(c, plots.category_color(c), groups[c]) for c in plots.category_order(groups)],
+        "groups": [
+            (c, plots.category_color(c), shape[plots.category_marker(c)], groups[c]) for c in plots.category_order(groups)
+        ],
         "failed": sum(t.failed for t in search.trials),
+        "recovered": sum(t.recovered for t in search.trials),
     }
 
 
 def _best(search: SearchRecord, top: int) -> dict[str, Any]:
     keys = search.param_keys()
+    shown = search.ranked()[:top]
+    # A recovered trial among them: say so in an outcome column (its params are the sampled ones,
+    # which failed; the export writes its effective config).
+    outcome = ["outcome"] if any(t.recovered for t in shown) else []
     rows = [
-        [str(i + 1), t.trial_id, _num(t.value), str(t.epochs), *(_num(t.params.get(k)) for k in keys)]
-        for i, t in enumerate(search.ranked()[:top])
+        [str(i + 1), t.trial_id, *([t.outcome] if outcome else []), _num(t.value), str(t.epochs), *(_num(t.params.get(k)) for k in keys)]
+        for i, t in enumerate(shown)
     ]
-    return _table(["rank", "trial", search.metric, "epochs", *keys], rows)
+    return {**_table(["rank", "trial", *outcome, search.metric, "epochs", *keys], rows), "recovered": bool(outcome)}
 
 
 def _curves(search: SearchRecord, figures: _Figures) -> dict[str, Any]:
@@ -200,7 +210,7 @@ def _curves(search: SearchRecord, figures: _Figures) -> dict[str, Any]:
         out["overlay"] = figures.add(fig, "curves_all", "learning curves of all trials")
     except ValueError as exc:
         out["why"] = str(exc)
-    for t in ([best] if best else []) + _failure_examples(search):
+    for t in ([best] if best else []) + _failure_examples(search, best):
         label = "best trial" if t is best else f"example of {t.category}"
         try:
             fig = plots.learning_curves(t.history, title=f"{label}: {t.trial_id} ({t.outcome}, diagnosis {t.diagnosis})")
@@ -213,11 +223,12 @@ def _curves(search: SearchRecord, figures: _Figures) -> dict[str, Any]:
     return out
 
 
-def _failure_examples(search: SearchRecord) -> list[TrialRecord]:
-    """The longest-running trial of each category other than healthy (pruned excepted): the most to see."""
+def _failure_examples(search: SearchRecord, best: TrialRecord | None = None) -> list[TrialRecord]:
+    """The longest-running trial of each category other than healthy (pruned excepted): the most to
+    see; never ``best`` (a recovered trial may be the best, shown as such)."""
     out: dict[str, TrialRecord] = {}
     for t in search.trials:
-        if t.category in (L.HEALTHY, L.PRUNED, L.RUNNING, L.INTERRUPTED):
+        if t.category in (L.HEALTHY, L.PRUNED, L.RUNNING, L.INTERRUPTED) or t is best:
             continue
         if t.category not in out or t.epochs > out[t.category].epochs:
             out[t.category] = t
@@ -280,9 +291,14 @@ def _atlas(search: SearchRecord, figures: _Figures) -> dict[str, Any] | None:
     if not pairs:
         return None
     points = [plots.AtlasPoint(t.trial_id, t.category, {**t.params, search.metric: t.value}) for t in search.trials]
-    title = "Failure atlas: each trial at its sampled params, coloured by outcome"
+    recovered = sorted({t.category for t in search.trials if t.recovered})
+    title = "Failure atlas: each trial at its sampled params, coloured by outcome" + ("; diamonds: recovered" if recovered else "")
     fig = plots.failure_atlas(points, pairs, log_axes=search.log_keys(), limits=search.limits(), title=title)
-    return {"views": "; ".join(f"{x} × {y}" for x, y in pairs), "image": figures.add(fig, "atlas", "failure atlas")}
+    return {
+        "views": "; ".join(f"{x} × {y}" for x, y in pairs),
+        "image": figures.add(fig, "atlas", "failure atlas"),
+        "recovered": recovered,
+    }
 
 
 def _importances(search: SearchRecord, figures: _Figures) -> list[dict[str, Any]] | None:
@@ -301,7 +317,7 @@ def _importances(search: SearchRecord, figures: _Figures) -> list[dict[str, Any]
         _importance(
             figures, param_importances(search.trials, distributions, _failure_value, "maximize", binary=True),
             "failure", "importance_failure", "#d62728",
-            f"failure (1: stopped, or diagnosed {'/'.join(FAILURE_DIAGNOSES)}; 0: otherwise)",
+            f"failure (1: stopped, recovered, or diagnosed {'/'.join(FAILURE_DIAGNOSES)}; 0: otherwise)",
             "every trial that ended on its own (not error, interrupted or running)",
         ),
     ]  # fmt: skip

@@ -41,13 +41,15 @@ class TrialRecord:
     trial_id: str
     run_id: str
     outcome: str
-    """``completed``, ``pruned``, ``stopped:<diagnosis>``, ``error``, ``interrupted`` or ``running``."""
+    """``completed``, ``recovered:<diagnosis>``, ``pruned``, ``stopped:<diagnosis>``, ``error``,
+    ``interrupted`` or ``running``."""
     diagnosis: str
     params: dict[str, Any]
     history: dict[str, list[tuple[int, float]]]
     """``{metric: [(epoch, value), ...]}``, the search metric's penalty values left out."""
     value: float | None
-    """The last real value of the search metric (``None``: none logged, e.g. stopped at epoch 1)."""
+    """The last real value of the search metric (``None``: none logged, e.g. stopped at epoch 1);
+    a recovered trial's is what it measured with its interventions applied (Optuna had the penalty)."""
 
     @property
     def category(self) -> str:
@@ -58,8 +60,26 @@ class TrialRecord:
         return max((s for points in self.history.values() for s, _ in points), default=0)
 
     @property
+    def recovered(self) -> bool:
+        """Rolled back from a failure and fixed (``health.on_failure: recover``), then ran to its end."""
+        return L.is_recovered(self.outcome)
+
+    @property
+    def recovered_from(self) -> str | None:
+        """The diagnosis a recovered trial recovered from (its latest recovery's); ``None`` otherwise."""
+        return self.outcome.removeprefix(L.RECOVERED) if self.recovered else None
+
+    @property
     def failed(self) -> bool:
-        return L.is_stopped(self.outcome) or self.diagnosis in FAILURE_DIAGNOSES
+        """Its sampled configuration failed: stopped, recovered from a failure (what Optuna was
+        told, too), or diagnosed one of :data:`FAILURE_DIAGNOSES`."""
+        return L.is_stopped(self.outcome) or self.recovered or self.diagnosis in FAILURE_DIAGNOSES
+
+    @property
+    def exportable(self) -> bool:
+        """What ``hpo/export.py`` may export: completed healthy, or recovered and then healthy at its
+        end (exported with its effective config)."""
+        return self.category == L.HEALTHY or (self.recovered and self.diagnosis == L.HEALTHY)
 
 
 @dataclass(frozen=True)
@@ -79,10 +99,12 @@ class SearchRecord:
     trials: list[TrialRecord]
 
     def ranked(self) -> list[TrialRecord]:
-        """Trials that completed healthy with a value of the metric, best first."""
+        """The trials the export chooses from (:attr:`TrialRecord.exportable`: completed healthy, or
+        recovered and healthy at the end) with a value of the metric, best first; on a tie a
+        completed trial before a recovered one, as the export ranks them."""
         sign = 1.0 if self.mode == "max" else -1.0
-        healthy = [t for t in self.trials if t.category == L.HEALTHY and t.value is not None]
-        return sorted(healthy, key=lambda t: -sign * t.value)  # type: ignore[operator]
+        healthy = [t for t in self.trials if t.exportable and t.value is not None]
+        return sorted(healthy, key=lambda t: (-sign * t.value, t.recovered))  # type: ignore[operator]
 
     def best_point(self, trial: TrialRecord) -> tuple[int, float] | None:
         """The trial's best ``(epoch, value)`` of the search metric (the earliest of ties)."""

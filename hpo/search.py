@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,9 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from hpo import layout as L
+from hpo import search_record
 from hpo.cluster import ClusterConnectionError, connect
+from hpo.journal import JOURNAL_FILE
 from hpo.preflight import PreflightError, run_checks
 from hpo.report import build_report
 from hpo.space import SearchSpace, SearchSpaceError, load_space, space_from_dict
@@ -62,7 +63,9 @@ REUSE_ACTORS = True
 INTERRUPTED_EXIT = 130
 #: Exit status of a search in which every trial errored (bad data, a bug): nothing was learned.
 ALL_FAILED_EXIT = 1
-_SEARCH_ID_FILE = "hpo_search_id.txt"
+#: Where a search with remote storage (``s3://``) journals the MLflow writes a tracking server did
+#: not take (a local search keeps its journal in its own folder): the driver's own disk.
+REMOTE_JOURNAL_DIR = Path("~/.cache/ssd-face-hpo/journals")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,18 +138,21 @@ def run_search(args: argparse.Namespace) -> int:
     checked = run_checks(
         name=name,
         tracking_uri=args.tracking_uri,
+        experiment=experiment,
         address=args.address,
         root=Path(space.fixed.get("data.root", DEFAULT_MINI_ROOT)).expanduser().resolve(),
         source=space.fixed.get("data.source", "mini"),
         search_dir=search_dir,
-        marker=_SEARCH_ID_FILE,
         resume=args.resume,
+        wider_ap=bool(space.fixed.get("eval.wider_ap", False)),
     )
     root = data_root(space)
 
     connect(args.address)
-    search_id = _search_id(search_dir, args.resume)
+    record = search_record.stored(search_dir) if args.resume else None
+    search_id = (record or search_record.create(search_dir, args.tracking_uri, experiment)).search_id
     parent = open_parent_run(args.tracking_uri, experiment, search_id, space)
+    journal = journal_path(search_dir, search_id)
     trials = expected_trials(space) or f"up to {space.budget.num_samples}"  # 0: a time budget may end it sooner
     print(f"search {name!r}: space {space.source}, {trials} trials x up to {space.budget.max_epochs} epochs")
     cache = cache_dir(args, root)
@@ -157,7 +163,12 @@ def run_search(args: argparse.Namespace) -> int:
         {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
     )
     stopper = HealthStopper()
-    callback = MlflowTrialCallback(args.tracking_uri, parent, search_id, space, space.budget.max_epochs)
+    callback = MlflowTrialCallback(args.tracking_uri, parent, search_id, space, space.budget.max_epochs, journal=journal)
+    if args.resume and callback.journaled:
+        # A previous driver's writes the tracking server never took, in their order, before any new one.
+        done = callback.journaled
+        if callback.replay_journal(skip_parent=True):
+            print(f"  MLflow: {done} journaled writes of the interrupted search made")
     if args.resume and tune.Tuner.can_restore(search_dir):
         print("resuming: finished trials are kept, unfinished ones continue from their checkpoints")
         tuner = tune.Tuner.restore(search_dir, trainable=trainable, resume_errored=True)
@@ -188,14 +199,37 @@ def run_search(args: argparse.Namespace) -> int:
         )
     results = tuner.fit()  # Ctrl-C: Tune saves the experiment state and returns early
 
-    unfinished = _tracking_callback(tuner).unfinished
+    tracking = _tracking_callback(tuner)
+    unfinished = tracking.unfinished
+    if (args.resume or tracking.had_failures) and not tracking.journaled:
+        # Tune's record is complete where MLflow's may not be (an outage, a driver killed between
+        # a result and its write): every trial that ran gets its run, epochs, outcome, artifacts.
+        # (With writes still journaled the server is down: --resume does it.)
+        try:
+            repaired = tracking.reconcile(results, unfinished)
+        except Exception as exc:  # noqa: BLE001 - the search is done: its summary must still be printed
+            print(f"warning: MLflow was not reconciled with Tune's results ({_one_line(exc)}); --resume does it", file=sys.stderr)
+        else:
+            if repaired:
+                print(f"MLflow reconciled with Tune's results: {repaired} trial run(s) completed")
     rows = summarise(results, space, unfinished)
     interrupted = any(r["outcome"] == L.INTERRUPTED for r in rows) or len(results) < expected_trials(space)
+    status = L.INTERRUPTED if interrupted else L.FINISHED
+    closing = {"run_id": parent, "summary_rows": rows, "status": status, "best": best_trial(rows, space), "metric": space.metric}
     try:
-        status = L.INTERRUPTED if interrupted else L.FINISHED
-        finish_parent_run(args.tracking_uri, parent, rows, status=status, best=best_trial(rows, space), metric=space.metric)
+        if tracking.journaled:
+            raise ConnectionError(f"{tracking.journaled} earlier writes are still waiting")
+        finish_parent_run(args.tracking_uri, **closing)
     except Exception as exc:  # noqa: BLE001 - the search is done: its summary must still be printed
-        print(f"warning: the MLflow parent run {parent} was not closed ({_one_line(exc)}); --resume closes it", file=sys.stderr)
+        tracking.journal_parent_finish(**closing)
+        print(f"warning: the MLflow parent run {parent} was not closed ({_one_line(exc)})", file=sys.stderr)
+    if tracking.journaled:
+        print(
+            f"warning: {tracking.journaled} MLflow writes are kept in {tracking.journal.path if tracking.journal else '?'}; "
+            "once the tracking server answers, run the same command with --resume to write them "
+            "(finished trials are not run again)",
+            file=sys.stderr,
+        )
     print_summary(rows, space, search_dir, args.tracking_uri, experiment, interrupted=interrupted)
     if not interrupted and not args.no_report:
         write_report(args.tracking_uri, experiment, search_id, search_dir)
@@ -250,30 +284,12 @@ def _tracking_callback(tuner: tune.Tuner) -> MlflowTrialCallback:
     return next(c for c in tuner._local_tuner.get_run_config().callbacks if isinstance(c, MlflowTrialCallback))
 
 
-def _search_id(search_dir: str, resume: bool) -> str:
-    """A stable id per search, kept beside Tune's results so --resume reopens the same MLflow runs."""
+def journal_path(search_dir: str, search_id: str) -> Path:
+    """The search's tracking journal (:mod:`hpo.journal`): in its folder, or on the driver's disk
+    when the folder is remote."""
     if "://" in search_dir:
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(f"{search_dir}/{_SEARCH_ID_FILE}")
-        if resume:
-            try:
-                with fs.open_input_stream(path) as f:
-                    return f.read().decode().strip()
-            except (FileNotFoundError, OSError):
-                pass
-        search_id = uuid.uuid4().hex
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(path) as f:
-            f.write(search_id.encode())
-        return search_id
-    file = Path(search_dir) / _SEARCH_ID_FILE
-    if resume and file.exists():
-        return file.read_text().strip()
-    file.parent.mkdir(parents=True, exist_ok=True)
-    search_id = uuid.uuid4().hex
-    file.write_text(search_id)
-    return search_id
+        return REMOTE_JOURNAL_DIR.expanduser() / f"{search_id}.jsonl"
+    return Path(search_dir) / JOURNAL_FILE
 
 
 def outcome_of(metrics: dict[str, Any], error: BaseException | None, max_epochs: int, unfinished: bool = False) -> str:

@@ -33,7 +33,7 @@ from pydantic.fields import FieldInfo
 
 from hpo.values import is_finite
 from model.config import ConfigError, TrainConfig
-from model.report_keys import METRIC_MODES
+from model.report_keys import METRIC_MODES, VAL_WIDER_KEYS
 
 if TYPE_CHECKING:
     import optuna
@@ -336,7 +336,8 @@ class SearchSpace(_Strict):
     """Also the default MLflow experiment name."""
     description: str = ""
     metric: str
-    """A key of the trainer's per-epoch report, one of :data:`METRIC_MODES`."""
+    """A key of the trainer's per-epoch report, one of :data:`METRIC_MODES`; the official
+    ``val/wider_*`` need ``eval.wider_ap: true`` in ``fixed``."""
     mode: Literal["max", "min"]
     budget: Budget
     resources: Resources = Resources()
@@ -369,6 +370,7 @@ class SearchSpace(_Strict):
         _check_metric(self.metric, self.mode)
         self._check_sampler_kinds()
         base = self._check_keys_and_fixed()
+        self._check_metric_reported(base)
         self._check_params(base)
         self._check_points(base)
         self._check_scheduler(base)
@@ -449,6 +451,15 @@ class SearchSpace(_Strict):
         for key, value in self.fixed.items():
             _build({key: value}, ("fixed", key), key)
         return _build(self.fixed, ("fixed",), None)
+
+    def _check_metric_reported(self, base: TrainConfig) -> None:
+        """The official WIDER FACE metrics are numbers in a trial's report only with ``eval.wider_ap``
+        on (``None`` otherwise, which the trial could not report as its metric): it must be fixed on."""
+        if self.metric not in VAL_WIDER_KEYS:
+            return
+        if "eval.wider_ap" in self.params or not base.eval.wider_ap:
+            needs = "the data needs the official .mat ground truth"
+            raise _Issue("metric", f"{self.metric} is reported only with eval.wider_ap: true in fixed ({needs})")
 
     def _check_params(self, base: TrainConfig) -> None:
         """Each bound, choice and grid value must make a valid ``TrainConfig`` with ``fixed``."""

@@ -17,7 +17,8 @@ What Optuna's study records for each way a trial ends:
   :func:`hpo.trainable.tune_metrics` made the finite penalty, so the sampler learns that the
   region fails (a NaN instead would leave the trial RUNNING forever: Optuna refuses to be told it);
 * pruned by ASHA at a rung (or cut by the time budget): PRUNED, its intermediate values (one per
-  epoch) kept. Plain ``OptunaSearch`` would record it COMPLETE with its low-fidelity rung value,
+  epoch, the rung's own included: Tune passes the result that stops a trial to the searcher's
+  ``on_trial_complete`` only) kept. Plain ``OptunaSearch`` would record it COMPLETE with its low-fidelity rung value,
   which TPE then ranks against full-length trials as if it were their equal;
 * errored (once its retries are spent): FAIL, no value; while Tune retries it, it stays RUNNING.
 
@@ -34,10 +35,12 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from hpo import layout as L
 from hpo.space import AshaSchedulerSpec, SearchSpace, TpeSamplerSpec
+from hpo.values import is_number
 from model import report_keys as K
 
 if TYPE_CHECKING:
@@ -86,8 +89,24 @@ class RungAwareOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_epochs = max_epochs
+        self._reported: dict[str, int] = {}  # trial id -> the last step told to Optuna
+
+    def _last_reported(self) -> dict[str, int]:
+        # A searcher saved before this attribute existed is restored without it.
+        return self.__dict__.setdefault("_reported", {})
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, result)
+        if trial_id not in self._completed_trials and is_number(result.get(TRAINING_ITERATION)):
+            self._last_reported()[trial_id] = int(result[TRAINING_ITERATION])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if not error and result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            # Tune hands the result that made ASHA stop a trial (its rung value) to on_trial_complete
+            # only, never to on_trial_result: report it as the intermediate value it is.
+            step, value = result.get(TRAINING_ITERATION), result.get(self.metric)
+            if is_number(step) and is_number(value) and step > self._last_reported().get(trial_id, 0):
+                self._ot_trials[trial_id].report(float(value), int(step))
         if error or (result and L.trial_end(result, self.max_epochs).outcome == L.PRUNED):
             # OptunaSearch tells a trial without a value as FAIL (error) or PRUNED (no error).
             result = None

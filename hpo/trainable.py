@@ -3,8 +3,10 @@
 Each epoch the trainer's flat report goes through :func:`tune_metrics` and on to Tune with a
 checkpoint (``last.pt``), so a trial that failed, or a search that was interrupted, resumes
 where it stopped; the epoch's sample detections (``detections.png``) go beside it at the epochs
-that may be the trial's last (:func:`last_chance_epochs`). What Tune sees is sanitised: the
-scheduler (ASHA) and the sampler (Optuna) never receive NaN or inf. A NaN reaching them is silently mishandled: ASHA lets a NaN trial run
+that may be the trial's last (:func:`last_chance_epochs`), and after a recovery
+(``health.on_failure: recover``) the trial's effective config and its recovery events
+(:func:`save_recovery_files`), which the tracking callback logs from the trial's last checkpoint.
+What Tune sees is sanitised: the scheduler (ASHA) and the sampler (Optuna) never receive NaN or inf. A NaN reaching them is silently mishandled: ASHA lets a NaN trial run
 to the end, and Optuna's ``tell`` refuses it, leaving the trial RUNNING so that the sampler never
 learns that its region diverges. A trial the health monitor stopped therefore reports a finite
 *penalty*, worse than any real value of the search metric, while its true diagnosis travels in
@@ -20,6 +22,7 @@ Usage (the search entry point)::
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -28,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
@@ -36,16 +40,28 @@ from hpo import layout as L
 from hpo.cluster import cap_gpu_memory
 from hpo.space import AshaSchedulerSpec, SearchSpace, space_from_dict
 from hpo.values import is_number
+from model.callbacks import save_recovery_record
 from model.config import TrainConfig
 from model.samples import DETECTIONS_FILE, save_sample_detections
 from model.trainer import Trainer
 
-__all__ = ["CHECKPOINT_NAME", "NODE_ID_KEY", "SETUP_KEY", "last_chance_epochs", "train_trial", "tune_metrics"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "NODE_ID_KEY",
+    "SETUP_KEY",
+    "last_chance_epochs",
+    "save_recovery_files",
+    "train_trial",
+    "tune_metrics",
+]
 
 _LOG = logging.getLogger(__name__)
 
 #: The checkpoint file inside each reported Tune checkpoint.
 CHECKPOINT_NAME = "last.pt"
+#: Beside the checkpoint of a trial's last epoch: that epoch's result (what Tune was told), which a
+#: trial restarted after its end reports again instead of training again.
+FINAL_RESULT_NAME = "final_result.json"
 #: The Ray node a trial's epoch ran on, in every report (Tune's ``node_ip`` cannot tell apart
 #: nodes that share an address, and a trial restarted after a node loss moves).
 NODE_ID_KEY = "ray/node_id"
@@ -123,10 +139,21 @@ def train_trial(
     search_space = space_from_dict(space, source=f"search space {space.get('name', '?')!r}")
     resources = _trial_resources()
     cap_gpu_memory(resources.get("GPU", 0.0))  # a GPU share: stay inside it (no-op on CPU)
-    cfg = _trial_config(search_space.trial_config(sampled), data_root, cache_dir, gpu=resources.get("GPU", 0.0) > 0)
+    sampled_cfg = search_space.trial_config(sampled)  # as the tracking callback logs it (trial_config.yaml)
+    cfg = _trial_config(sampled_cfg, data_root, cache_dir, gpu=resources.get("GPU", 0.0) > 0)
     # One intra-op thread per reserved CPU: torch's default (one per core) oversubscribes a node
     # that runs several trials side by side.
     torch.set_num_threads(max(1, int(resources.get("CPU", search_space.resources.cpu))))
+
+    final = _final_checkpoint(tune.get_checkpoint())
+    if final is not None:
+        # This trial ran to its end before (a driver killed before it recorded that): its final
+        # result again, at once, rather than the trial again.
+        with final.as_directory() as directory:
+            result = json.loads((Path(directory) / FINAL_RESULT_NAME).read_text())
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+        _LOG.info("already finished at epoch %s (%s): final result reported again", result.get("epoch"), final.path)
+        return
 
     trainer = Trainer(cfg, log=_LOG.info, progress=False)
     checkpoint = tune.get_checkpoint()
@@ -146,12 +173,49 @@ def train_trial(
         metrics = tune_metrics(report, search_space.metric, search_space.mode)
         metrics[NODE_ID_KEY] = ray.get_runtime_context().get_node_id()  # where it ran (nodes may share an IP)
         metrics[SETUP_KEY] = setup_s
+        metrics.update(skipped_images(trainer))
         # Tune copies the directory to the trial's storage before report() returns.
         with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as directory:
             trainer.save_checkpoint(Path(directory) / CHECKPOINT_NAME)
+            save_recovery_files(trainer, sampled_cfg, Path(directory))
+            if trainer.finished:
+                (Path(directory) / FINAL_RESULT_NAME).write_text(json.dumps(metrics))
             if trainer.finished or draw_at is None or trainer.epoch in draw_at:
                 _draw_detections(trainer, Path(directory) / DETECTIONS_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def skipped_images(trainer: Trainer) -> dict[str, float]:
+    """How many images of each split the trial could not use (missing or undecodable files: each
+    skipped and counted by the dataset, never fatal), as report keys the tracking callback logs."""
+    counts = {}
+    for key, dataset in ((L.TRAIN_SKIPPED, trainer.train_set), (L.VAL_SKIPPED, trainer.val_set)):
+        report = dataset.report()
+        counts[key] = float(len(report.missing_files) + len(report.corrupt_files))
+    return counts
+
+
+def _final_checkpoint(given: tune.Checkpoint | None) -> tune.Checkpoint | None:
+    """The trial's checkpoint of its last epoch, if it has one: the one Tune restores it from, or
+    one in its folder in storage that Tune's saved state does not know of yet (Tune saves its state
+    every few seconds; a driver killed in between restores the trial from an older checkpoint)."""
+    candidates = [given] if given is not None else []
+    try:
+        storage = tune.get_context().get_storage()  # Ray's developer API: where the trial's checkpoints go
+        fs, trial_dir = storage.storage_filesystem, storage.trial_fs_path
+        found = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
+        candidates += [
+            tune.Checkpoint(info.path, filesystem=fs)
+            for info in found
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
+        ]
+    except Exception as exc:  # noqa: BLE001 - without the listing, Tune's checkpoint alone decides
+        _LOG.debug("the trial's stored checkpoints could not be listed: %s: %s", type(exc).__name__, exc)
+    for checkpoint in candidates:
+        marker = checkpoint.filesystem.get_file_info(f"{checkpoint.path}/{FINAL_RESULT_NAME}")
+        if marker.type == pafs.FileType.File:
+            return checkpoint
+    return None
 
 
 def last_chance_epochs(space: SearchSpace) -> frozenset[int] | None:
@@ -177,6 +241,23 @@ def last_chance_epochs(space: SearchSpace) -> frozenset[int] | None:
         count = int(math.log(max_t / spec.grace_period) / math.log(rf) - s + 1)
         rungs.update(math.ceil(spec.grace_period * rf ** (k + s) - 1e-9) for k in range(count))
     return frozenset(r for r in rungs if r < max_t)
+
+
+def save_recovery_files(trainer: Trainer, sampled_cfg: TrainConfig, directory: Path) -> bool:
+    """After the trial's first recovery, its record beside the checkpoint in ``directory``: the
+    effective config (``effective_config.yaml``: ``sampled_cfg`` with the recoveries' changes) and
+    the recovery events (``recoveries.json``); nothing before it. Returns whether it wrote them.
+
+    The effective config is built on ``sampled_cfg``, the trial's config as the tracking callback
+    logs it (``trial_config.yaml``), not on the trainer's, which holds this worker's absolute data
+    and cache paths and its device: the export writes it as a production config, as it writes a
+    completed trial's ``trial_config.yaml``.
+    """
+    events = trainer.recovery_events()
+    if not events:
+        return False
+    save_recovery_record(directory, sampled_cfg.with_overrides(trainer.recovery.overrides), events)
+    return True
 
 
 def _draw_detections(trainer: Trainer, path: Path) -> None:

@@ -24,12 +24,24 @@ import torch
 from model import report_keys as K
 from model.health import LABELS, HealthMonitor, Verdict, constant_predictor_cls_loss
 from model.recovery import Recovery
+from model.run_files import EFFECTIVE_CONFIG_FILE, RECOVERIES_FILE
 
 if TYPE_CHECKING:
+    from model.config import TrainConfig
     from model.ssd import HeadOutputs
     from model.trainer import Trainer
 
-__all__ = ["Callback", "Checkpointing", "EpochLog", "HealthCheck", "History", "StepResult", "TrainStatistics", "health_fields"]
+__all__ = [
+    "Callback",
+    "Checkpointing",
+    "EpochLog",
+    "HealthCheck",
+    "History",
+    "StepResult",
+    "TrainStatistics",
+    "health_fields",
+    "save_recovery_record",
+]
 
 
 @dataclass
@@ -206,7 +218,8 @@ def format_report(report: dict[str, Any], epochs: int) -> str:
 class Checkpointing(Callback):
     """``last.pt`` after every epoch, ``best.pt`` when the validation AP improved (atomic writes);
     after a recovery also ``effective_config.yaml`` (the config with the recoveries' changes) and
-    ``recoveries.json`` (the events: with the original config they reproduce the run)."""
+    ``recoveries.json`` (the events: with the original config they reproduce the run), see
+    :func:`save_recovery_record`."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
@@ -217,8 +230,16 @@ class Checkpointing(Callback):
             trainer.save_checkpoint(self.directory / "best.pt")
         events = trainer.recovery_events()
         if events:
-            trainer.effective_config().to_yaml(self.directory / "effective_config.yaml")
-            (self.directory / "recoveries.json").write_text(json.dumps(events, indent=2))
+            save_recovery_record(self.directory, trainer.effective_config(), events)
+
+
+def save_recovery_record(directory: Path, config: TrainConfig, events: list[dict[str, Any]]) -> None:
+    """A recovered run's record in ``directory``: ``config`` (the configuration with the
+    recoveries' changes) as :data:`~model.run_files.EFFECTIVE_CONFIG_FILE` and ``events`` (the
+    trainer's :meth:`~model.trainer.Trainer.recovery_events`) as :data:`~model.run_files.RECOVERIES_FILE`."""
+    directory = Path(directory)
+    config.to_yaml(directory / EFFECTIVE_CONFIG_FILE)
+    (directory / RECOVERIES_FILE).write_text(json.dumps(events, indent=2))
 
 
 class History(Callback):

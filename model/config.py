@@ -173,9 +173,25 @@ class WeightingConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """Validation after each epoch: our VOC-style AP and counts, optionally the official WIDER FACE AP."""
+
     iou_threshold: float = Field(0.5, gt=0, le=1)
     score_threshold: float = Field(0.5, ge=0, le=1)
     """Operating point for precision, recall, TP/FP/FN and mean IoU (AP uses every score)."""
+    wider_ap: bool = False
+    """Also score each validation's detections (the same ones, no second pass) with the official
+    WIDER FACE protocol (``model.widerface_eval``): the report's ``val/wider_easy``,
+    ``val/wider_medium``, ``val/wider_hard`` (``None`` when off), which a search may then optimise.
+    Needs the official ``.mat`` ground truth under ``data.root`` (``wider_face_split/``,
+    ``eval_tools/ground_truth/`` or ``ground_truth/``; the generated mini set has it): without it the
+    run fails at its start, naming this key."""
+    wider_subset: int | None = Field(None, ge=1)
+    """With ``wider_ap``: score this many val images per epoch, a seeded random subset, the same at
+    every epoch (so epochs compare) and in every trial (``wider_subset_seed``, not ``seed``), and all
+    of val at the last epoch; ``None`` (or at least the val set's size): all of val every epoch.
+    Only the protocol's cost is saved: the detections of all of val are computed anyway for ``val/ap``."""
+    wider_subset_seed: int = 0
+    """Draws the ``wider_subset`` images; independent of the training ``seed`` on purpose."""
 
 
 class TrainConfig(_Section):

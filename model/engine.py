@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from model import report_keys as K
-from model.config import TrainConfig
+from model.config import ConfigError, TrainConfig
 from model.data.mini import ensure_mini, generated_params
 from model.data.batch_augment import DrawSSDAugmentation, collate_canvas
 from model.data.transforms import build_eval_transforms, build_train_transforms
@@ -23,6 +25,15 @@ from model.data.widerface import WiderFaceDataset, collate_fn
 from model.loss import MultiBoxLoss
 from model.metrics import evaluate
 from model.ssd import FaceSSD, build_ssd
+from model.widerface_eval import (
+    GROUND_TRUTH_PLACES,
+    SETTINGS,
+    WiderGroundTruth,
+    evaluate_widerface,
+    find_ground_truth,
+    load_ground_truth,
+    to_wider_predictions,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -142,22 +153,107 @@ def loss_weights_at(cfg: TrainConfig, step: int, iters_per_epoch: int) -> tuple[
     return loss.class_weight * blend(s.class_weight_start_factor), loss.box_weight * blend(s.box_weight_start_factor)
 
 
+@dataclass(frozen=True, eq=False)
+class WiderValidation:
+    """The official WIDER FACE protocol at each validation (``eval.wider_ap``)."""
+
+    gt: WiderGroundTruth
+    """The official ground truth of the val set's images: what the last epoch is scored on."""
+    subset: WiderGroundTruth
+    """That of the ``eval.wider_subset`` images scored at every other epoch (``gt`` without a subset)."""
+
+    def ground_truth(self, full: bool) -> WiderGroundTruth:
+        return self.gt if full else self.subset
+
+
+def build_wider_validation(cfg: TrainConfig, val: WiderFaceDataset) -> WiderValidation | None:
+    """The official protocol's ground truth for ``val`` when ``eval.wider_ap`` is on, else ``None``.
+
+    The subset is ``eval.wider_subset`` images of the val set drawn with ``eval.wider_subset_seed``
+    (in the ground truth's order): a fixed choice, the same for every epoch and every run on the
+    same data.
+
+    Raises:
+        ConfigError: the option is on but ``data.root`` has no official ``.mat`` ground truth, or it
+            does not cover the val set's images (one line, naming ``eval.wider_ap``).
+    """
+    e = cfg.eval
+    if not e.wider_ap:
+        return None
+    keys = ", ".join(K.WIDER_AP.values())
+    folder = find_ground_truth(cfg.data.root)
+    if folder is None:
+        places = ", ".join(GROUND_TRUTH_PLACES)
+        raise ConfigError(
+            f"eval.wider_ap: {keys} need the official WIDER FACE ground truth (wider_face_val.mat and "
+            f"wider_{{easy,medium,hard}}_val.mat) in {places} under {cfg.data.root}, and there is none; "
+            "add it or set eval.wider_ap: false"
+        )
+    try:
+        gt = load_ground_truth(folder).select(record.image_id for record in val.records)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"eval.wider_ap: {keys} cannot be computed on {folder}: {' '.join(str(exc).split())}") from None
+    if e.wider_subset is None or e.wider_subset >= len(gt):
+        return WiderValidation(gt=gt, subset=gt)
+    chosen = np.sort(np.random.default_rng(e.wider_subset_seed).choice(len(gt), size=e.wider_subset, replace=False))
+    return WiderValidation(gt=gt, subset=WiderGroundTruth(images=tuple(gt.images[i] for i in chosen)))
+
+
 @torch.no_grad()
-def evaluate_model(model: FaceSSD, loader: DataLoader, device: torch.device, cfg: TrainConfig) -> dict[str, float]:
-    """Detections on the validation loader scored with :func:`model.metrics.evaluate`."""
+def evaluate_model(
+    model: FaceSSD,
+    loader: DataLoader,
+    device: torch.device,
+    cfg: TrainConfig,
+    *,
+    wider: WiderValidation | None = None,
+    full: bool = True,
+) -> dict[str, float | None]:
+    """Detections on the validation loader scored with :func:`model.metrics.evaluate` and, with
+    ``wider``, the same detections with the official protocol on all of val (``full``) or on its
+    subset; the report's ``val/wider_*`` are ``None`` without it."""
     model.eval()
     predictions: list[dict[str, torch.Tensor]] = []
     targets: list[dict[str, torch.Tensor]] = []
+    official: dict[str, dict[str, torch.Tensor]] = {}  # image id -> detections in its original pixels
     for batch_images, batch_targets in loader:
-        detections = model.predict(batch_images.to(device), **cfg.postprocess.model_dump())
-        predictions.extend({k: v.cpu() for k, v in d.items()} for d in detections)
+        found = model.predict(batch_images.to(device), **cfg.postprocess.model_dump())
+        detections = [{k: v.cpu() for k, v in d.items()} for d in found]
+        predictions.extend(detections)
         targets.extend({"boxes": t["boxes"], "ignore": t["ignore"]} for t in batch_targets)
+        if wider is not None:
+            input_size = tuple(batch_images.shape[-2:])
+            for d, t in zip(detections, batch_targets):
+                official[t["image_id"]] = in_original_frame(d, input_size, t["orig_size"])
     result = evaluate(
         predictions, targets, iou_threshold=cfg.eval.iou_threshold, score_threshold=cfg.eval.score_threshold
     )
-    report = {f"val/{k}": float(v) for k, v in result.items()}  # metrics.evaluate's names, under val/
+    report: dict[str, float | None] = {f"val/{k}": float(v) for k, v in result.items()}  # metrics.evaluate's names, under val/
     report[K.VAL_TOP_SCORE_SPREAD] = top_score_spread(predictions)
+    if wider is None:
+        report.update(dict.fromkeys(K.VAL_WIDER_KEYS))
+    else:
+        report.update(wider_report(official, wider.ground_truth(full)))
     return {key: report[key] for key in K.VAL_KEYS}  # exactly the report's val keys: a renamed metric fails here
+
+
+def in_original_frame(
+    detections: Mapping[str, torch.Tensor], input_size: tuple[int, int], orig_size: torch.Tensor | tuple[int, int]
+) -> dict[str, torch.Tensor]:
+    """Detections on the (squashed) network input mapped back to the original image's pixels, as
+    ``model.predict`` maps them: the frame the official ground truth is in."""
+    height, width = (int(v) for v in orig_size)
+    boxes = detections["boxes"]
+    factor = torch.tensor([width / input_size[1], height / input_size[0]] * 2, dtype=boxes.dtype)
+    return {"boxes": boxes * factor, "scores": detections["scores"]}
+
+
+def wider_report(detections: Mapping[str, Mapping[str, torch.Tensor]], gt: WiderGroundTruth) -> dict[str, float]:
+    """The report's ``val/wider_*``: the official easy / medium / hard AP of ``detections`` (``{image
+    id: {"boxes", "scores"}}`` in original pixels) on the images of ``gt``, and their count."""
+    ids = [image.image_id for image in gt.images if image.image_id in detections]
+    aps = evaluate_widerface(to_wider_predictions(ids, [detections[i] for i in ids]), gt)
+    return {K.WIDER_AP[setting]: aps[setting] for setting in SETTINGS} | {K.VAL_WIDER_IMAGES: float(len(gt))}
 
 
 def top_score_spread(predictions: list[dict[str, torch.Tensor]]) -> float:

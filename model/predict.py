@@ -44,7 +44,7 @@ from tqdm import tqdm
 from model.checkpoint import load_checkpoint
 from model.config import ConfigError, PostprocessConfig, TrainConfig, config_from_dict, load_config
 from model.data.cache import decode_and_fit
-from model.data.mini import GROUND_TRUTH_FILES, ensure_mini, generated_params
+from model.data.mini import ensure_mini, generated_params
 from model.data.transforms import build_eval_transforms
 from model.data.widerface import parse_annotations
 from model.engine import build_model, resolve_device
@@ -54,6 +54,7 @@ from model.widerface_eval import (
     SETTINGS,
     WiderGroundTruth,
     evaluate_widerface,
+    find_ground_truth,
     load_ground_truth,
     to_wider_predictions,
     write_all_predictions,
@@ -75,9 +76,6 @@ __all__ = [
 ]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-#: Where the official ``.mat`` files are looked for under a data root: the generated mini set keeps
-#: them in ``wider_face_split``; the official download has them in ``eval_tools/ground_truth``.
-_GT_PLACES = ("wider_face_split", "eval_tools/ground_truth", "ground_truth")
 
 
 # -- checkpoints --------------------------------------------------------------------------------
@@ -346,15 +344,6 @@ def evaluate_predictions(predictions: Predictions, gt: WiderGroundTruth | str | 
         if all(image.image_id in seen for image in gt.images):  # only skipped images lack predictions: said already
             warnings.filterwarnings("ignore", message=r".*have no predictions and count as no detections")
         return evaluate_widerface(to_wider_predictions(predictions.image_ids, predictions.detections), gt)
-
-
-def find_ground_truth(data_root: str | Path) -> Path | None:
-    """The folder under ``data_root`` holding the four official ``.mat`` files, or ``None``."""
-    for place in _GT_PLACES:
-        folder = Path(data_root) / place
-        if all((folder / name).is_file() for name in GROUND_TRUTH_FILES):
-            return folder
-    return None
 
 
 def predict_split(

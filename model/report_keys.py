@@ -40,6 +40,16 @@ VAL_NUM_IMAGES = "val/num_images"
 VAL_DETECTIONS_PER_IMAGE = "val/detections_per_image"
 VAL_TOP_SCORE = "val/top_score"  #: mean over images of the highest face score
 VAL_TOP_SCORE_SPREAD = "val/top_score_spread"  #: its spread across images (a constant predictor: ~0)
+# The official WIDER FACE protocol (model.widerface_eval) on the same detections, when the config
+# says eval.wider_ap: true (the data must have the official .mat ground truth; zeros, as above, when
+# the run stopped before validating); None otherwise, a value every consumer skips (tracking logs
+# finite numbers only, so a search can optimise them only with the option on). Per epoch on the seeded subset of
+# eval.wider_subset val images, the same images every epoch and in every trial of a search; at the
+# last epoch (epoch == epochs) on all of val, so the last value is the official number.
+VAL_WIDER_EASY = "val/wider_easy"  #: official AP, easy setting
+VAL_WIDER_MEDIUM = "val/wider_medium"  #: official AP, medium setting
+VAL_WIDER_HARD = "val/wider_hard"  #: official AP, hard setting (every face, the tiny ones too)
+VAL_WIDER_IMAGES = "val/wider_images"  #: images the three were computed on: the subset's size, or all of val
 
 # -- time and health -------------------------------------------------------------------------------
 EPOCH_SECONDS = "time/epoch_s"  #: wall clock of the epoch, validation included
@@ -53,8 +63,10 @@ HEALTH_RECOVERED_FROM = "health/recovered_from"  #: the diagnosis the latest rec
 
 TRAIN_KEYS = (TRAIN_LOSS, TRAIN_LOSS_CLS, TRAIN_LOSS_BOX, TRAIN_GRAD_NORM, TRAIN_POS_ANCHORS, TRAIN_EMPTY_BATCHES,
               TRAIN_LR, TRAIN_CLASS_WEIGHT, TRAIN_BOX_WEIGHT, TRAIN_IMAGES, TRAIN_IMAGES_PER_S)  # fmt: skip
+#: The official protocol's keys among them (``None`` in a report whose config does not compute them).
+VAL_WIDER_KEYS = (VAL_WIDER_EASY, VAL_WIDER_MEDIUM, VAL_WIDER_HARD, VAL_WIDER_IMAGES)
 VAL_KEYS = (VAL_AP, VAL_PRECISION, VAL_RECALL, VAL_TP, VAL_FP, VAL_FN, VAL_MEAN_IOU, VAL_NUM_GT, VAL_NUM_IMAGES,
-            VAL_DETECTIONS_PER_IMAGE, VAL_TOP_SCORE, VAL_TOP_SCORE_SPREAD)  # fmt: skip
+            VAL_DETECTIONS_PER_IMAGE, VAL_TOP_SCORE, VAL_TOP_SCORE_SPREAD, *VAL_WIDER_KEYS)  # fmt: skip
 HEALTH_KEYS = (HEALTH_DIAGNOSIS, HEALTH_CODE, HEALTH_STOP, HEALTH_MESSAGE, HEALTH_RECOVERIES, HEALTH_RECOVERY,
                HEALTH_RECOVERED_FROM)  # fmt: skip
 #: Every key of a report, in report order.
@@ -70,6 +82,10 @@ METRIC_MODES: dict[str, Literal["max", "min"]] = {
     VAL_TP: "max",
     VAL_FP: "min",
     VAL_FN: "min",
+    # Only where the space's fixed settings turn eval.wider_ap on (hpo/space.py checks it).
+    VAL_WIDER_EASY: "max",
+    VAL_WIDER_MEDIUM: "max",
+    VAL_WIDER_HARD: "max",
 }
 
 #: The same keys as a type (spelled out: type checkers read only literal keys; a test checks that
@@ -102,6 +118,10 @@ EpochReport = TypedDict(
         "val/detections_per_image": float,
         "val/top_score": float,
         "val/top_score_spread": float,
+        "val/wider_easy": float | None,
+        "val/wider_medium": float | None,
+        "val/wider_hard": float | None,
+        "val/wider_images": float | None,
         "time/epoch_s": float,
         "health/diagnosis": str,
         "health/code": float,
@@ -113,6 +133,6 @@ EpochReport = TypedDict(
     },
 )
 
-#: The official WIDER FACE protocol's AP per setting (``model.widerface_eval``), logged once a run
-#: ends (production training) on all of val; not part of the epoch report.
-WIDER_AP = {"easy": "val/wider_easy", "medium": "val/wider_medium", "hard": "val/wider_hard"}
+#: The official WIDER FACE protocol's AP per setting (``model.widerface_eval``): the epoch report's
+#: keys, also those production training logs once a run ends (its best checkpoint on all of val).
+WIDER_AP = {"easy": VAL_WIDER_EASY, "medium": VAL_WIDER_MEDIUM, "hard": VAL_WIDER_HARD}

@@ -63,9 +63,11 @@ class MlflowLogging(Callback):
         self.mlflow.log_metrics(metrics, step=int(report[K.EPOCH]))
         self.mlflow.set_tag("health.diagnosis", report[K.HEALTH_DIAGNOSIS])
 
-    def finish(self, outcome: str, files: list[Path], metrics: dict[str, float] | None = None) -> None:
+    def finish(self, outcome: str, files: list[Path], metrics: dict[str, float] | None = None, step: int = 0) -> None:
         if metrics:
-            self.mlflow.log_metrics(metrics)
+            # At the last epoch's step, logged last: the run's value of these keys (with
+            # eval.wider_ap the epochs' own, on the last model, are in the history before it).
+            self.mlflow.log_metrics(metrics, step=step)
         self.mlflow.set_tag("outcome", outcome)
         for path in files:
             self.mlflow.log_artifact(str(path))
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if official is not None:
         artifacts.append(args.out / OFFICIAL_FILE)
     if tracking:
-        tracking.finish(outcome, artifacts, metrics=official)
+        tracking.finish(outcome, artifacts, metrics=official, step=trainer.epoch)
     if verdict.stop:
         print(f"training stopped: {verdict.message()}", file=sys.stderr)
         return EXIT_STOPPED

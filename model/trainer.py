@@ -33,6 +33,7 @@ from model.engine import (
     build_model,
     build_optimizer,
     build_scheduler,
+    build_wider_validation,
     evaluate_model,
     loss_weights_at,
     resolve_device,
@@ -70,6 +71,8 @@ class Trainer:
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
         self.train_set, self.val_set = build_datasets(cfg)
+        self.wider = build_wider_validation(cfg, self.val_set)
+        """The official WIDER FACE protocol's ground truth (``eval.wider_ap``), or ``None``."""
         self.train_loader, self.val_loader = build_loaders(cfg, self.train_set, self.val_set)
         self.iters_per_epoch = len(self.train_loader)
 
@@ -138,9 +141,13 @@ class Trainer:
         train = self._train_epoch()
         if self.stopped:
             # A diverged model's boxes are NaN: nothing to validate, and it detects nothing.
-            val = dict.fromkeys(K.VAL_KEYS, 0.0)
+            val: dict[str, float | None] = dict.fromkeys(K.VAL_KEYS, 0.0)
+            if self.wider is None:
+                val.update(dict.fromkeys(K.VAL_WIDER_KEYS))  # not computed at all, as in every other epoch
         else:
-            val = evaluate_model(self.model, self.val_loader, self.device, self.cfg)
+            # The official protocol on its fixed subset of val, on all of val at the last epoch.
+            full = self.epoch >= self.cfg.epochs
+            val = evaluate_model(self.model, self.val_loader, self.device, self.cfg, wider=self.wider, full=full)
         report: dict[str, Any] = {K.EPOCH: self.epoch, K.STEP: self.global_step, **train, **val}
         self._call("on_validation_end", report)
         self.improved = not self.stopped and report[K.VAL_AP] > self.best_ap

@@ -55,11 +55,13 @@ import numpy as np
 from scipy.io import loadmat
 
 __all__ = [
+    "GROUND_TRUTH_PLACES",
     "SETTINGS",
     "THRESHOLD_COUNT",
     "WiderGroundTruth",
     "WiderImage",
     "evaluate_widerface",
+    "find_ground_truth",
     "load_ground_truth",
     "main",
     "read_predictions",
@@ -72,6 +74,9 @@ __all__ = [
 SETTINGS: tuple[str, ...] = ("easy", "medium", "hard")
 THRESHOLD_COUNT = 1000
 _GT_FILES = ("wider_face_val.mat", *(f"wider_{s}_val.mat" for s in SETTINGS))
+#: Where the official ``.mat`` files are looked for under a data root: the generated mini set keeps
+#: them in ``wider_face_split``; the official download has them in ``eval_tools/ground_truth``.
+GROUND_TRUTH_PLACES = ("wider_face_split", "eval_tools/ground_truth", "ground_truth")
 
 PredictionSet = Mapping[tuple[str, str], np.ndarray]
 
@@ -114,6 +119,30 @@ class WiderGroundTruth:
         """Faces that count in each setting."""
         total = sum((image.keep.sum(axis=0) for image in self.images), np.zeros(len(SETTINGS), dtype=np.int64))
         return {setting: int(n) for setting, n in zip(SETTINGS, total, strict=True)}
+
+    def select(self, image_ids: Iterable[str]) -> WiderGroundTruth:
+        """The ground truth of these images only (``<event>/<name>``), in this set's order: the
+        protocol on a subset of val (its face counts, hence its recall, are the subset's).
+
+        Raises:
+            ValueError: an id is not an image of this ground truth (naming the first).
+        """
+        wanted = set(image_ids)
+        known = {image.image_id for image in self.images}
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise ValueError(f"{len(unknown)} images are not in the ground truth (first: {', '.join(unknown[:3])})")
+        return WiderGroundTruth(images=tuple(image for image in self.images if image.image_id in wanted))
+
+
+def find_ground_truth(data_root: str | Path) -> Path | None:
+    """The folder under ``data_root`` holding the four official ``.mat`` files, or ``None``
+    (looked for in :data:`GROUND_TRUTH_PLACES`, in order)."""
+    for place in GROUND_TRUTH_PLACES:
+        folder = Path(data_root) / place
+        if all((folder / name).is_file() for name in _GT_FILES):
+            return folder
+    return None
 
 
 def _mat_string(cell: Any) -> str:

@@ -70,3 +70,12 @@ def test_malformed_yaml_file_is_reported(tmp_path: Path) -> None:
         load_config(path)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_the_official_wider_ap_is_off_by_default_and_its_subset_is_checked() -> None:
+    cfg = TrainConfig()
+    assert cfg.eval.wider_ap is False and cfg.eval.wider_subset is None and cfg.eval.wider_subset_seed == 0
+    on = cfg.with_overrides({"eval.wider_ap": True, "eval.wider_subset": 500})
+    assert on.eval.wider_ap and on.eval.wider_subset == 500
+    with pytest.raises(ConfigError, match="eval.wider_subset"):
+        cfg.with_overrides({"eval.wider_ap": True, "eval.wider_subset": 0})

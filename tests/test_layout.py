@@ -1,6 +1,8 @@
 """One home for each contract: the epoch report's keys live in ``model/report_keys.py``, the MLflow
-tags, artifact names and outcomes in ``hpo/layout.py``; no other module of ``model/`` or ``hpo/``
-spells them. The report CLI and the driver's tracking callback import no torch."""
+tags, artifact names and outcomes in ``hpo/layout.py`` (the files a run writes beside its
+checkpoints, which the search logs as artifacts, in ``model/run_files.py``: ``model/`` cannot
+import ``hpo/``); no other module of ``model/`` or ``hpo/`` spells them. The report CLI and the
+driver's tracking callback import no torch."""
 
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ REPORT_KEYS = {k for k in K.REPORT_KEYS if "/" in k}
 TAGS_AND_ARTIFACTS = {
     v for n, v in vars(L).items() if n.isupper() and isinstance(v, str) and v.startswith(("hpo.", "mlflow."))
 } | {v for n, v in vars(L).items() if n.endswith("_ARTIFACT")}
+#: Artifact names whose home is not the layout: the trainer writes those files, the layout re-exports them.
+ARTIFACT_HOMES = {L.EFFECTIVE_CONFIG_ARTIFACT: "model/run_files.py", L.RECOVERIES_ARTIFACT: "model/run_files.py"}
 #: Tag values: ordinary words outside hpo/ (a data cache's "error"), so checked in hpo/ only, the one
 #: package that can import the layout.
 TAG_VALUES = {L.RUNNING, L.COMPLETED, L.PRUNED, L.ERROR, L.INTERRUPTED, L.FINISHED, L.PARENT, L.TRIAL}
@@ -63,9 +67,10 @@ def misplaced(path: str, source: str) -> list[str]:
         if text in REPORT_KEYS and path != "model/report_keys.py":
             found.append(f"{path}:{line}: report key {text!r}: use model.report_keys")
         layout_home = path == "hpo/layout.py"
-        if text in TAGS_AND_ARTIFACTS and not layout_home:
-            found.append(f"{path}:{line}: {text!r}: use hpo.layout")
-        hpo_word = path.startswith("hpo/") and (text in TAG_VALUES or text.startswith(L.STOPPED))
+        if text in TAGS_AND_ARTIFACTS and path != ARTIFACT_HOMES.get(text, "hpo/layout.py"):
+            home = ARTIFACT_HOMES.get(text, "hpo/layout.py").removesuffix(".py").replace("/", ".")
+            found.append(f"{path}:{line}: {text!r}: use {home}")
+        hpo_word = path.startswith("hpo/") and (text in TAG_VALUES or text.startswith((L.STOPPED, L.RECOVERED)))
         if hpo_word and not layout_home and (path, text) not in ELSEWHERE:
             found.append(f"{path}:{line}: outcome, role or status {text!r}: use hpo.layout")
     return found
@@ -81,12 +86,17 @@ def test_the_check_finds_a_stray_literal_and_ignores_docstrings() -> None:
     assert misplaced("hpo/plots.py", source) == []
     stray = 'def f(r):\n    """Reads val/ap."""\n    return r["val/ap"], f"stopped:{r}", "hpo.outcome", "pruned"\n'
     assert len(misplaced("hpo/plots.py", stray)) == 4
+    recovered = 'A = "effective_config.yaml"\nB = f"recovered:{A}"\n'
+    assert len(misplaced("hpo/export.py", recovered)) == 2
+    assert len(misplaced("hpo/layout.py", recovered)) == 1  # re-exported there, spelled in model/run_files.py
+    assert misplaced("model/run_files.py", 'A = "effective_config.yaml"') == []
     assert misplaced("model/data/cache.py", 'x = {"error": 1}') == []  # an ordinary word outside hpo/
 
 
 def test_the_homes_hold_what_the_check_looks_for() -> None:
     assert {"val/ap", "health/stop", "train/box_weight", "time/epoch_s"} <= REPORT_KEYS
     assert {"hpo.role", "hpo.outcome", "hpo.diagnosis", "mlflow.parentRunId", "trial_config.yaml"} <= TAGS_AND_ARTIFACTS
+    assert {"effective_config.yaml", "recoveries.json"} <= TAGS_AND_ARTIFACTS
     assert tuple(K.EpochReport.__annotations__) == K.REPORT_KEYS
 
 
@@ -100,6 +110,9 @@ def test_how_a_trial_ended_is_decided_once() -> None:
     assert L.trial_end(report(3, 1.0, None), max_epochs=3) == L.TrialEnd("stopped:unknown")  # stopped wins
     assert L.trial_end({}, max_epochs=3) == L.TrialEnd("pruned", 0)  # no epoch reported: cut at 0
     assert L.is_stopped("stopped:stalled") and not L.is_stopped("completed")
+    recovered = {**report(3), K.HEALTH_RECOVERIES: 1.0, K.HEALTH_RECOVERED_FROM: "diverged"}
+    assert L.trial_end(recovered, max_epochs=3) == L.TrialEnd("recovered:diverged")
+    assert L.is_recovered("recovered:diverged") and not L.is_recovered("completed")
 
 
 def test_the_penalty_is_worse_than_any_real_value() -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hpo.preflight import PreflightError, check_data, check_name, check_new_search, check_ray_address, check_tracking
+from hpo import search_record
+from hpo.preflight import PreflightError, check_data, check_ground_truth, check_name, check_ray_address, check_stored_search, check_tracking
 from hpo.search import main as search_main
 
 #: Well above the checks' own 5 s timeouts: the bound the issue asks for, with room for a loaded machine.
@@ -91,12 +92,32 @@ def test_an_annotation_path_cannot_leave_the_images_folder(mini_root: Path, tmp_
 
 
 def test_a_stored_search_is_not_overwritten_without_resume(tmp_path: Path) -> None:
-    (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "id.txt").write_text("x")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    search_record.create(str(tmp_path / "s"), uri, "exp")
     with pytest.raises(PreflightError, match="--resume.*--name"):
-        check_new_search(str(tmp_path / "s"), "id.txt", resume=False)
-    check_new_search(str(tmp_path / "s"), "id.txt", resume=True)
-    check_new_search(str(tmp_path / "other"), "id.txt", resume=False)
+        check_stored_search(str(tmp_path / "s"), False, uri, "exp")
+    check_stored_search(str(tmp_path / "s"), True, uri, "exp")
+    check_stored_search(str(tmp_path / "other"), False, uri, "exp")
+    # A search stored before the record had a tracking URI (its id alone) is refused as well.
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / search_record.LEGACY_FILE).write_text("abc")
+    with pytest.raises(PreflightError, match="--resume"):
+        check_stored_search(str(tmp_path / "old"), False, uri, "exp")
+    check_stored_search(str(tmp_path / "old"), True, "http://elsewhere:5000", "other")
+
+
+def test_resume_with_another_store_or_experiment_is_refused_with_the_original(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    search_record.create(str(tmp_path / "s"), "sqlite:///mlflow.db", "exp")  # relative: made absolute
+    check_stored_search(str(tmp_path / "s"), True, f"sqlite:///{tmp_path / 'mlflow.db'}", "exp")
+    original = f"--tracking-uri sqlite:///{tmp_path / 'mlflow.db'} --experiment exp"
+    for uri, experiment in (("http://127.0.0.1:5000", "exp"), ("sqlite:///mlflow.db", "other")):
+        with pytest.raises(PreflightError, match=original) as caught:
+            check_stored_search(str(tmp_path / "s"), True, uri, experiment)
+        assert "\n" not in str(caught.value)
+    monkeypatch.chdir(tmp_path / "s")  # the same relative URI from elsewhere is another store
+    with pytest.raises(PreflightError, match="split"):
+        check_stored_search(str(tmp_path / "s"), True, "sqlite:///mlflow.db", "exp")
 
 
 def test_the_search_exits_2_before_ray_starts_and_writes_nothing(mini_root: Path, tmp_path: Path, capsys) -> None:
@@ -110,3 +131,13 @@ def test_the_search_exits_2_before_ray_starts_and_writes_nothing(mini_root: Path
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]
     assert not storage.exists() and not db.exists()
+
+
+def test_a_space_scored_on_the_official_ap_needs_its_ground_truth(mini_root: Path, tmp_path: Path) -> None:
+    root = _wider_copy(mini_root, tmp_path)
+    check_ground_truth(root, "wider")  # the mini set's .mat files came along
+    for mat in (root / "wider_face_split").glob("*.mat"):
+        mat.unlink()
+    with pytest.raises(PreflightError, match=r"^eval.wider_ap: no official WIDER FACE .mat ground truth under .*wider_face_split/"):
+        check_ground_truth(root, "wider")
+    check_ground_truth(tmp_path / "not-generated-yet", "mini")  # generated with its ground truth

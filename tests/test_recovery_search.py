@@ -55,6 +55,11 @@ def test_a_recovered_trial_is_kept_and_optuna_is_told_it_failed(full_mini: Path,
     ap = client.get_metric_history(recovered.info.run_id, "val/ap")
     assert sorted(m.step for m in ap) == [1, 2] and all(m.value >= 0 for m in ap)
     assert max(m.value for m in client.get_metric_history(recovered.info.run_id, "health/recoveries")) == 1.0
+    # Its effective config and recovery events are on the run, for the export (the healthy run has none).
+    assert {"effective_config.yaml", "recoveries.json"} <= {a.path for a in client.list_artifacts(recovered.info.run_id)}
+    assert not {"effective_config.yaml", "recoveries.json"} & {a.path for a in client.list_artifacts(healthy.info.run_id)}
+    effective = yaml.safe_load(Path(client.download_artifacts(recovered.info.run_id, "effective_config.yaml", str(tmp_path))).read_text())
+    assert effective["optim"]["lr"] == pytest.approx(0.1) and effective["data"]["root"] == str(full_mini)
 
     # Optuna: the sampled configuration failed (its penalty), the healthy one has its real value.
     searcher = RungAwareOptunaSearch(max_epochs=MAX_EPOCHS)

@@ -227,6 +227,69 @@ def test_report_escapes_what_mlflow_holds(tmp_path: Path) -> None:
     assert "Not computed: too few trials to rank parameters" in page.sections["importances"]["text"]
 
 
+def test_report_marks_a_recovered_trial(tmp_path: Path) -> None:
+    """A recovered trial (rolled back from a divergence, then healthy) has its own outcome, shade,
+    marker and legend entry, and competes among the best trials with its measured value."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    open_parent_run(uri, "rec", "s1", load_space("cpu-mini"))
+    client = mlflow.MlflowClient(uri)
+    exp_id = client.get_experiment_by_name("rec").experiment_id
+    trials = [  # (trial id, outcome, diagnosis, lr, last val/ap or None)
+        ("t_ok", L.COMPLETED, L.HEALTHY, 0.01, 0.3),
+        ("t_div", L.stopped("diverged"), "diverged", 0.9, None),
+        ("t_rec", L.recovered("diverged"), L.HEALTHY, 0.5, 0.4),  # measured after lr x0.1
+    ]
+    for trial_id, outcome, diagnosis, lr, ap in trials:
+        tags = {L.ROLE: L.TRIAL, L.SEARCH_ID: "s1", L.TRIAL_ID: trial_id, L.OUTCOME: outcome, L.DIAGNOSIS: diagnosis}
+        run_id = client.create_run(exp_id, tags=tags).info.run_id
+        for key, value in {"optim.lr": lr, "schedule.warmup_epochs": 0.0, "loss.box_weight": 1.0, "loss.class_weight": 1.0}.items():
+            client.log_param(run_id, key, value)
+        for epoch in (1, 2):
+            client.log_metric(run_id, K.TRAIN_LOSS, 3.0 / epoch, step=epoch)
+            if ap is not None:
+                client.log_metric(run_id, K.VAL_AP, ap * epoch / 2, step=epoch)
+    result = build_report(uri, "rec", tmp_path / "report", log_to_parent=False)
+    html = result.html.read_text()
+    page = Page(html)
+
+    rec = next(t for t in result.search.trials if t.trial_id == "t_rec")
+    assert rec.category == "recovered:diverged" and rec.recovered_from == "diverged" and rec.failed and rec.exportable
+    assert [r[0] for r in page.rows("outcomes")] == ["healthy", "recovered:diverged", "stopped:diverged"]
+    assert f'<span class="dot diamond" style="background:{plots.category_color("recovered:diverged")}">' in html
+    assert "3 trials; 2 failed (stopped by the health monitor, recovered from a failure" in page.sections["outcomes"]["text"]
+    # The best trials are those the export chooses from: the recovered one first, said so.
+    assert [r[:3] for r in page.rows("best-trials")] == [["1", "t_rec", "recovered:diverged"], ["2", "t_ok", "completed"]]
+    assert "Diamonds: recovered trials (recovered:diverged)" in page.sections["failure-atlas"]["text"]
+    curves = page.sections["learning-curves"]["text"]
+    assert curves.count("best trial: t_rec") == 1 and "example of stopped:diverged: t_div" in curves  # not shown twice
+    assert ["t_rec", "recovered:diverged", "healthy"] in [r[:3] for r in page.rows("trials")]
+
+
+def test_the_atlas_draws_a_recovered_trial_as_a_diamond_with_its_own_legend_entry() -> None:
+    values = {"loss.box_weight": 1.0, "loss.class_weight": 2.0}
+    points = [
+        plots.AtlasPoint("a", "healthy", values),
+        plots.AtlasPoint("b", "stopped:diverged", {**values, "loss.box_weight": 5.0}),
+        plots.AtlasPoint("c", "recovered:diverged", {**values, "loss.box_weight": 3.0}),
+        plots.AtlasPoint("d", "recovered:diverged", {"loss.box_weight": 4.0}),  # no class weight: on the edge
+    ]
+    fig = plots.failure_atlas(points, [("loss.box_weight", "loss.class_weight")])
+    legend = fig.legends[0]
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[:3] == ["healthy (1)", "recovered:diverged (2)", "stopped:diverged (1)"]
+    markers = {label: handle.get_marker() for label, handle in zip(labels, legend.legend_handles)}
+    assert markers["recovered:diverged (2)"] == "D" and markers["healthy (1)"] == markers["stopped:diverged (1)"] == "o"
+    colours = {plots.category_color(c) for c in ("healthy", "stopped:diverged", "recovered:diverged", "recovered:stalled")}
+    assert len(colours) == 4  # its own shade, per diagnosis recovered from
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    # One collection per category drawn, plus the recovered trial without a class weight on the edge.
+    assert len(ax.collections) == 4
+    assert plots.category_marker("recovered:unknown") == "D" and plots.category_marker("completed:fp-surge") == "o"
+    assert plots.category_order(["pruned", "recovered:stalled", "healthy", "completed:overfitting"]) == [
+        "healthy", "completed:overfitting", "recovered:stalled", "pruned"
+    ]  # fmt: skip
+
+
 # -- importances -----------------------------------------------------------------------------------
 
 

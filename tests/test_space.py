@@ -119,6 +119,22 @@ def test_widerface_gpu_uses_real_data_on_gpus() -> None:
     assert space.scheduler.grace_period >= space.params["schedule.warmup_epochs"].high
 
 
+def test_widerface_gpu_optimises_the_official_hard_ap_on_all_of_val() -> None:
+    space = load_space("widerface-gpu")
+    assert (space.metric, space.mode) == ("val/wider_hard", "max")
+    assert space.fixed["eval.wider_ap"] is True and space.fixed["eval.wider_subset"] is None
+
+
+@pytest.mark.parametrize("metric", ["val/wider_easy", "val/wider_medium", "val/wider_hard"])
+def test_official_metrics_are_searchable_with_eval_wider_ap_fixed_on(tmp_path: Path, metric: str) -> None:
+    raw = _valid()
+    raw["metric"] = metric
+    raw["fixed"].update({"eval.wider_ap": True, "eval.wider_subset": 200})
+    space = load_space(_write(tmp_path, raw))
+    assert space.metric == metric and METRIC_MODES[metric] == "max"
+    assert space.trial_config(space.points_to_evaluate[0]).eval.wider_subset == 200
+
+
 def test_seed_study_grid_is_the_nine_setting_sweep() -> None:
     space = load_space("seed-study-sweep")
     assert space.scheduler.type == "none" and space.num_trials == 9
@@ -329,6 +345,21 @@ MALFORMED: dict[str, tuple[Mutation, str, str]] = {
         "metric",
         "'val/AP' is not a metric a search can optimise (did you mean 'val/ap'?)",
     ),
+    "official metric without eval.wider_ap": (
+        _set("metric", "val/wider_hard"),
+        "metric",
+        "val/wider_hard is reported only with eval.wider_ap: true in fixed",
+    ),
+    "official metric with eval.wider_ap sampled": (
+        _both(
+            _set("metric", "val/wider_medium"),
+            _set("params/eval.wider_ap", {"distribution": "categorical", "choices": [True, False]}),
+            _delete("points_to_evaluate"),
+        ),
+        "metric",
+        "val/wider_medium is reported only with eval.wider_ap: true in fixed",
+    ),
+    "the subset's size is no metric": (_set("metric", "val/wider_images"), "metric", "not a metric a search can optimise"),
     "mode typo": (_set("mode", "maximize"), "mode", "'max' or 'min'"),
     "mode against the metric": (_set("mode", "min"), "mode", "mode must be max"),
     "grid param with tpe": (

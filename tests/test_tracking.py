@@ -8,6 +8,7 @@ the health monitor (diverged at epoch 1), pruned (ends before ``max_epochs``) an
 from __future__ import annotations
 
 import csv
+import json
 import io
 import logging
 import math
@@ -253,7 +254,7 @@ def test_mlflow_is_written_off_the_loop_and_complete_when_fit_returns(search) ->
     (completed, stopped, pruned, errored) has its outcome and learning curves once ``Tuner.fit``
     has returned."""
     threads = search["writer_threads"]
-    assert {"start", "result", "complete", "error", "artifacts"} <= set(threads), threads
+    assert {"start", "result", "complete", "end", "artifacts"} <= set(threads), threads
     assert all(threading.main_thread().name not in names for names in threads.values()), threads
     assert sorted(r["outcome"] for r in search["first"]) == ["completed", "error", "pruned", "stopped:diverged"]
     for trial_id, paths in search["artifacts_at_return"].items():
@@ -296,7 +297,7 @@ def test_a_tracking_failure_is_a_warning(search, caplog: pytest.LogCaptureFixtur
         callback.on_trial_error(iteration=0, trials=[trial], trial=trial)
         callback.flush()
     hooks = [r.args[1] for r in caplog.records if trial.trial_id in r.getMessage()]
-    assert hooks == ["start", "result", "error", "artifacts"]  # each failed alone, none raised
+    assert hooks == ["start", "result", "end", "artifacts"]  # each failed alone, none raised
 
 
 def test_finish_parent_run_writes_the_summary(search) -> None:
@@ -316,3 +317,46 @@ def test_finish_parent_run_writes_the_summary(search) -> None:
     assert table[0]["extra"] == "only here" and table[1]["extra"] == ""
     with pytest.raises(ValueError, match="status"):
         finish_parent_run(uri, search["parent"], rows, "done")  # type: ignore[arg-type]
+
+
+def test_reconcile_rebuilds_the_record_from_tunes_results(search, tmp_path: Path) -> None:
+    """What ``--resume`` does after an outage: an empty store gets, from Tune's stored results
+    alone, every trial's run with the live record's outcome and epochs; a second pass writes nothing."""
+    uri = f"sqlite:///{tmp_path / 'rebuilt.db'}"
+    parent = open_parent_run(uri, EXPERIMENT, SEARCH_ID, search["space"])
+    results = tune.Tuner.restore(str(search["root"] / "ray_results" / "search"), fake_trainable).get_results()
+    callback = MlflowTrialCallback(uri, parent, SEARCH_ID, search["space"], MAX_EPOCHS)
+    assert callback.reconcile(results) == 4
+    live, rebuilt = trial_outcomes(search["uri"], SEARCH_ID), trial_outcomes(uri, SEARCH_ID)
+    assert sorted(r["trial_id"] for r in rebuilt) == sorted(r["trial_id"] for r in live)
+    outcomes = {lr: row["outcome"] for lr, row in by_lr(rebuilt).items()}
+    assert outcomes == {COMPLETED: "completed", DIVERGED: "stopped:diverged", PRUNED: "pruned", FAILED: "error"}
+    client, live_runs = MlflowClient(uri), {r["trial_id"]: r["run_id"] for r in live}
+    for row in rebuilt:
+        for key in ("val/ap", "train/loss", "health/stop"):
+            steps = [(m.step, m.value) for m in client.get_metric_history(row["run_id"], key)]
+            expected = [(m.step, m.value) for m in search["client"].get_metric_history(live_runs[row["trial_id"]], key)]
+            assert sorted(steps) == sorted(expected), (row["trial_id"], key)
+        assert "learning_curves.png" in {a.path for a in client.list_artifacts(row["run_id"])}
+    assert MlflowTrialCallback(uri, parent, SEARCH_ID, search["space"], MAX_EPOCHS).reconcile(results) == 0
+
+
+def test_a_failed_write_waits_in_the_journal_and_is_replayed_in_order(search, tmp_path: Path) -> None:
+    """Writes to a parent run that does not exist (as if the server had gone) are journaled in
+    order, survive the callback (a new one replays them) and are gone once replayed."""
+    journal = tmp_path / "journal.jsonl"
+    trial = search["trials"][0]
+    down = MlflowTrialCallback(search["uri"], "no-such-run", SEARCH_ID, search["space"], MAX_EPOCHS, journal=journal)
+    down.on_trial_start(iteration=0, trials=[trial], trial=trial)
+    down.on_trial_result(iteration=0, trials=[trial], trial=trial, result=trial.last_result)
+    down.on_trial_complete(iteration=0, trials=[trial], trial=trial)
+    down.flush()
+    assert down.journaled == 4 and down.had_failures
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [e["op"] for e in entries] == ["start", "result", "complete", "artifacts"]
+    # A new driver (a resumed search) with the real parent replays them; MLflow ignores what it has.
+    before = trial_outcomes(search["uri"], SEARCH_ID)
+    up = MlflowTrialCallback(search["uri"], search["parent"], SEARCH_ID, search["space"], MAX_EPOCHS, journal=journal)
+    assert up.replay_journal() and up.journaled == 0 and not journal.exists()
+    after = trial_outcomes(search["uri"], SEARCH_ID)
+    assert sorted(r["run_id"] for r in after) == sorted(r["run_id"] for r in before)

@@ -6,6 +6,7 @@ health stopper: one starting point diverges at once, one is healthy, one is samp
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -23,11 +24,13 @@ from ray.tune.search.optuna import OptunaSearch
 from hpo.layout import NONFINITE_FILL, PENALTY_MAX, PENALTY_MIN
 from hpo.space import load_space, space_from_dict
 from hpo.stopping import HealthStopper, RungAwareOptunaSearch, build_scheduler, build_searcher, optuna_study
+from model.config import load_config
 from hpo.trainable import (
     CHECKPOINT_NAME,
     SETUP_KEY,
     _trial_config,
     last_chance_epochs,
+    save_recovery_files,
     train_trial,
     tune_metrics,
 )
@@ -136,6 +139,36 @@ def test_a_missing_metric_or_a_bad_mode_is_named() -> None:
         tune_metrics(report(), "val/ap", "maximize")  # type: ignore[arg-type]
 
 
+# -- a recovered trial's record beside its checkpoint ----------------------------------------------
+
+
+def test_after_a_recovery_the_checkpoint_holds_the_effective_config_and_the_events(
+    mini_root: Path, tmp_path: Path, one_thread
+) -> None:
+    from model.config import TrainConfig
+    from model.run_files import EFFECTIVE_CONFIG_FILE, RECOVERIES_FILE
+
+    # The trial's config as sampled (what trial_config.yaml holds), and as this worker runs it.
+    sampled = TrainConfig().with_overrides({
+        "data.max_train_images": 32, "data.max_val_images": 16, "batch_size": 8, "model.input_size": 128, "epochs": 2,
+        "optim.lr": 5.0, "schedule.warmup_iters": 0, "health.on_failure": "recover", "health.check_every_steps": 1,
+    })  # fmt: skip
+    trainer = Trainer(_trial_config(sampled, str(mini_root), str(mini_root.parent / "cache"), gpu=False), log=lambda _: None)
+    early = tmp_path / "early"
+    early.mkdir()
+    assert not save_recovery_files(trainer, sampled, early) and not any(early.iterdir())
+
+    report = trainer.run_epoch()  # lr 5 without warm-up diverges: rolled back, lr x0.1, a fresh warm-up
+    assert report["health/recoveries"] == 1.0
+    assert save_recovery_files(trainer, sampled, tmp_path)
+    effective = load_config(tmp_path / EFFECTIVE_CONFIG_FILE)
+    assert effective.optim.lr == 0.5 and effective.schedule.warmup_epochs == 1.0
+    assert effective.data.root == sampled.data.root != trainer.cfg.data.root  # not this worker's paths
+    undone = {"optim.lr": sampled.optim.lr, "schedule.warmup_epochs": sampled.schedule.warmup_epochs}
+    assert effective.with_overrides(undone) == sampled  # nothing else changed
+    assert json.loads((tmp_path / RECOVERIES_FILE).read_text()) == trainer.recovery_events()
+
+
 # -- the stopping rule, the scheduler and the searcher ----------------------------------------------
 
 
@@ -212,11 +245,13 @@ def test_optuna_is_told_how_each_trial_ended() -> None:
     assert isinstance(searcher, RungAwareOptunaSearch)
     study = optuna_study(searcher)
 
-    def run(trial_id: str, reports: list[dict[str, Any]], *, error: bool = False) -> optuna.trial.FrozenTrial:
+    def run(trial_id: str, reports: list[dict[str, Any]], *, error: bool = False, stopped_by_scheduler: bool = False):
         assert searcher.suggest(trial_id) is not None
-        for i, report in enumerate(reports, start=1):
-            searcher.on_trial_result(trial_id, {"training_iteration": i, **report})
-        searcher.on_trial_complete(trial_id, result=reports[-1] if reports else None, error=error)
+        results = [{"training_iteration": i, **report} for i, report in enumerate(reports, start=1)]
+        # Tune gives the result on which a scheduler stops a trial to on_trial_complete alone.
+        for result in results[:-1] if stopped_by_scheduler else results:
+            searcher.on_trial_result(trial_id, result)
+        searcher.on_trial_complete(trial_id, result=results[-1] if results else None, error=error)
         return study.trials[-1]
 
     def epoch(n: int, ap: float, stop: float = 0.0) -> dict[str, Any]:
@@ -226,6 +261,8 @@ def test_optuna_is_told_how_each_trial_ended() -> None:
     assert full.state == optuna.trial.TrialState.COMPLETE and full.value == pytest.approx(0.1 * MAX_EPOCHS)
     cut = run("cut", [epoch(1, 0.05)])
     assert cut.state == optuna.trial.TrialState.PRUNED and cut.value == 0.05 and cut.intermediate_values == {1: 0.05}
+    rung = run("rung", [epoch(1, 0.05), epoch(2, 0.07)], stopped_by_scheduler=True)  # ASHA at its epoch-2 rung
+    assert rung.state == optuna.trial.TrialState.PRUNED and rung.intermediate_values == {1: 0.05, 2: 0.07}
     stopped = run("stopped", [epoch(1, PENALTY_MAX, stop=1.0)])
     assert stopped.state == optuna.trial.TrialState.COMPLETE and stopped.value == PENALTY_MAX
     failed = run("failed", [epoch(1, 0.01)], error=True)
@@ -409,3 +446,28 @@ def test_a_reused_worker_starts_each_trial_from_its_own_config(reused, mini_root
     # Sample detections only where the trial may end (no scheduler: its last epoch).
     drawn = {p.parent.name: p.exists() for p in (Path(c) / DETECTIONS_FILE for c in sorted(Path(healthy.path).glob("checkpoint_*")))}
     assert list(drawn.values()) == [False, True], drawn
+
+
+def test_a_trial_counts_the_images_it_skipped(mini_root: Path, tmp_path: Path, one_thread) -> None:
+    """A missing and a corrupt image are skipped, never fatal, and counted in every result (and so
+    in the trial's MLflow run: the keys are tracking metrics)."""
+    import shutil
+
+    from hpo import layout as L
+    from hpo.tracking import TRIAL_METRICS
+    from hpo.trainable import skipped_images
+    from model.config import TrainConfig
+
+    root = tmp_path / "data"
+    shutil.copytree(mini_root, root)
+    def first_image(split: str) -> Path:  # the annotation file's first record: inside max_*_images
+        relpath = (root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt").read_text().splitlines()[0].strip()
+        return root / f"WIDER_{split}" / "images" / relpath
+
+    first_image("train").write_bytes(b"not a jpeg")
+    first_image("val").unlink()
+    cfg = TrainConfig().with_overrides({"data.max_train_images": 32, "data.max_val_images": 16, "batch_size": 8,
+                                        "model.input_size": 128, "epochs": 1, "data.source": "wider"})  # fmt: skip
+    trainer = Trainer(_trial_config(cfg, str(root), str(tmp_path / "cache"), gpu=False), log=lambda _: None)
+    assert skipped_images(trainer) == {L.TRAIN_SKIPPED: 1.0, L.VAL_SKIPPED: 1.0}
+    assert {L.TRAIN_SKIPPED, L.VAL_SKIPPED} <= set(TRIAL_METRICS)

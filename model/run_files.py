@@ -1,0 +1,14 @@
+"""The files a run leaves beside its checkpoints for others to read, named once (no torch).
+
+After a recovery (``health.on_failure: recover``, :mod:`model.recovery`) a run writes, next to
+``last.pt``, :data:`EFFECTIVE_CONFIG_FILE` (the configuration with every recovery's changes: what
+a restart with the fix would train) and :data:`RECOVERIES_FILE` (the recovery events, oldest
+first: with the configuration the run started from they reproduce it). Production training's
+:class:`model.callbacks.Checkpointing` and a search trial (``hpo/trainable.py``) write them; the
+search logs them as the trial's artifacts (``hpo/layout.py``) and the export reads them back.
+"""
+
+from __future__ import annotations
+
+EFFECTIVE_CONFIG_FILE = "effective_config.yaml"  #: the config in force after the recoveries (a TrainConfig in YAML)
+RECOVERIES_FILE = "recoveries.json"  #: the recovery events, a JSON list (``model.recovery``: diagnosis, snapshot, changes)
