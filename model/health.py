@@ -4,18 +4,22 @@ The trainer feeds it two streams and gets back a :class:`Verdict` each time:
 
 * :meth:`HealthMonitor.check_step`, every ``check_every_steps`` optimiser steps, with the current
   loss parts, gradient norm and positive-anchor count (host floats, one sync per check). Cheap
-  checks for what must stop a run at once: non-finite values, a loss explosion, a gradient spike
-  that comes with a rising loss (``diverged``), and batches without any positive anchor
-  (``no-positives``).
+  checks for what must stop a run at once: non-finite values, a loss explosion (against the early
+  median of the checks and against the untrained network's loss at the first check, which a loss
+  already rising over the early checks cannot inflate), a gradient spike that comes with a rising
+  loss (``diverged``), and batches without any positive anchor (``no-positives``).
 * :meth:`HealthMonitor.check_epoch`, after each validation, with the flat per-epoch report. The
   failure stages of the seed study: early-stage avoidance (``background-collapse``, 3.1: AP near 0
-  and a top face score that fell from its peak or never rose), nothing learnt (``stalled``: the
-  classification loss flat near its start, AP near 0), mid-stage false-positive surge and recall
-  decline (3.2), late-stage ``overfitting`` (3.3). None of these fire before the learning-rate
-  warm-up has ended plus ``grace_epochs``; each needs its signal to persist over a patience counted
-  after that, to exceed a minimum absolute change, and AP and recall are judged by running medians,
-  so one noisy evaluation never labels a run. With tiny epochs, grace and patience stretch to
-  ``min_span_steps`` optimiser steps.
+  and a top face score that fell from its peak or never rose; ``near-collapse``, a warning, when
+  the AP hovers around that limit instead), nothing learnt (``stalled``: the classification loss
+  flat near its start, AP near 0), mid-stage false-positive surge and recall decline (3.2),
+  late-stage ``overfitting`` (3.3). None of these fire before the learning-rate warm-up has ended
+  plus ``grace_epochs``; each needs its signal to persist over a patience counted after that, to
+  exceed a minimum absolute change, and AP and recall are judged by running medians, so one noisy
+  evaluation never labels a run. With tiny epochs, grace and patience stretch to
+  ``min_span_steps`` optimiser steps. The one exception is ``stalled`` from step-level evidence:
+  the step checks since the warm-up ended (``stall_window_steps`` of them, medians of halves) are
+  many samples, not a few noisy evaluations, so it needs no grace.
 
 On the mini set a healthy tiny SSD has no detection above the 0.5 score threshold and a falling
 top score for many epochs while its AP rises from 0.002 to 0.19: AP, which ranks every score, is
@@ -42,7 +46,14 @@ from model import report_keys as K
 __all__ = ["DEFAULT_INTERVENTIONS", "LABELS", "MIN_IMAGES_FOR_SPREAD", "HealthConfig", "Intervention", "HealthMonitor", "Verdict", "constant_predictor_cls_loss"]
 
 Problem = Literal[
-    "diverged", "background-collapse", "stalled", "fp-surge", "recall-decline", "overfitting", "no-positives"
+    "diverged",
+    "background-collapse",
+    "stalled",
+    "fp-surge",
+    "recall-decline",
+    "overfitting",
+    "no-positives",
+    "near-collapse",
 ]
 #: Every diagnosis; the index is the stable numeric code metric stores log.
 LABELS: tuple[str, ...] = ("healthy", *get_args(Problem))
@@ -84,6 +95,8 @@ DEFAULT_INTERVENTIONS: dict[str, Intervention] = {
     "overfitting": Intervention(action="restore_best"),
     "no-positives": Intervention(action="stop"),
     "recall-decline": Intervention(action="stop"),
+    # A warning by default; when added to ``stop_on`` it is treated as the collapse it precedes.
+    "near-collapse": Intervention(class_weight_factor=2.0, neg_pos_factor=0.5, warmup_epochs=1.0),
 }
 
 
@@ -121,7 +134,11 @@ class HealthConfig(BaseModel):
     """The early loss reference is the median of the first this many (finite) step checks (the
     trainer checks step 1 as well, so the untrained network's loss is among them)."""
     explosion_factor: float = Field(100.0, gt=1)
-    """``diverged`` when the loss exceeds this many times its early reference."""
+    """``diverged`` when the loss exceeds this many times its early reference, or when its unweighted
+    parts (``loss_cls + loss_box``) exceed this many times their value at the first check with a
+    positive anchor (the untrained network's, at step 1): a loss already rising over the reference
+    checks inflates their median (SGD lr 0.3 without warm-up: to 4x the untrained loss by step 20),
+    never the first check. Unweighted, so that a loss-weight ramp starting near 0 is no explosion."""
     explosion_min_loss: float = Field(10.0, ge=0)
     """...and is at least this large: a tiny starting loss times the factor is not an explosion."""
     max_loss: float = Field(1e4, gt=0)
@@ -144,7 +161,8 @@ class HealthConfig(BaseModel):
 
     # -- epoch checks -----------------------------------------------------------------------------
     grace_epochs: int = Field(2, ge=0)
-    """Epochs after the warm-up has ended before any validation-based diagnosis may fire."""
+    """Epochs after the warm-up has ended before any validation-based diagnosis may fire (but the
+    step-level ``stalled``, whose evidence is the step checks: see ``stall_window_steps``)."""
     min_span_steps: int = Field(50, ge=0)
     """The grace and every patience or window below also span at least this many optimiser steps:
     with tiny epochs (a few steps each) consecutive evaluations barely differ in training but
@@ -185,6 +203,33 @@ class HealthConfig(BaseModel):
     stall_max_ap: float = Field(0.01, ge=0)
     """...and the validation AP stays at most this. A model whose top face score rose and then fell
     is not stalled but collapsing (the collapse check owns it)."""
+    stall_window_steps: int = Field(50, ge=1)
+    """Also ``stalled``, judged at each validation from the end of the warm-up on, without the grace
+    and without waiting for ``stall_epochs`` evaluations: the step checks of the last this many
+    optimiser steps (all after the warm-up; at least ``min_span_steps``) show the classification
+    loss, median of the later half of the checks against median of the earlier half, moved by at
+    most ``stall_max_change`` and still at least ``stall_min_fraction`` of its start, and so is the
+    loss (median of the later half) of its early reference (``reference_checks``: a box regressor
+    that learns is not stalled), while every validation since the warm-up (at least two) had AP
+    at most ``stall_step_max_ap`` (the class-prior and fallen-top-score exceptions above hold here
+    too). Under the default warm-up (100 steps; with 37-step epochs it ends in epoch 3) a run at lr
+    1e-5 or 1e-6 is named at epoch 5 or 6, not at epoch 8 or 9."""
+    stall_step_max_ap: float = Field(0.002, ge=0)
+    """The step-level stall's AP limit: without the grace it asks for an untrained detector's AP
+    (the mini set's stalled runs: at most 0.0006), not just AP near 0; a healthy run that sits at
+    the class prior for its first epochs without warm-up already has 0.0075-0.01 by its second
+    evaluation. Runs between this and ``stall_max_ap`` are left to the evaluation-level rule."""
+    near_collapse_max_ap: float = Field(0.03, ge=0)
+    """``near-collapse`` (a warning): validation AP at most this (near ``collapse_max_ap``: an AP that
+    hovers around the collapse limit, 0.003-0.028, never makes a collapse streak)..."""
+    near_collapse_patience: int = Field(4, ge=1)
+    """...at each of this many consecutive evaluations after the grace, each with no face above the
+    score threshold (``collapse_max_recall``, ``collapse_max_detections``) and a top face score fallen
+    to at most ``collapse_score_drop`` of its best since the warm-up (one more evaluation than
+    ``collapse_patience``: a run collapsing outright is stopped as ``background-collapse`` first)..."""
+    near_collapse_max_ap_gain: float = Field(0.005, ge=0)
+    """...while the AP (running median) at the last of them is at most this above its best before
+    them: a slow starter whose AP climbs through that range is learning, not fading."""
     fp_surge_window: int = Field(3, ge=1)
     """Evaluations over which false positives per image must rise at every one before ``fp-surge``."""
     fp_surge_factor: float = Field(1.5, gt=1)
@@ -266,6 +311,10 @@ _TEMPLATES: dict[str, str] = {
     "non-finite loss": "loss {loss:.4g} (cls {loss_cls:.4g}, box {loss_box:.4g}), gradient norm {grad_norm:.4g}",
     "non-finite gradient norm": "gradient norm {grad_norm:.4g} with loss {loss:.4g}",
     "loss explosion": "loss {loss:.3g} > {factor:g} x its early median {reference:.3g}",
+    "loss explosion over the untrained loss": (
+        "loss_cls + loss_box {unweighted:.3g} > {factor:g} x {untrained:.3g}, their value at the first check"
+        " (the untrained network); loss {loss:.3g}"
+    ),
     "loss above its ceiling": "loss {loss:.3g} > {ceiling:.3g}",
     "gradient spike with rising loss": (
         "gradient norm {grad_norm:.3g} > {grad_factor:g} x its running median {grad_median:.3g} and loss"
@@ -286,6 +335,17 @@ _TEMPLATES: dict[str, str] = {
     "classification loss flat": (
         "loss_cls {loss_cls:.4f} varied {change:.1%} over {evaluations} evaluations and is still"
         " {fraction:.0%} of its starting value {start:.4f}; AP {ap:.4f}"
+    ),
+    "classification loss flat since the warm-up": (
+        "loss_cls {loss_cls:.4f} (median of the later {checks} step checks) moved {change:.1%} over steps"
+        " {first_step}-{last_step}, after the warm-up, and is still {fraction:.0%} of its starting value"
+        " {start:.4f} (the loss {loss_fraction:.0%} of its early median); AP at most"
+        " {ap:.4f} over {evaluations} evaluations since the warm-up"
+    ),
+    "AP hovering at the collapse limit": (
+        "AP {ap:.4f}, at most {max_ap:g} for {evaluations} evaluations ({aps}), with recall {recall:.3f} and"
+        " {detections_per_image:.2f} detections/image at score >= {score_threshold:g}; top face score"
+        " {top_score:.3f}, down from {best_top_score:.3f} at epoch {best_top_epoch} ({top_scores})"
     ),
     "false positives rising while precision falls": (
         "FP/image {fp_start:.2f} -> {fp_end:.2f}, precision {precision_start:.3f} -> {precision_end:.3f},"
@@ -395,6 +455,10 @@ class HealthMonitor:
         self.first_verdict_epoch = self.warmup_epochs + self._span(cfg.grace_epochs) + 1
         self._loss_ref: list[float] = []
         self._cls_ref: list[float] = []
+        #: ``loss_cls + loss_box`` at the first check with a positive anchor: the untrained network's.
+        self._untrained: float | None = None
+        #: ``[step, epoch, loss_cls, loss]`` of the latest step checks (the step-level stall evidence).
+        self._recent: deque[list[float]] = deque(maxlen=self._recent_size())
         self._losses: deque[float] = deque(maxlen=cfg.window_checks)
         self._grads: deque[float] = deque(maxlen=cfg.window_checks)
         self._spike_streak = 0
@@ -430,7 +494,7 @@ class HealthMonitor:
             return self._stopped
         if not self.cfg.enabled:
             return self._record("step", Verdict("healthy", False, step=step, epoch=epoch))
-        found = self._step_problem(loss, loss_cls, loss_box, grad_norm, num_pos)
+        found = self._step_problem(step, epoch, loss, loss_cls, loss_box, grad_norm, num_pos)
         if found is None:
             result = Verdict("healthy", False, step=step, epoch=epoch)
         else:
@@ -472,6 +536,8 @@ class HealthMonitor:
             "version": _STATE_VERSION,
             "loss_ref": list(self._loss_ref),
             "cls_ref": list(self._cls_ref),
+            "untrained": self._untrained,
+            "recent": [list(check) for check in self._recent],
             "losses": list(self._losses),
             "grads": list(self._grads),
             "spike_streak": self._spike_streak,
@@ -489,6 +555,10 @@ class HealthMonitor:
             raise ValueError(f"health monitor state version {state.get('version')!r} is not {_STATE_VERSION}")
         self._loss_ref = [float(v) for v in state["loss_ref"]]
         self._cls_ref = [float(v) for v in state["cls_ref"]]
+        # Absent from states saved before these checks existed: such a run just starts collecting them.
+        untrained = state.get("untrained")
+        self._untrained = float(untrained) if untrained is not None else None
+        self._recent = deque(([float(v) for v in check] for check in state.get("recent", ())), maxlen=self._recent_size())
         self._losses = deque((float(v) for v in state["losses"]), maxlen=self.cfg.window_checks)
         self._grads = deque((float(v) for v in state["grads"]), maxlen=self.cfg.window_checks)
         self._spike_streak = int(state["spike_streak"])
@@ -518,7 +588,7 @@ class HealthMonitor:
     # -- step checks --------------------------------------------------------------------------------
 
     def _step_problem(
-        self, loss: float, loss_cls: float, loss_box: float, grad_norm: float, num_pos: float
+        self, step: int, epoch: int, loss: float, loss_cls: float, loss_box: float, grad_norm: float, num_pos: float
     ) -> tuple[str, str, dict[str, Any]] | None:
         cfg = self.cfg
         values = {"loss": loss, "loss_cls": loss_cls, "loss_box": loss_box, "grad_norm": grad_norm}
@@ -532,11 +602,21 @@ class HealthMonitor:
             reference = _low_median(self._loss_ref)
             if loss > cfg.explosion_factor * reference and loss >= cfg.explosion_min_loss:
                 return "diverged", "loss explosion", {**values, "reference": reference, "factor": cfg.explosion_factor}
+        # The untrained network's loss: a loss already rising over the reference checks inflates
+        # their median, never the first check.
+        unweighted = loss_cls + loss_box
+        if self._untrained is not None:
+            if unweighted > cfg.explosion_factor * self._untrained and unweighted >= cfg.explosion_min_loss:
+                evidence = {**values, "unweighted": unweighted, "untrained": self._untrained, "factor": cfg.explosion_factor}
+                return "diverged", "loss explosion over the untrained loss", evidence
+        elif num_pos > 0 and unweighted > 0:
+            self._untrained = unweighted
         if loss > cfg.max_loss:
             return "diverged", "loss above its ceiling", {**values, "ceiling": cfg.max_loss}
         if len(self._loss_ref) < cfg.reference_checks:
             self._loss_ref.append(loss)
             self._cls_ref.append(loss_cls)
+        self._recent.append([float(step), float(epoch), loss_cls, loss])
 
         spike = None
         if len(self._grads) >= cfg.spike_min_checks:
@@ -584,16 +664,38 @@ class HealthMonitor:
         """A number of evaluations, raised so that it spans at least ``min_span_steps`` steps."""
         return max(evaluations, math.ceil(self.cfg.min_span_steps / self._iters_per_epoch))
 
+    def _stall_window(self) -> int:
+        """Optimiser steps of step checks the step-level stall evidence spans."""
+        return max(self.cfg.stall_window_steps, self.cfg.min_span_steps)
+
+    def _recent_size(self) -> int:
+        """Step checks kept for the step-level stall evidence (the trainer also checks step 1)."""
+        return math.ceil(self._stall_window() / self.cfg.check_every_steps) + 2
+
     def _epoch_problems(self, epoch: int) -> list[tuple[str, str, dict[str, Any]]]:
         first = self.first_verdict_epoch
-        if epoch < first:
-            return []
         # References (best AP, best recall, peak top score) come from any epoch after the warm-up;
         # the evaluations a patience or a window counts come only from after the grace as well.
         records = [r for r in self._epochs if r["epoch"] > self.warmup_epochs]
+        if epoch < first:
+            # Within the grace only the step-level stall may fire: its evidence is the many step
+            # checks since the warm-up ended, not a few noisy evaluations.
+            found = self._stalled_steps(records) if records and epoch > self.warmup_epochs else None
+            return [found] if found is not None else []
         # A stall (the model never moved) before collapse (it moved, towards background only).
-        checks = (self._stalled, self._collapsed, self._overfitting, self._recall_decline, self._fp_surge)
-        return [problem for check in checks if (problem := check(records, first)) is not None]
+        checks = (
+            self._stalled,
+            self._collapsed,
+            self._near_collapse,
+            self._overfitting,
+            self._recall_decline,
+            self._fp_surge,
+        )
+        problems = [problem for check in checks if (problem := check(records, first)) is not None]
+        if any(problem[0] == "background-collapse" for problem in problems):
+            # The collapse itself is named; its forewarning would only repeat it.
+            problems = [problem for problem in problems if problem[0] != "near-collapse"]
+        return problems
 
     def _start_cls(self) -> float | None:
         """The classification loss at the start: the early step reference, else the first epoch's mean."""
@@ -666,6 +768,10 @@ class HealthMonitor:
         return "background-collapse", reason, evidence
 
     def _stalled(self, records: Sequence[dict[str, Any]], first: int) -> tuple[str, str, dict[str, Any]] | None:
+        found = self._stalled_epochs(records, first)
+        return found if found is not None else self._stalled_steps(records)
+
+    def _stalled_epochs(self, records: Sequence[dict[str, Any]], first: int) -> tuple[str, str, dict[str, Any]] | None:
         cfg = self.cfg
         size = self._span(cfg.stall_epochs)
         window = records[-size:]
@@ -694,6 +800,105 @@ class HealthMonitor:
             }
             return "stalled", "classification loss flat", evidence
         return None
+
+    def _stalled_steps(self, records: Sequence[dict[str, Any]]) -> tuple[str, str, dict[str, Any]] | None:
+        """``stalled`` from the step checks since the warm-up: the classification loss barely moved
+        over the last ``stall_window_steps`` steps (median of the later half of the checks against
+        the earlier half: robust to single batches) and is still near its start, so is the loss,
+        and no validation since the warm-up found a face. Needs no grace."""
+        cfg = self.cfg
+        start = self._start_cls()
+        aps = [r["ap"] for r in records]
+        if len(records) < 2 or not all(_finite(ap) for ap in aps) or max(aps) > cfg.stall_step_max_ap:
+            return None  # at least two validations since the warm-up, none with a face found
+        if not _finite(start) or start <= 0:
+            return None
+        epoch = records[-1]["epoch"]  # the checks after the warm-up, up to this validation
+        after = [check for check in self._recent if self.warmup_epochs < check[1] <= epoch]
+        if not after:
+            return None
+        window = self._stall_window()
+        last_step = after[-1][0]
+        checks = [check for check in after if check[0] >= last_step - window]
+        if len(checks) < 4 or last_step - checks[0][0] < window - cfg.check_every_steps:
+            return None  # not yet a full window of checks after the warm-up
+        half = len(checks) // 2
+        cls_early = statistics.median(c[2] for c in checks[:half])
+        cls_late = statistics.median(c[2] for c in checks[half:])
+        loss_late = statistics.median(c[3] for c in checks[half:])
+        loss_start = _low_median(self._loss_ref) if self._loss_ref else None
+        if not all(_finite(v) and v > 0 for v in (cls_early, cls_late, loss_late, loss_start)):
+            return None
+        if self.prior_cls_loss is not None and cls_late <= (1 + cfg.stall_prior_margin) * self.prior_cls_loss:
+            return None  # at the class prior's loss: it moved there (collapse), it did not stall
+        if self._top_fallen(records[-1], self._top_peaks(records)[-1][0]):
+            return None  # it predicted faces, then stopped: collapse, not a stall
+        change = abs(cls_late - cls_early) / cls_early
+        fraction = cls_late / start
+        # The whole loss still near its start too: a box regressor that learns is not stalled.
+        loss_fraction = loss_late / loss_start
+        if change > cfg.stall_max_change or min(fraction, loss_fraction) < cfg.stall_min_fraction:
+            return None
+        evidence = {
+            "loss_cls": cls_late,
+            "loss_cls_before": cls_early,
+            "change": change,
+            "fraction": fraction,
+            "loss_fraction": loss_fraction,
+            "start": start,
+            "ap": max(aps),
+            "evaluations": len(records),
+            "checks": len(checks) - half,
+            "first_step": int(checks[0][0]),
+            "last_step": int(last_step),
+        }
+        return "stalled", "classification loss flat since the warm-up", evidence
+
+    def _near_collapse(self, records: Sequence[dict[str, Any]], first: int) -> tuple[str, str, dict[str, Any]] | None:
+        """A warning: AP at or near the collapse limit for several evaluations, no face above the
+        score threshold, the top face score fallen from its peak, and the AP not climbing: a run
+        whose AP hovers around ``collapse_max_ap`` never makes a collapse streak, yet is fading."""
+        cfg = self.cfg
+        peaks = self._top_peaks(records)
+
+        def near(index: int) -> bool:
+            r = records[index]
+            keys = ("ap", "recall", "detections_per_image", "top_score")
+            if r["epoch"] < first or not all(_finite(r[k]) for k in keys):
+                return False
+            return (
+                r["ap"] <= cfg.near_collapse_max_ap
+                and r["recall"] <= cfg.collapse_max_recall
+                and r["detections_per_image"] <= cfg.collapse_max_detections
+                and self._top_fallen(r, peaks[index][0])
+            )
+
+        size = self._span(cfg.near_collapse_patience)
+        streak = _streak(records, near)
+        if streak < size:
+            return None
+        smooth = _running_median([r["ap"] if _finite(r["ap"]) else 0.0 for r in records], cfg.smooth_evaluations)
+        best_before = max(smooth[:-size]) if len(smooth) > size else smooth[-size]
+        if smooth[-1] > best_before + cfg.near_collapse_max_ap_gain:
+            return None  # AP climbing through the range: a slow start, not a fade
+        last = records[-1]
+        best_top, best_epoch = peaks[-1]
+        evidence = {
+            "ap": last["ap"],
+            "max_ap": cfg.near_collapse_max_ap,
+            "aps": [round(r["ap"], 4) for r in records[-streak:]],
+            "ap_smoothed": smooth[-1],
+            "best_ap_before": best_before,
+            "recall": last["recall"],
+            "detections_per_image": last["detections_per_image"],
+            "score_threshold": self.eval_score_threshold,
+            "top_score": last["top_score"],
+            "best_top_score": best_top,
+            "best_top_epoch": best_epoch,
+            "top_scores": [round(r["top_score"], 3) for r in records[-streak:]],
+            "evaluations": streak,
+        }
+        return "near-collapse", "AP hovering at the collapse limit", evidence
 
     def _fp_surge(self, records: Sequence[dict[str, Any]], first: int) -> tuple[str, str, dict[str, Any]] | None:
         cfg = self.cfg

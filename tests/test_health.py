@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -62,12 +63,13 @@ def healthy_steps(seed: int, n: int = 1500, warmup: int = 100) -> dict[str, np.n
     }
 
 
-def feed_steps(mon: HealthMonitor, curves: dict[str, np.ndarray], start: int = 1) -> list[Verdict]:
-    """Call check_step at every EVERY-th global step, as the trainer does; stop at a stopping verdict."""
+def feed_steps(mon: HealthMonitor, curves: dict[str, np.ndarray], start: int = 1, step_one: bool = False) -> list[Verdict]:
+    """Call check_step at every EVERY-th global step, as the trainer does (and at step 1 too with
+    ``step_one``: the trainer checks the untrained network's loss); stop at a stopping verdict."""
     verdicts = []
     for i in range(len(curves["loss"])):
         step = start + i
-        if step % EVERY:
+        if step % EVERY and not (step_one and step == 1):
             continue
         v = mon.check_step(step, (step - 1) // IPE + 1, **{k: float(curves[k][i]) for k in curves})
         verdicts.append(v)
@@ -641,6 +643,376 @@ def test_tiny_epochs_need_more_evaluations() -> None:
     assert verdicts[-1].diagnosis == "background-collapse" and verdicts[-1].epoch == 50
     loose = HealthMonitor(HealthConfig(min_span_steps=0), warmup_iters=0, iters_per_epoch=2)
     assert feed_epochs(loose, reports)[-1].epoch == 5
+
+
+# -- issue 16, item 4: a rising loss, a stall under warm-up, an AP hovering at the collapse limit ---
+
+
+def test_labels_keep_their_codes_and_the_new_warning_does_not_stop() -> None:
+    """``health/code`` is the index in LABELS: the new label comes last, and it only warns by default."""
+    assert LABELS[:8] == (
+        "healthy", "diverged", "background-collapse", "stalled", "fp-surge", "recall-decline", "overfitting", "no-positives"
+    )  # fmt: skip
+    assert LABELS[8] == "near-collapse" and "near-collapse" not in HealthConfig().stop_on
+    assert HealthConfig().interventions["near-collapse"] == HealthConfig().interventions["background-collapse"]
+
+
+def rising_from_the_start(knots: dict[int, float], n: int = 60, untrained: float = 8.0) -> dict[str, np.ndarray]:
+    """A loss (both parts alike) rising from the very first step, log-linearly between ``knots``
+    (step -> multiple of the untrained loss): SGD at lr 0.3 without warm-up."""
+    curves = healthy_steps(14, n=n)
+    t = np.arange(1, n + 1)
+    steps, factors = zip(*sorted(knots.items()))
+    loss = untrained * np.exp(np.interp(t, steps, np.log(factors)))
+    curves.update(loss=loss, loss_cls=0.4 * loss, loss_box=0.6 * loss, grad_norm=np.full(n, 4.0))
+    return curves
+
+
+def test_a_loss_rising_from_the_start_is_named_when_it_passes_100x_the_untrained_loss() -> None:
+    """The independent zoo's SGD lr 0.3 without warm-up: the checks at steps 1-20 see 1x, 1.6x, 4x,
+    9x and 40x the untrained loss, so their low median (the early reference) is 4x; the loss passes
+    100x at step 22 and 400x at step 30, where the early reference alone stopped the run."""
+    knots = {1: 1.0, 5: 1.6, 10: 4.0, 15: 9.0, 20: 40.0, 22: 100.0, 25: 150.0, 30: 420.0, 60: 1e4}
+    curves = rising_from_the_start(knots)
+    checked = [curves["loss"][step - 1] for step in (1, 5, 10, 15, 20)]
+    assert statistics.median_low(checked) == pytest.approx(4 * 8.0)  # the inflated early reference
+    assert curves["loss"][24] < 100 * statistics.median_low(checked) < curves["loss"][29]
+    verdict = first_problem(feed_steps(monitor(warmup_iters=0), curves, step_one=True))
+    assert verdict is not None and verdict.diagnosis == "diverged" and verdict.stop
+    assert verdict.step == 25  # the first check after the loss passed 100x (step 22)
+    assert verdict.signal == "loss explosion over the untrained loss"
+    assert verdict.evidence["untrained"] == pytest.approx(8.0) and verdict.evidence["unweighted"] > 100 * 8.0
+    assert "the untrained network" in verdict.message() and "1.2e+03 > 100 x 8" in verdict.message()
+
+
+@pytest.mark.parametrize("passes_at", [12, 22, 38])
+def test_a_geometric_rise_is_named_at_the_first_check_past_100x(passes_at: int) -> None:
+    """From 1x at step 1 to 100x at ``passes_at`` and on at the same rate: named at the next check."""
+    curves = rising_from_the_start({1: 1.0, passes_at: 100.0, 2 * passes_at - 1: 1e4}, n=2 * passes_at)
+    verdict = first_problem(feed_steps(monitor(warmup_iters=0, max_loss=1e30), curves, step_one=True))
+    assert verdict is not None and verdict.diagnosis == "diverged"
+    assert verdict.step == (passes_at // EVERY + 1) * EVERY <= passes_at + 2 * EVERY
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_healthy_steps_checked_from_step_one_are_never_flagged(seed: int) -> None:
+    mon = monitor()
+    verdicts = feed_steps(mon, healthy_steps(seed), step_one=True)
+    assert all(v.diagnosis == "healthy" for v in verdicts) and mon.history() == []
+    assert mon.state_dict()["untrained"] == pytest.approx(healthy_steps(seed)["loss"][0])
+
+
+def test_the_untrained_loss_is_unweighted_and_from_a_batch_with_positives() -> None:
+    """A loss-weight ramp from 1 % (``schedule.*_weight_start_factor``) makes the first weighted
+    loss ~0.1: as the anchor it would call every healthy loss of 10+ an explosion. A first batch
+    without a positive anchor (its loss is the few mined negatives') is no anchor either."""
+    curves = healthy_steps(15, n=400)
+    ramp = np.minimum(1.0, 0.01 + np.arange(400) / 100)
+    curves["loss"] = curves["loss"] * ramp  # the weighted loss; its parts stay unweighted
+    curves["num_pos"][0], curves["loss_cls"][0], curves["loss_box"][0] = 0.0, 0.05, 0.0
+    mon = monitor()
+    assert first_problem(feed_steps(mon, curves, step_one=True)) is None
+    first_with_positives = curves["loss_cls"][EVERY - 1] + curves["loss_box"][EVERY - 1]
+    assert mon.state_dict()["untrained"] == pytest.approx(first_with_positives)
+
+
+def test_single_spikes_below_100x_the_untrained_loss_are_not_divergence() -> None:
+    """lr 0.1 without warm-up (zoo, seed 2): isolated checks at 10x-38x the untrained loss."""
+    curves = healthy_steps(16, n=300)
+    for i, factor in ((24, 38.0), (39, 27.0), (54, 14.0), (119, 20.0)):
+        for key in ("loss", "loss_cls", "loss_box"):
+            curves[key][i] = factor * curves[key][0]
+    assert first_problem(feed_steps(monitor(warmup_iters=0), curves, step_one=True)) is None
+
+
+def test_a_bad_first_check_in_every_part_still_leaves_the_early_reference() -> None:
+    """As test_one_bad_early_value_does_not_poison_the_reference, with the parts (the untrained
+    anchor) freak too: the anchor is then useless, the early median still catches the explosion."""
+    curves = healthy_steps(3, n=300)
+    for key, value in (("loss", 5000.0), ("loss_cls", 2000.0), ("loss_box", 3000.0)):
+        curves[key][EVERY - 1] = value
+    curves["loss"][200:] = 3000.0
+    verdict = first_problem(feed_steps(monitor(), curves))
+    assert verdict is not None and verdict.signal == "loss explosion" and verdict.step == 205
+    assert verdict.evidence["reference"] < 30
+
+
+MINI_IPE = 37  # cpu-mini: 300 training images, batch 8
+
+
+def stall_run(
+    drift: float, *, ipe: int = MINI_IPE, warmup: int = 100, epochs: int = 12, seed: int = 0, **change
+) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
+    """A run that learns nothing (lr 1e-6 under the default warm-up, whose lr is 1e-8 to 1e-6):
+    from the end of the warm-up both loss parts drift down by ``drift`` per epoch (lr 1e-5: ~0.02),
+    with the mini set's per-batch noise (classification 2 %, box 13 %); AP ~0.0002, no face above
+    the threshold, a top face score creeping from 0.06. ``change`` alters it (see the tests)."""
+    n = epochs * ipe
+    rng = np.random.default_rng(seed)
+    t = np.arange(1, n + 1)
+    level = 1.0 - drift * np.maximum(0, t - warmup) / ipe
+    box_level = level * (1.0 - change.get("box_fall", 0.0) * np.maximum(0, t - warmup) / (4 * ipe))
+    cls = change.get("cls", 4.6) * level * rng.lognormal(0, 0.02, n)
+    box = 4.4 * np.maximum(box_level, 0.2) * rng.lognormal(0, 0.13, n)
+    curves = {
+        "loss": cls + box,
+        "loss_cls": cls,
+        "loss_box": box,
+        "grad_norm": 4.0 * rng.lognormal(0, 0.3, n),
+        "num_pos": rng.poisson(120, n).astype(float),
+    }
+    aps = change.get("aps", [0.0002 * rng.uniform(0.5, 1.5) for _ in range(epochs)])
+    tops = change.get("tops", [0.06 + 0.004 * e for e in range(epochs)])
+    reports = []
+    for e in range(epochs):
+        part = slice(e * ipe, (e + 1) * ipe)
+        mean_cls, mean_loss = float(cls[part].mean()), float(curves["loss"][part].mean())
+        reports.append(epoch_metrics(aps[e], tops[e], loss=mean_loss, loss_cls=mean_cls, images=60))
+    return curves, reports
+
+
+def train(mon: HealthMonitor, curves: dict[str, np.ndarray], reports: list[dict[str, float]], ipe: int) -> list[Verdict]:
+    """Steps (checked at step 1 and every EVERY steps) then validation, epoch by epoch, as the
+    trainer does; the epoch verdicts, up to the first stop."""
+    verdicts = []
+    for epoch, report in enumerate(reports, start=1):
+        for step in range((epoch - 1) * ipe + 1, epoch * ipe + 1):
+            if step % EVERY == 0 or step == 1:
+                values = {key: float(curves[key][step - 1]) for key in curves}
+                if mon.check_step(step, epoch, **values).stop:
+                    return verdicts
+        verdicts.append(mon.check_epoch(epoch, report))
+        if verdicts[-1].stop:
+            break
+    return verdicts
+
+
+def stall_monitor(ipe: int = MINI_IPE, warmup: int = 100, **cfg) -> HealthMonitor:
+    return monitor(warmup_iters=warmup, iters_per_epoch=ipe, prior_cls_loss=constant_predictor_cls_loss(3.0), **cfg)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize(("ipe", "drift"), [(MINI_IPE, 0.002), (MINI_IPE, 0.02), (25, 0.002)])
+def test_a_stall_under_the_default_warm_up_is_named_within_three_epochs_after_it(ipe: int, drift: float, seed: int) -> None:
+    """The independent zoo: lr 1e-6 under the default 100-step warm-up was named at epoch 9 of 12.
+    The step checks since the warm-up name it within three epochs of the warm-up's end."""
+    curves, reports = stall_run(drift, ipe=ipe, seed=seed)
+    mon = stall_monitor(ipe)
+    verdicts = train(mon, curves, reports, ipe)
+    stop = verdicts[-1]
+    assert stop.diagnosis == "stalled" and stop.stop
+    assert [v.diagnosis for v in verdicts[:-1]] == ["healthy"] * (len(verdicts) - 1)
+    assert mon.warmup_epochs < stop.epoch <= mon.warmup_epochs + 3
+    assert stop.signal == "classification loss flat since the warm-up"
+    assert stop.evidence["first_step"] > mon.warmup_epochs * ipe and stop.evidence["fraction"] >= 0.8
+    assert "moved" in stop.message() and "after the warm-up" in stop.message()
+    # The evaluation-level rule alone waits for the grace and three evaluations after it.
+    slow = train(stall_monitor(ipe, stall_window_steps=10**6), curves, reports, ipe)[-1]
+    assert slow.diagnosis == "stalled" and slow.epoch >= mon.first_verdict_epoch + 2 > stop.epoch
+
+
+def test_a_stall_without_warm_up_is_named_within_three_epochs() -> None:
+    curves, reports = stall_run(0.02, warmup=0, epochs=6)
+    verdict = train(stall_monitor(warmup=0), curves, reports, MINI_IPE)[-1]
+    assert verdict.diagnosis == "stalled" and verdict.epoch <= 3
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"aps": [0.0002, 0.0003, 0.0002, 0.0002, 0.005] + [0.004] * 7}, "AP above an untrained detector's"),
+        ({"box_fall": 1.2}, "the box part learns: the loss falls to 70 % of its start"),
+        ({"cls": 2.3}, "flat at the class prior (3:1, 2.25)"),
+        ({"tops": [0.06, 0.3, 0.6, 0.5, 0.2, 0.1, 0.08, 0.06, 0.05, 0.05, 0.05, 0.05]}, "top score fell: collapse"),
+    ],
+)
+def test_the_step_level_stall_spares_runs_that_moved(change: dict, reason: str) -> None:
+    """Each exception on its own keeps the step-level rule quiet in the three epochs after the warm-up."""
+    curves, reports = stall_run(0.002, **change)
+    mon = stall_monitor()
+    verdicts = train(mon, curves, reports, MINI_IPE)
+    early = [v for v in verdicts if v.epoch <= mon.warmup_epochs + 3]
+    assert all(v.diagnosis == "healthy" for v in early), reason
+    assert all(v.signal != "classification loss flat since the warm-up" for v in verdicts), reason
+
+
+def test_one_validation_is_not_enough_for_the_step_level_stall() -> None:
+    """Long epochs without warm-up: the first epoch's checks already fill the window, but one
+    validation is one noisy AP; the stall is named at the second."""
+    curves, reports = stall_run(0.002, ipe=200, warmup=0, epochs=3)
+    verdicts = train(stall_monitor(ipe=200, warmup=0), curves, reports, 200)
+    assert [v.diagnosis for v in verdicts] == ["healthy", "stalled"]
+
+
+def test_a_falling_classification_loss_is_not_a_step_level_stall() -> None:
+    """A slow learner: the classification loss falls 8 % an epoch after the warm-up, AP still ~0."""
+    curves, reports = stall_run(0.08)
+    mon = stall_monitor()
+    assert all(v.signal != "classification loss flat since the warm-up" for v in train(mon, curves, reports, MINI_IPE))
+
+
+def healthy_curves_for(rows: list[tuple[float, ...]], ipe: int, seed: int) -> dict[str, np.ndarray]:
+    """Step curves matching a real run's epoch means (5 % noise per batch), the first steps as
+    REAL_HEALTHY_START_CLS: the start the stall checks compare with."""
+    rng = np.random.default_rng(seed)
+    cls = np.concatenate([np.full(ipe, row[6]) for row in rows]) * rng.lognormal(0, 0.05, len(rows) * ipe)
+    loss = np.concatenate([np.full(ipe, row[7]) for row in rows]) * rng.lognormal(0, 0.07, len(rows) * ipe)
+    cls[: len(REAL_HEALTHY_START_CLS)] = REAL_HEALTHY_START_CLS
+    loss[: len(REAL_HEALTHY_START_CLS)] = 2.1 * np.array(REAL_HEALTHY_START_CLS)
+    n = len(cls)
+    return {
+        "loss": loss,
+        "loss_cls": cls,
+        "loss_box": loss - cls,
+        "grad_norm": 4.0 * rng.lognormal(0, 0.3, n),
+        "num_pos": rng.poisson(250, n).astype(float),
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("grace", [0, 2])
+def test_real_healthy_runs_with_their_step_checks_are_never_flagged(seed: int, grace: int) -> None:
+    """REAL_HEALTHY with step checks: the classification loss is flat within a few % for epochs
+    after the warm-up (2.95 -> 2.76 -> 2.72), but at ~65 % of its start and with AP > 0.01."""
+    rows = REAL_HEALTHY[seed]
+    mon = monitor(warmup_iters=100, grace_epochs=grace)
+    verdicts = train(mon, healthy_curves_for(rows, IPE, seed), real_reports(rows), IPE)
+    assert [v.diagnosis for v in verdicts] == ["healthy"] * 12 and mon.history() == []
+
+
+#: healthy_neg100_nowarm, seed 0, of the failure zoo (bench/results/failure_zoo.json; cpu-mini):
+#: 100 mined negatives per positive, no warm-up: the classification loss sits at the class prior's
+#: level (ln 101 + 100 ln 1.01 = 5.61) for three epochs, then the run learns (AP 0.045 at epoch 8).
+REAL_PRIOR_THEN_LEARNS = [
+    (0.0049, 1.0, 0.0, 0.0, 0.0, 0.0, 5.557, 9.4),
+    (0.0097, 0.612, 0.0, 0.0, 0.0, 0.0, 5.314, 8.65),
+    (0.01, 0.269, 0.0, 0.0, 0.0, 0.0, 5.21, 8.5),
+    (0.0305, 0.324, 0.0, 0.0, 0.0, 0.0, 4.786, 7.96),
+    (0.0296, 0.354, 0.0, 0.0, 0.0, 0.0, 4.713, 7.78),
+    (0.0374, 0.502, 0.0, 0.0, 0.0, 0.0, 4.524, 7.37),
+    (0.0457, 0.596, 0.0, 0.0, 0.0, 0.0, 4.534, 7.32),
+    (0.0454, 0.604, 0.0, 0.0, 0.0, 0.0, 4.585, 7.34),
+]
+
+
+@pytest.mark.parametrize("prior_cls_loss", [constant_predictor_cls_loss(100.0), None])
+def test_a_run_that_sits_at_the_class_prior_before_learning_is_not_stalled(prior_cls_loss: float | None) -> None:
+    """Without the prior's value (focal loss) the other guards still hold: AP 0.0097 at the second
+    evaluation, far above an untrained detector's (stall_step_max_ap), and the top score's fall."""
+    rows = REAL_PRIOR_THEN_LEARNS
+    curves = healthy_curves_for(rows, MINI_IPE, 0)
+    curves["loss_cls"][:25] = curves["loss_cls"][25]  # flat from the first step: the prior at once
+    mon = monitor(warmup_iters=0, iters_per_epoch=MINI_IPE, prior_cls_loss=prior_cls_loss)
+    verdicts = train(mon, curves, real_reports(rows), MINI_IPE)
+    assert [v.diagnosis for v in verdicts] == ["healthy"] * 8
+
+
+def hovering(aps: list[float], tops: list[float], dets: float = 0.0, recall: float = 0.0) -> list[dict[str, float]]:
+    """AdamW at lr 0.01 without warm-up: the classification loss falls normally (no stall)."""
+    precision = 0.5 if recall else 0.0
+    return [
+        epoch_metrics(ap, top, dets=dets, recall=recall, precision=precision, loss_cls=3.2 - 0.05 * e, loss=7 - 0.1 * e)
+        for e, (ap, top) in enumerate(zip(aps, tops))
+    ]
+
+
+HOVERING_AP = [0.012, 0.028, 0.009, 0.015, 0.006, 0.021, 0.004, 0.011, 0.003, 0.014, 0.005, 0.008]
+FALLING_TOP = [0.9, 0.88, 0.8, 0.72, 0.63, 0.55, 0.48, 0.44, 0.4, 0.36, 0.33, 0.3]
+
+
+def test_ap_hovering_at_the_collapse_limit_with_a_falling_top_score_warns() -> None:
+    """The independent zoo's AdamW lr 0.01 without warm-up: AP 0.003-0.028, no detection above the
+    threshold, the top score 0.90 -> 0.30. AP above 0.01 every other evaluation breaks every
+    collapse streak: no label at all before. A warning from the fourth evaluation with the top
+    score at half its peak or less (epoch 8, 0.44 <= 0.45)."""
+    mon = monitor(warmup_iters=0)
+    verdicts = feed_epochs(mon, hovering(HOVERING_AP, FALLING_TOP))
+    assert [v.diagnosis for v in verdicts] == ["healthy"] * 10 + ["near-collapse"] * 2
+    warning = verdicts[10]
+    assert not warning.stop and warning.epoch == 11 and warning.signal == "AP hovering at the collapse limit"
+    assert warning.evidence["aps"] == [0.011, 0.003, 0.014, 0.005] and warning.evidence["top_scores"] == [0.44, 0.4, 0.36, 0.33]
+    assert warning.evidence["best_top_score"] == 0.9 and warning.evidence["best_top_epoch"] == 1
+    assert "top face score 0.330, down from 0.900 at epoch 1" in warning.message()
+    assert mon.verdict.diagnosis == "near-collapse" and not mon.verdict.stop
+    # A warning by default; a stop (and a recovery, as for a collapse) when asked for.
+    stopped = feed_epochs(monitor(warmup_iters=0, stop_on=["near-collapse"]), hovering(HOVERING_AP, FALLING_TOP))
+    assert stopped[-1].diagnosis == "near-collapse" and stopped[-1].stop and stopped[-1].epoch == 11
+
+
+@pytest.mark.parametrize(
+    ("aps", "tops", "dets", "reason"),
+    [
+        ([0.004 * (1 + e / 2) for e in range(12)], FALLING_TOP, 0.0, "AP climbing through the range: a slow start"),
+        (HOVERING_AP, [0.9, 0.88, 0.8, 0.72, 0.63, 0.6, 0.58, 0.56, 0.55, 0.52, 0.5, 0.5], 0.0, "top score above half its peak"),
+        (HOVERING_AP, FALLING_TOP, 0.5, "detections above the threshold"),
+        ([0.04 if e % 2 else 0.02 for e in range(12)], FALLING_TOP, 0.0, "AP above the near-collapse limit"),
+    ],
+)
+def test_near_collapse_needs_every_sign(aps: list[float], tops: list[float], dets: float, reason: str) -> None:
+    verdicts = feed_epochs(monitor(warmup_iters=0), hovering(aps, tops, dets=dets, recall=0.02 if dets else 0.0))
+    assert all(v.diagnosis == "healthy" for v in verdicts), reason
+
+
+#: healthy_warmup1ep, seed 2, of the failure zoo (cpu-mini, a one-epoch warm-up): no detection above
+#: the threshold from epoch 3 and the top score at 0.38-0.48 after 0.92, with AP climbing 0.006 -> 0.06.
+REAL_CLIMBING_UNDER_A_FALLEN_TOP = [
+    (0.0023, 1.0, 0.0121, 0.0083, 6.0, 6.05, 3.793, 7.58),
+    (0.0083, 0.9171, 0.0445, 0.0314, 5.65, 5.85, 4.056, 7.565),
+    (0.0058, 0.3829, 0.0, 0.0, 0.0, 0.0, 3.136, 6.406),
+    (0.0153, 0.4668, 0.0, 0.0, 0.0, 0.0, 2.901, 5.971),
+    (0.0303, 0.4818, 0.0, 0.0, 0.0, 0.0, 2.737, 5.648),
+    (0.0456, 0.4119, 0.0, 0.0, 0.0, 0.0, 2.546, 5.493),
+    (0.0606, 0.4175, 0.0, 0.0, 0.0, 0.0, 2.53, 5.442),
+    (0.0561, 0.4089, 0.0, 0.0, 0.0, 0.0, 2.491, 5.336),
+]
+
+
+@pytest.mark.parametrize("grace", [0, 2])
+def test_a_real_healthy_run_under_a_fallen_top_score_gets_no_warning(grace: int) -> None:
+    mon = monitor(warmup_iters=MINI_IPE, iters_per_epoch=MINI_IPE, grace_epochs=grace)
+    rows = REAL_CLIMBING_UNDER_A_FALLEN_TOP
+    verdicts = train(mon, healthy_curves_for(rows, MINI_IPE, 2), real_reports(rows), MINI_IPE)
+    assert [v.diagnosis for v in verdicts] == ["healthy"] * 8 and mon.history() == []
+
+
+def test_a_collapse_is_named_as_such_not_as_its_forewarning() -> None:
+    """A run that collapses outright (AP ~0) meets both rules: the collapse stops it, alone."""
+    mon = monitor(warmup_iters=0, near_collapse_patience=3)  # as early as the collapse itself
+    start_with(mon, [5.2] * 13)
+    verdicts = feed_epochs(mon, real_reports(REAL_COLLAPSE))
+    assert [v.diagnosis for v in verdicts] == ["healthy"] * 5 + ["background-collapse"]
+    assert "also" not in verdicts[-1].evidence
+
+
+@pytest.mark.parametrize("cut", [3, 4])
+def test_a_resumed_run_names_the_stall_at_the_same_epoch(cut: int) -> None:
+    curves, reports = stall_run(0.002)
+    expected = train(stall_monitor(), curves, reports, MINI_IPE)[-1]
+    first = stall_monitor()
+    train(first, curves, reports[:cut], MINI_IPE)
+    resumed = stall_monitor()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    tail = {key: value[cut * MINI_IPE :] for key, value in curves.items()}
+    verdicts = []
+    for epoch in range(cut + 1, len(reports) + 1):
+        for step in range((epoch - 1) * MINI_IPE + 1, epoch * MINI_IPE + 1):
+            if step % EVERY == 0:
+                resumed.check_step(step, epoch, **{k: float(v[step - 1 - cut * MINI_IPE]) for k, v in tail.items()})
+        verdicts.append(resumed.check_epoch(epoch, reports[epoch - 1]))
+        if verdicts[-1].stop:
+            break
+    assert verdicts[-1].as_dict() == expected.as_dict()
+
+
+def test_a_state_saved_before_these_checks_still_loads() -> None:
+    mon = monitor()
+    feed_steps(mon, healthy_steps(0, n=100), step_one=True)
+    state = mon.state_dict()
+    old = {key: value for key, value in state.items() if key not in ("untrained", "recent")}
+    resumed = monitor()
+    resumed.load_state_dict(old)
+    assert resumed.state_dict()["untrained"] is None and resumed.state_dict()["recent"] == []
+    assert resumed.check_step(105, 5, loss=5.0, loss_cls=2.0, loss_box=3.0, grad_norm=4.0, num_pos=9.0).diagnosis == "healthy"
 
 
 # -- verdict semantics ------------------------------------------------------------------------------
