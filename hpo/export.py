@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"exported trial {result.trial_id} (run {result.run_id}, {result.metric} = {result.value:.4g}, best of "
         f"{result.candidates} {kinds}) of search {result.search_id} to {result.path}; "
-        f"train it with: python -m model.train --config {result.path}"
+        f"train it with: {L.python_command('-m', 'model.train', '--config', result.path)}"
     )
     if L.is_recovered(result.outcome):
         listed = f"{len(result.interventions)} listed in the file's header" if result.interventions else "not logged"

@@ -1,8 +1,13 @@
 """Optuna's parameter importances of a finished search, from its recorded trials.
 
-An in-memory study is built from the trials' params and the space's distributions through
-Optuna's public API (``optuna.create_study``, ``optuna.trial.create_trial``, which also checks
-that each value lies in its distribution) and ranked by ``optuna.importance.get_param_importances``.
+The report ranks params by its own objectives (the search metric of the trials that worked,
+failure), not by the values Optuna was told (a stopped trial's penalty, none for a pruned one). So
+each trial's objective goes into an in-memory study through Optuna's public API
+(``optuna.create_study``, ``optuna.trial.create_trial``, which also checks that each value lies in
+its distribution), ranked by ``optuna.importance.get_param_importances``. A trial's params and
+their distributions come from the search's stored Optuna study when it has one (exactly as Optuna
+sampled them, :class:`hpo.report_data.StoredStudy`), else from its MLflow params, typed by the
+space's distributions.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ def param_importances(
     objective: Callable[[TrialRecord], float | None],
     direction: Literal["maximize", "minimize"],
     binary: bool = False,
+    stored: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, float] | None, str]:
     """Optuna's parameter importances of ``objective`` over ``trials``; ``(None, why)`` when there
     is nothing to learn from (too few trials, a constant objective, a single parameter).
@@ -58,22 +64,33 @@ def param_importances(
     top quantile of the objective. For a ``binary`` objective (failure: 1, else 0) the top
     quantile is exactly the trials with 1; otherwise it is the top 5 trials or 10 %, whichever is
     more (at most half), as PED-ANOVA wants at least 5 trials in it.
+
+    ``stored``: the search's Optuna trials (``optuna.trial.FrozenTrial``) by Tune trial id; a trial
+    found there takes its params and their distributions from it.
     """
     import optuna
     from optuna.importance import PedAnovaImportanceEvaluator
 
     frozen = []
-    misfits = 0
+    misfits = from_study = 0
     for trial in trials:
         value = objective(trial)
         if value is None or not math.isfinite(value):
             continue
+        sampled = (stored or {}).get(trial.trial_id)
         try:
-            params = _typed(trial.params, distributions)
-            frozen.append(optuna.trial.create_trial(params=params, distributions=dict(distributions), value=float(value)))
+            if sampled is not None and all(k in sampled.params for k in distributions):
+                params = {k: sampled.params[k] for k in distributions}
+                trial_distributions = {k: sampled.distributions[k] for k in distributions}
+                from_study += 1
+            else:
+                params, trial_distributions = _typed(trial.params, distributions), dict(distributions)
+            frozen.append(optuna.trial.create_trial(params=params, distributions=trial_distributions, value=float(value)))
         except ValueError:  # a param missing, or outside its distribution
             misfits += 1
     skipped = f" ({misfits} trials left out: their params lie outside the space)" if misfits else ""
+    if from_study:
+        skipped += f"; params of {from_study} trials as Optuna sampled them (the stored study)"
     if len(frozen) < MIN_IMPORTANCE_TRIALS:
         return None, f"too few trials to rank parameters: {len(frozen)} (at least {MIN_IMPORTANCE_TRIALS}){skipped}"
     values = [t.value for t in frozen]

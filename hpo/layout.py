@@ -18,14 +18,26 @@ The search writes, and the report and the export read back, this layout:
   recoveries' changes: what the export writes for it) and ``recoveries.json`` (the recovery
   events) of its last checkpoint, the files :mod:`model.run_files` names.
 
+The experiment carries ``mlflow.experimentKind=custom_model_development`` (unless its owner set
+another kind), so that MLflow 3's UI opens it on the runs table rather than its GenAI view. A TPE
+search keeps its Optuna study in an RDB storage (a sqlite file; ``optuna-dashboard`` opens it),
+named on the parent by ``hpo.optuna_storage`` (the URL) and ``hpo.optuna_study`` (the study's
+name); each Optuna trial carries its Tune trial id as the user attribute ``hpo.trial_id``.
+
 How a trial ended is decided here once (:func:`trial_end`) for MLflow, Optuna and the search's
-summary. Imports nothing heavy: the report CLI and the driver's callback read it without torch.
+summary. The commands the search and the export print for the user are built here too
+(:func:`python_command`). Imports nothing heavy: the report CLI and the driver's callback read it
+without torch.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from hpo.values import is_number
@@ -44,6 +56,15 @@ EXPORTED_TRIAL, EXPORTED_RUN = "hpo.exported_trial", "hpo.exported_run"
 PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own: the UI nests the child under its parent
 DESCRIPTION = "mlflow.note.content"  # MLflow's own: the run page's description
 BEST_TRIAL = "hpo.best_trial"  #: on the parent: the id of the best completed trial
+#: On the parent of a search with an Optuna study (TPE): its storage's URL (``sqlite:///...``) and
+#: the study's name in it, for ``optuna.load_study`` and ``optuna-dashboard``. (The study's trials
+#: carry ``hpo.trial_id`` as a user attribute: the Tune trial, i.e. the child run.)
+OPTUNA_STORAGE, OPTUNA_STUDY = "hpo.optuna_storage", "hpo.optuna_study"
+#: On the experiment: the view MLflow 3's UI opens it in, set to the model-training one (the runs
+#: table) unless the experiment already has a kind (named in ``model/run_files.py``: production
+#: training sets it too).
+EXPERIMENT_KIND = run_files.EXPERIMENT_KIND_TAG
+MODEL_TRAINING = run_files.MODEL_TRAINING_KIND
 #: Values of ``hpo.role`` and of the parent's ``hpo.status`` (FINISHED or INTERRUPTED).
 PARENT, TRIAL = "parent", "trial"
 FINISHED = "finished"
@@ -159,3 +180,47 @@ def measured(points: Iterable[tuple[int, float]], mode: Literal["max", "min"]) -
     """A search metric's history without its penalty values: the search's stand-in, not a measurement."""
     worst = penalty(mode)
     return [(step, value) for step, value in points if value != worst]
+
+
+# -- commands printed for the user -----------------------------------------------------------------
+
+
+def shell_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as a command line shows it: relative to the working directory when inside it (with
+    a ``./`` where it would otherwise be a bare name the shell looks up on ``PATH``), else absolute."""
+    absolute = os.path.abspath(path)
+    try:
+        relative = os.path.relpath(absolute)
+    except ValueError:  # another drive (Windows)
+        return absolute
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return absolute
+    return relative if os.sep in relative else f".{os.sep}{relative}"
+
+
+def command(*words: str | os.PathLike[str]) -> str:
+    """A shell command line of ``words``, each quoted where the shell needs it."""
+    return " ".join(shlex.quote(os.fspath(w)) for w in words)
+
+
+def python_command(*args: str | os.PathLike[str]) -> str:
+    """A command line that runs ``args`` with the interpreter running now (``.venv/bin/python ...``):
+    a bare ``python`` is whatever the shell finds first, and the README's quick start never
+    activates its virtual environment."""
+    return command(shell_path(sys.executable) if sys.executable else "python", *args)
+
+
+def script_command(script: str, *args: str | os.PathLike[str]) -> str:
+    """:func:`python_command` of one of ``hpo/``'s scripts (``export.py``), its path shown from the
+    working directory (``hpo/export.py`` in the repository's root)."""
+    return python_command(shell_path(Path(__file__).resolve().parent / script), *args)
+
+
+def tool_command(tool: str, *args: str | os.PathLike[str], module: str | None = None) -> str:
+    """A command line of the console script ``tool`` installed beside the running interpreter
+    (``.venv/bin/mlflow ui ...``); without one there, ``python -m module`` when ``module`` is
+    given (else the path anyway: the script to install there)."""
+    script = Path(sys.executable).parent / tool if sys.executable else Path(tool)
+    if module is not None and not script.exists():
+        return python_command("-m", module, *args)
+    return command(shell_path(script), *args)

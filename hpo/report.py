@@ -164,6 +164,12 @@ def _meta(search: SearchRecord) -> list[tuple[str, str]]:
                  ("budget", f"{space.budget.num_samples} samples, {space.budget.max_epochs} epochs")]  # fmt: skip
     else:
         meta.append(("space", search.space_note))
+    if search.study is not None:
+        states = ", ".join(f"{n} {state}" for state, n in sorted(search.study.states.items()))
+        study = search.study
+        meta.append(("Optuna study", f"{study.name} in {study.storage} ({states}); open it with optuna-dashboard {study.storage}"))
+    elif search.study_note:
+        meta.append(("Optuna study", search.study_note))
     return [*meta, ("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))]
 
 
@@ -302,20 +308,26 @@ def _atlas(search: SearchRecord, figures: _Figures) -> dict[str, Any] | None:
 
 
 def _importances(search: SearchRecord, figures: _Figures) -> list[dict[str, Any]] | None:
-    if search.space is None:
+    # The stored Optuna study's trials, params and distributions as Optuna sampled them; without
+    # one (a grid, an older search) the runs' params typed by the space's distributions.
+    stored = search.study.trials if search.study is not None else None
+    if search.space is not None:
+        distributions = search_distributions(search.space)
+    elif search.study is not None and search.study.trials:
+        distributions = search.study.distributions()
+    else:
         return None
-    distributions = search_distributions(search.space)
     direction = "maximize" if search.mode == "max" else "minimize"
     return [
         # The metric over trials that were not stopped: what decides how good a working trial gets.
         _importance(
-            figures, param_importances(search.trials, distributions, _working_value, direction),  # type: ignore[arg-type]
+            figures, param_importances(search.trials, distributions, _working_value, direction, stored=stored),  # type: ignore[arg-type]
             search.metric, "importance_metric", "#1f77b4",
             f"the search metric, {search.metric}", "trials not stopped (completed or pruned), at their last value",
         ),
         # Failure over every finished trial: what decides whether training works at all.
         _importance(
-            figures, param_importances(search.trials, distributions, _failure_value, "maximize", binary=True),
+            figures, param_importances(search.trials, distributions, _failure_value, "maximize", binary=True, stored=stored),
             "failure", "importance_failure", "#d62728",
             f"failure (1: stopped, recovered, or diagnosed {'/'.join(FAILURE_DIAGNOSES)}; 0: otherwise)",
             "every trial that ended on its own (not error, interrupted or running)",

@@ -3,15 +3,18 @@
 :func:`load_search` reads the parent run (the newest, or the one of a search id), its
 ``search_space.yaml`` and every child run's params, outcome and diagnosis tags and metric
 histories; :class:`SearchRecord` answers the questions the report asks of them (the best trials,
-the sampled params, their scales and ranges).
+the sampled params, their scales and ranges). A TPE search's Optuna study is read from the storage
+the parent names (``hpo.optuna_storage``, :class:`StoredStudy`); a search from before the study
+was stored has none, and the report works from the runs alone.
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +27,16 @@ from hpo.runs import SearchLookupError, find_parent, trial_outcomes
 from hpo.space import GridParam, IntParam, LogUniformParam, SearchSpace, SearchSpaceError, space_from_dict
 from hpo.values import is_finite
 
-__all__ = ["FAILURE_DIAGNOSES", "ReportError", "SearchRecord", "TrialRecord", "load_search", "spans_decades"]
+__all__ = [
+    "FAILURE_DIAGNOSES",
+    "ReportError",
+    "SearchRecord",
+    "StoredStudy",
+    "TrialRecord",
+    "load_search",
+    "load_study",
+    "spans_decades",
+]
 
 #: Diagnoses that count as a failed trial even when it was not stopped for them.
 FAILURE_DIAGNOSES = ("diverged", "background-collapse", "stalled", "no-positives")
@@ -83,6 +95,26 @@ class TrialRecord:
 
 
 @dataclass(frozen=True)
+class StoredStudy:
+    """The search's Optuna study as its storage holds it: what Optuna sampled and was told."""
+
+    storage: str
+    """The storage's URL (``sqlite:///...``): ``optuna-dashboard <it>`` opens it."""
+    name: str
+    trials: dict[str, Any]
+    """``{Tune trial id: optuna.trial.FrozenTrial}`` (the trial's ``hpo.trial_id`` user attribute)."""
+    states: dict[str, int] = field(default_factory=dict)
+    """Optuna's trials by state (``COMPLETE``, ``PRUNED``, ``FAIL``, ...), all of them."""
+
+    def distributions(self) -> dict[str, Any]:
+        """The sampled params' distributions, as Optuna sampled them."""
+        out: dict[str, Any] = {}
+        for trial in self.trials.values():
+            out.update(trial.distributions)
+        return out
+
+
+@dataclass(frozen=True)
 class SearchRecord:
     """A search read back from MLflow."""
 
@@ -97,6 +129,10 @@ class SearchRecord:
     """``None`` when the parent's ``search_space.yaml`` is missing or no longer validates."""
     space_note: str
     trials: list[TrialRecord]
+    study: StoredStudy | None = None
+    """The Optuna study from its storage; ``None``: a grid, a search from before it was stored, or
+    a storage not readable here (:attr:`study_note` says which)."""
+    study_note: str = ""
 
     def ranked(self) -> list[TrialRecord]:
         """The trials the export chooses from (:attr:`TrialRecord.exportable`: completed healthy, or
@@ -195,7 +231,31 @@ def load_search(tracking_uri: str, experiment: str, search_id: str | None = None
             TrialRecord(row["trial_id"], row["run_id"], row["outcome"], row["diagnosis"], row["params"], history, value)
         )
     status = tags.get(L.STATUS, L.RUNNING)
-    return SearchRecord(experiment, sid, parent.info.run_id, status, metric, mode, space, space_note, trials)  # type: ignore[arg-type]
+    study, study_note = load_study(tags.get(L.OPTUNA_STORAGE), tags.get(L.OPTUNA_STUDY))
+    return SearchRecord(
+        experiment, sid, parent.info.run_id, status, metric, mode, space, space_note, trials, study, study_note  # type: ignore[arg-type]
+    )
+
+
+def load_study(storage: str | None, name: str | None) -> tuple[StoredStudy | None, str]:
+    """The study ``name`` in the Optuna storage at ``storage`` (the parent's ``hpo.optuna_storage``
+    and ``hpo.optuna_study``), and a note when it cannot be read; ``(None, "")`` without them."""
+    if not storage or not name:
+        return None, ""
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        # Opening it would create an empty database; the search ran elsewhere, or its folder moved.
+        return None, f"the Optuna storage {storage} is not on this machine: the study is rebuilt from the runs"
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+        frozen = study.get_trials(deepcopy=False)
+    except Exception as exc:  # noqa: BLE001 - a store of another schema, a server that refuses: the runs suffice
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return None, f"the Optuna study {name!r} in {storage} is not readable ({why}): the study is rebuilt from the runs"
+    trials = {str(t.user_attrs[L.TRIAL_ID]): t for t in frozen if L.TRIAL_ID in t.user_attrs}
+    states = dict(Counter(t.state.name for t in frozen))
+    return StoredStudy(storage, name, trials, states), ""
 
 
 def _space(client: MlflowClient, run_id: str) -> tuple[SearchSpace | None, str]:

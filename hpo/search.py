@@ -32,6 +32,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
+import optuna  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
@@ -41,8 +42,8 @@ from hpo.cluster import ClusterConnectionError, connect
 from hpo.journal import JOURNAL_FILE
 from hpo.preflight import PreflightError, run_checks
 from hpo.report import build_report
-from hpo.space import SearchSpace, SearchSpaceError, load_space, space_from_dict
-from hpo.stopping import HealthStopper, build_scheduler, build_searcher, optuna_study
+from hpo.space import SearchSpace, SearchSpaceError, TpeSamplerSpec, load_space, space_from_dict
+from hpo.stopping import HealthStopper, build_scheduler, build_searcher
 from hpo.tracking import MlflowTrialCallback, finish_parent_run, open_parent_run
 from hpo.trainable import train_trial
 from model import report_keys as K
@@ -66,6 +67,12 @@ ALL_FAILED_EXIT = 1
 #: Where a search with remote storage (``s3://``) journals the MLflow writes a tracking server did
 #: not take (a local search keeps its journal in its own folder): the driver's own disk.
 REMOTE_JOURNAL_DIR = Path("~/.cache/ssd-face-hpo/journals")
+#: A TPE search's Optuna study (an RDB storage: ``optuna-dashboard sqlite:///<it>`` opens it): this
+#: file in the search's folder, beside Tune's results, the tracking journal and the report.
+OPTUNA_FILE = "optuna.db"
+#: The same for a search with remote storage (``s3://``), where a sqlite file cannot live: on the
+#: driver's disk, one file per search id, like the journal (``--resume`` it from the same driver).
+REMOTE_OPTUNA_DIR = Path("~/.cache/ssd-face-hpo/optuna")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -151,12 +158,17 @@ def run_search(args: argparse.Namespace) -> int:
     connect(args.address)
     record = search_record.stored(search_dir) if args.resume else None
     search_id = (record or search_record.create(search_dir, args.tracking_uri, experiment)).search_id
-    parent = open_parent_run(args.tracking_uri, experiment, search_id, space)
+    # The Optuna study (TPE only: a grid needs no searcher) lives in an RDB storage the parent names.
+    storage_url = optuna_storage(search_dir, search_id) if isinstance(space.sampler, TpeSamplerSpec) else None
+    study_tags = {L.OPTUNA_STORAGE: storage_url, L.OPTUNA_STUDY: name} if storage_url else None
+    parent = open_parent_run(args.tracking_uri, experiment, search_id, space, tags=study_tags)
     journal = journal_path(search_dir, search_id)
     trials = expected_trials(space) or f"up to {space.budget.num_samples}"  # 0: a time budget may end it sooner
     print(f"search {name!r}: space {space.source}, {trials} trials x up to {space.budget.max_epochs} epochs")
     cache = cache_dir(args, root)
     print(f"  data {root}: {checked} (image cache {cache})\n  results {search_dir}\n  MLflow {args.tracking_uri} (experiment {experiment!r}, parent run {parent})")
+    if storage_url:
+        print(f"  Optuna {storage_url} (study {name!r})")
 
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, space=space.as_dict(), data_root=str(root), cache_dir=cache),
@@ -174,7 +186,7 @@ def run_search(args: argparse.Namespace) -> int:
         tuner = tune.Tuner.restore(search_dir, trainable=trainable, resume_errored=True)
         searcher = None  # restored inside the Tuner
     else:
-        searcher = build_searcher(space)
+        searcher = build_searcher(space, storage=storage_url, study_name=name)
         grid = searcher is None
         tuner = tune.Tuner(
             trainable,
@@ -230,12 +242,13 @@ def run_search(args: argparse.Namespace) -> int:
             "(finished trials are not run again)",
             file=sys.stderr,
         )
-    print_summary(rows, space, search_dir, args.tracking_uri, experiment, interrupted=interrupted)
+    stored = stored_study(storage_url, name, finished=not interrupted) if storage_url else None
+    dashboard = storage_url if stored is not None else None
+    print_summary(rows, space, search_dir, args.tracking_uri, experiment, interrupted=interrupted, optuna_storage=dashboard)
     if not interrupted and not args.no_report:
         write_report(args.tracking_uri, experiment, search_id, search_dir)
-    study = optuna_study(searcher) if searcher is not None else None
-    if study is not None:
-        states = Counter(t.state.name for t in study.trials)
+    if stored is not None:
+        states = Counter(t.state.name for t in stored.trials)
         print(f"Optuna study: {dict(states)}")
     if rows and all(r["outcome"] == L.ERROR for r in rows):
         first = next((r.error for r in results if r.error is not None), None)
@@ -269,7 +282,8 @@ def write_report(tracking_uri: str, experiment: str, search_id: str, search_dir:
     try:
         result = build_report(tracking_uri, experiment, out=out, search_id=search_id)
     except Exception as exc:  # noqa: BLE001
-        print(f"warning: no report ({type(exc).__name__}: {exc}); build it with: python hpo/report.py --experiment {experiment}")
+        again = L.script_command("report.py", "--experiment", experiment, "--search-id", search_id, "--tracking-uri", tracking_uri)
+        print(f"warning: no report ({type(exc).__name__}: {exc}); build it with: {again}")
         return
     print(f"report:  {result.html}  (also on the parent run under report/)")
 
@@ -290,6 +304,38 @@ def journal_path(search_dir: str, search_id: str) -> Path:
     if "://" in search_dir:
         return REMOTE_JOURNAL_DIR.expanduser() / f"{search_id}.jsonl"
     return Path(search_dir) / JOURNAL_FILE
+
+
+def optuna_storage(search_dir: str, search_id: str) -> str:
+    """The URL of the search's Optuna storage: :data:`OPTUNA_FILE` in its folder, or a file on the
+    driver's disk when the folder is remote (:data:`REMOTE_OPTUNA_DIR`); the folder is made."""
+    if "://" in search_dir:
+        path = REMOTE_OPTUNA_DIR.expanduser() / f"{search_id}.db"
+    else:
+        path = Path(search_dir) / OPTUNA_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path.resolve()}"
+
+
+def stored_study(storage: str, study_name: str, *, finished: bool) -> optuna.Study | None:
+    """The search's Optuna study read back from its storage (``None``: not there, e.g. a search
+    resumed from before the study was stored). For a ``finished`` search, a trial still RUNNING
+    there is one Tune never ran to its end (asked for just before a driver was killed, then
+    forgotten by ``--resume``, which restores Tune's last checkpoint): it is told FAIL."""
+    path = storage.removeprefix("sqlite:///")
+    if storage.startswith("sqlite:///") and not Path(path).is_file():
+        return None
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        if finished:
+            for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    except KeyError:  # no study of that name there
+        return None
+    except Exception as exc:  # noqa: BLE001 - the search is done: its summary must still be printed
+        print(f"warning: the Optuna study in {storage} was not read ({_one_line(exc)})", file=sys.stderr)
+        return None
+    return study
 
 
 def outcome_of(metrics: dict[str, Any], error: BaseException | None, max_epochs: int, unfinished: bool = False) -> str:
@@ -334,6 +380,7 @@ def print_summary(
     experiment: str,
     *,
     interrupted: bool = False,
+    optuna_storage: str | None = None,
 ) -> None:
     counts = Counter(r["outcome"].split("@")[0] for r in rows)
     print(f"\n== search {L.INTERRUPTED if interrupted else L.FINISHED} ==")
@@ -348,11 +395,17 @@ def print_summary(
     else:
         print("no trial completed healthy")
     print(f"results: {search_dir}")
+    # The commands with the interpreter running now: after the README's quick start no virtual
+    # environment is active, and a bare `python` or `mlflow` is not the one the search ran with.
     if tracking_uri.startswith(("http://", "https://")):
         print(f"browse:  open {tracking_uri}  (on a cluster: ray attach cluster.yaml -p 5000 first)")
     else:
-        print(f"browse:  mlflow ui --backend-store-uri {tracking_uri}")
-    print(f"export:  python hpo/export.py --experiment {experiment} --out best.yaml --tracking-uri {tracking_uri}")
+        print(f"browse:  {L.tool_command('mlflow', 'ui', '--backend-store-uri', tracking_uri, module='mlflow')}")
+    export = L.script_command("export.py", "--experiment", experiment, "--out", L.EXPORT_ARTIFACT, "--tracking-uri", tracking_uri)
+    print(f"export:  {export}")
+    if optuna_storage is not None:
+        dashboard = L.tool_command("optuna-dashboard", optuna_storage)
+        print(f"optuna:  {dashboard}  (install it first: {L.python_command('-m', 'pip', 'install', 'optuna-dashboard')})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,16 @@ What Optuna's study records for each way a trial ends:
   which TPE then ranks against full-length trials as if it were their equal;
 * errored (once its retries are spent): FAIL, no value; while Tune retries it, it stays RUNNING.
 
+Where the study lives: ``build_searcher(space, storage=URL, study_name=NAME)`` keeps it in an
+Optuna RDB storage (the search passes a sqlite file beside its results), where ``optuna-dashboard``
+and ``optuna.load_study`` read it, during the search and after; without a storage, in memory.
+Either way :func:`optuna_study` reads it through the storage: no private attribute of
+``OptunaSearch`` is needed. Tune pickles the searcher with its checkpoints (``OptunaSearch.save``)
+and ``Tuner.restore`` unpickles it: the study's storage reconnects to the same URL, so a resumed
+search goes on in the same study (the database, not the pickle, holds its trials). Each Optuna
+trial carries its Tune trial id as the user attribute ``hpo.trial_id`` (the report and the
+dashboard link it to its MLflow run).
+
 Tune passes the scheduler and the searcher their ``metric``/``mode`` here, so the search entry
 point must not set them again in ``tune.TuneConfig`` (Tune refuses a scheduler that has its own),
 and when :func:`build_searcher` applies the concurrency limit, ``TuneConfig.max_concurrent_trials``
@@ -30,8 +40,12 @@ must stay ``None`` (or equal).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import logging
+from typing import Any
 
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
@@ -43,10 +57,9 @@ from hpo.space import AshaSchedulerSpec, SearchSpace, TpeSamplerSpec
 from hpo.values import is_number
 from model import report_keys as K
 
-if TYPE_CHECKING:
-    import optuna
-
 __all__ = ["HealthStopper", "RungAwareOptunaSearch", "build_scheduler", "build_searcher", "optuna_study"]
+
+_LOG = logging.getLogger(__name__)
 
 
 class HealthStopper(tune.Stopper):
@@ -84,19 +97,60 @@ class RungAwareOptunaSearch(OptunaSearch):
     (by how far they got, then by their last intermediate value) instead of treating a value from
     2 epochs like a value from the full budget. The intermediate values are what
     ``OptunaSearch.on_trial_result`` reported each epoch.
+
+    ``storage``: an Optuna storage, or the URL of an RDB one (``sqlite:///...``); ``None``: a new
+    in-memory storage. Either way :attr:`storage` and :attr:`study_name` say where the study is.
     """
 
-    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, *args: Any, max_epochs: int, storage: str | BaseStorage | None = None, study_name: str | None = None, **kwargs: Any
+    ) -> None:
+        if isinstance(storage, str):
+            storage = RDBStorage(storage)
+        #: Where the study is (``optuna.load_study(study_name=..., storage=...)``).
+        self.storage: BaseStorage = storage if storage is not None else InMemoryStorage()
+        self.study_name = study_name or "optuna"  # OptunaSearch's own default name
+        super().__init__(*args, storage=self.storage, study_name=self.study_name, **kwargs)
         self.max_epochs = max_epochs
         self._reported: dict[str, int] = {}  # trial id -> the last step told to Optuna
+
+    def restore(self, checkpoint_path: str) -> None:
+        # The saved searcher's storage replaces this one's; a searcher saved before the study had a
+        # storage of its own leaves none (its study was in the pickle only: optuna_study gives None).
+        self.__dict__.pop("storage", None)
+        self.__dict__.pop("study_name", None)
+        super().restore(checkpoint_path)
+        storage = getattr(self, "storage", None)
+        if isinstance(storage, RDBStorage):
+            try:
+                storage.get_study_id_from_name(self.study_name)
+            except KeyError:
+                # Its trials are in the database, not in the pickle: going on without them would
+                # fail at the first trial, with a less helpful message.
+                raise RuntimeError(
+                    f"the search's Optuna study {self.study_name!r} is not in {storage.url}: resume the search "
+                    "on the machine that holds that file"
+                ) from None
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        trial = self._ot_trials.get(trial_id)
+        if config is not None and trial is not None and L.TRIAL_ID not in trial.user_attrs:
+            trial.set_user_attr(L.TRIAL_ID, trial_id)  # which Tune trial (and MLflow run) it is
+        return config
 
     def _last_reported(self) -> dict[str, int]:
         # A searcher saved before this attribute existed is restored without it.
         return self.__dict__.setdefault("_reported", {})
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        super().on_trial_result(trial_id, result)
+        try:
+            super().on_trial_result(trial_id, result)
+        except UpdateFinishedTrialError:
+            # A resumed search whose storage recorded the trial's end after Tune's last checkpoint
+            # of the searcher: Tune runs the rest again, the study keeps what it was told.
+            _LOG.debug("trial %s already finished in the Optuna study: result not reported", trial_id)
+            return
         if trial_id not in self._completed_trials and is_number(result.get(TRAINING_ITERATION)):
             self._last_reported()[trial_id] = int(result[TRAINING_ITERATION])
 
@@ -106,7 +160,10 @@ class RungAwareOptunaSearch(OptunaSearch):
             # only, never to on_trial_result: report it as the intermediate value it is.
             step, value = result.get(TRAINING_ITERATION), result.get(self.metric)
             if is_number(step) and is_number(value) and step > self._last_reported().get(trial_id, 0):
-                self._ot_trials[trial_id].report(float(value), int(step))
+                try:
+                    self._ot_trials[trial_id].report(float(value), int(step))
+                except UpdateFinishedTrialError:  # see on_trial_result; OptunaSearch's tell warns
+                    pass
         if error or (result and L.trial_end(result, self.max_epochs).outcome == L.PRUNED):
             # OptunaSearch tells a trial without a value as FAIL (error) or PRUNED (no error).
             result = None
@@ -131,11 +188,14 @@ def build_scheduler(space: SearchSpace) -> ASHAScheduler | FIFOScheduler:
     return FIFOScheduler()
 
 
-def build_searcher(space: SearchSpace) -> Searcher | None:
+def build_searcher(space: SearchSpace, storage: str | None = None, study_name: str | None = None) -> Searcher | None:
     """``OptunaSearch`` over the space's distributions for the TPE sampler, its
     ``points_to_evaluate`` tried first; wrapped in a ``ConcurrencyLimiter`` when
     ``budget.max_concurrent_trials`` is set. ``None`` for a grid: the search then passes
     ``space.grid()`` as Tune's ``param_space`` and needs no searcher.
+
+    ``storage``: the URL of the Optuna RDB storage to keep the study in (``sqlite:///...``;
+    created when missing), with ``study_name``; ``None``: in memory.
     """
     if not isinstance(space.sampler, TpeSamplerSpec):
         return None
@@ -146,6 +206,8 @@ def build_searcher(space: SearchSpace) -> Searcher | None:
         sampler=space.sampler.build(),
         points_to_evaluate=[dict(point) for point in space.points_to_evaluate] or None,
         max_epochs=space.budget.max_epochs,
+        storage=storage,
+        study_name=study_name,
     )
     limit = space.budget.max_concurrent_trials
     if limit is not None:
@@ -155,14 +217,15 @@ def build_searcher(space: SearchSpace) -> Searcher | None:
 
 
 def optuna_study(searcher: Searcher | None) -> optuna.Study | None:
-    """The Optuna study behind a searcher from :func:`build_searcher` (``None`` for a grid).
-
-    ``OptunaSearch`` has no public accessor for its study; this is the one place that reaches in.
-    """
+    """The Optuna study behind a searcher from :func:`build_searcher` (``None`` for a grid, or a
+    searcher restored from a checkpoint saved before the study had a storage), read from its
+    storage."""
     while isinstance(searcher, ConcurrencyLimiter):
         searcher = searcher.searcher
     if searcher is None:
         return None
-    if not isinstance(searcher, OptunaSearch):
-        raise TypeError(f"not an OptunaSearch (or a ConcurrencyLimiter around one): {type(searcher).__name__}")
-    return searcher._ot_study
+    if not isinstance(searcher, RungAwareOptunaSearch):
+        raise TypeError(f"not a RungAwareOptunaSearch (or a ConcurrencyLimiter around one): {type(searcher).__name__}")
+    if getattr(searcher, "storage", None) is None:
+        return None
+    return optuna.load_study(study_name=searcher.study_name, storage=searcher.storage)

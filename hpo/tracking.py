@@ -77,12 +77,16 @@ _MAX_PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
 # -- the parent run --------------------------------------------------------------------------------
 
 
-def open_parent_run(tracking_uri: str, experiment: str, search_id: str, space: SearchSpace) -> str:
+def open_parent_run(
+    tracking_uri: str, experiment: str, search_id: str, space: SearchSpace, *, tags: Mapping[str, str] | None = None
+) -> str:
     """Create the search's parent run, or re-open the one tagged with ``search_id``; its run id.
 
     A new run gets the layout's tags, params (metric, mode, num_samples, max_epochs, scheduler,
     sampler) and the artifact ``search_space.yaml``. A re-opened one (``--resume``) is set back to
-    RUNNING with ``hpo.status`` removed; its params and artifact are left as they were.
+    RUNNING with ``hpo.status`` removed; its params and artifact are left as they were. ``tags``
+    (e.g. where the Optuna study is) go on the run either way. The experiment is created when
+    missing, and opens in MLflow's model-training view (see :func:`_experiment_id`).
 
     Raises:
         mlflow.MlflowException: the tracking server or store refuses (here, unlike in the
@@ -96,10 +100,12 @@ def open_parent_run(tracking_uri: str, experiment: str, search_id: str, space: S
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         if L.STATUS in found[0].data.tags:
             client.delete_tag(run_id, L.STATUS)
+        if tags:
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         return run_id
 
-    tags = {L.ROLE: L.PARENT, L.SEARCH_ID: search_id, L.SPACE: space.name, L.METRIC: space.metric, L.MODE: space.mode}
-    run = client.create_run(experiment_id, tags=tags, run_name=f"{space.name}-{search_id[:8]}")
+    layout_tags = {L.ROLE: L.PARENT, L.SEARCH_ID: search_id, L.SPACE: space.name, L.METRIC: space.metric, L.MODE: space.mode}
+    run = client.create_run(experiment_id, tags={**layout_tags, **(tags or {})}, run_name=f"{space.name}-{search_id[:8]}")
     run_id = run.info.run_id
     params = {
         "metric": space.metric,
@@ -646,12 +652,20 @@ def _description(trial_id: str, outcome: str, last: Mapping[str, Any], recovery:
 
 
 def _experiment_id(client: MlflowClient, tracking_uri: str, name: str) -> str:
-    """The id of experiment ``name``, created when missing (restored when deleted)."""
+    """The id of experiment ``name``, created when missing (restored when deleted).
+
+    It gets ``mlflow.experimentKind=custom_model_development``, the tag that makes MLflow 3's UI
+    open it on its runs table instead of its GenAI view, unless it already has a kind: a value
+    someone chose (the UI's own selector writes this tag) is theirs.
+    """
+    kind = {L.EXPERIMENT_KIND: L.MODEL_TRAINING}
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
+        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri), tags=kind)
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    if L.EXPERIMENT_KIND not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, L.EXPERIMENT_KIND, L.MODEL_TRAINING)
     return experiment.experiment_id
 
 

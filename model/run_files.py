@@ -6,9 +6,16 @@ a restart with the fix would train) and :data:`RECOVERIES_FILE` (the recovery ev
 first: with the configuration the run started from they reproduce it). Production training's
 :class:`model.callbacks.Checkpointing` and a search trial (``hpo/trainable.py``) write them; the
 search logs them as the trial's artifacts (``hpo/layout.py``) and the export reads them back.
+
+Also named here, for the same two writers: the MLflow experiment tag that makes MLflow 3's UI open
+an experiment in its model-training view (``hpo/layout.py`` re-exports it).
 """
 
 from __future__ import annotations
 
 EFFECTIVE_CONFIG_FILE = "effective_config.yaml"  #: the config in force after the recoveries (a TrainConfig in YAML)
 RECOVERIES_FILE = "recoveries.json"  #: the recovery events, a JSON list (``model.recovery``: diagnosis, snapshot, changes)
+#: MLflow 3's UI opens an experiment in its GenAI view (traces, an assistant) unless this tag says
+#: otherwise; MLflow's Python package has no constant for it (3.17: only its UI bundle spells it).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"  #: the tag's value for the UI's "Machine learning" view (the runs table)

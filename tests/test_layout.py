@@ -26,8 +26,13 @@ REPORT_KEYS = {k for k in K.REPORT_KEYS if "/" in k}
 TAGS_AND_ARTIFACTS = {
     v for n, v in vars(L).items() if n.isupper() and isinstance(v, str) and v.startswith(("hpo.", "mlflow."))
 } | {v for n, v in vars(L).items() if n.endswith("_ARTIFACT")}
-#: Artifact names whose home is not the layout: the trainer writes those files, the layout re-exports them.
-ARTIFACT_HOMES = {L.EFFECTIVE_CONFIG_ARTIFACT: "model/run_files.py", L.RECOVERIES_ARTIFACT: "model/run_files.py"}
+#: Names whose home is not the layout: the trainer writes those files, production training sets that
+#: experiment tag too (model/ cannot import hpo/); the layout re-exports them.
+ARTIFACT_HOMES = {
+    L.EFFECTIVE_CONFIG_ARTIFACT: "model/run_files.py",
+    L.RECOVERIES_ARTIFACT: "model/run_files.py",
+    L.EXPERIMENT_KIND: "model/run_files.py",
+}
 #: Tag values: ordinary words outside hpo/ (a data cache's "error"), so checked in hpo/ only, the one
 #: package that can import the layout.
 TAG_VALUES = {L.RUNNING, L.COMPLETED, L.PRUNED, L.ERROR, L.INTERRUPTED, L.FINISHED, L.PARENT, L.TRIAL}
@@ -97,6 +102,7 @@ def test_the_homes_hold_what_the_check_looks_for() -> None:
     assert {"val/ap", "health/stop", "train/box_weight", "time/epoch_s"} <= REPORT_KEYS
     assert {"hpo.role", "hpo.outcome", "hpo.diagnosis", "mlflow.parentRunId", "trial_config.yaml"} <= TAGS_AND_ARTIFACTS
     assert {"effective_config.yaml", "recoveries.json"} <= TAGS_AND_ARTIFACTS
+    assert {"mlflow.experimentKind", "hpo.optuna_storage", "hpo.optuna_study"} <= TAGS_AND_ARTIFACTS
     assert tuple(K.EpochReport.__annotations__) == K.REPORT_KEYS
 
 

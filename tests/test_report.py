@@ -265,6 +265,51 @@ def test_report_marks_a_recovered_trial(tmp_path: Path) -> None:
     assert ["t_rec", "recovered:diverged", "healthy"] in [r[:3] for r in page.rows("trials")]
 
 
+def test_report_reads_the_optuna_study_from_its_storage(tmp_path: Path) -> None:
+    """A search's Optuna study in a real RDB storage (sqlite) that the parent names: the report
+    takes the trials' params from it (here the runs log none, so only the study has them), shows
+    it, and works from the runs alone when the storage is gone."""
+    import optuna
+
+    space = load_space("cpu-mini")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, study_name="faces", direction="maximize")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    open_parent_run(uri, "faces", "s1", space, tags={L.OPTUNA_STORAGE: storage, L.OPTUNA_STUDY: "faces"})
+    client = mlflow.MlflowClient(uri)
+    exp_id = client.get_experiment_by_name("faces").experiment_id
+    for i, lr in enumerate([0.002, 0.005, 0.01, 0.02, 0.04, 0.2, 0.5, 0.9]):
+        params = {"optim.lr": lr, "schedule.warmup_epochs": 0.2 * (i % 3), "loss.class_weight": 1.0 + i % 2,
+                  "loss.box_weight": 0.5 + i % 4, "loss.neg_pos_ratio": 1 + i, "loss.box_loss": ("smooth_l1", "giou")[i % 2]}  # fmt: skip
+        failed = lr > 0.1  # failure decided by the learning rate
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=space.optuna_distributions(),
+                                      value=L.PENALTY_MAX if failed else 0.1 + 0.01 * i, user_attrs={L.TRIAL_ID: f"t{i}"})
+        )  # fmt: skip
+        outcome, diagnosis = (L.stopped("diverged"), "diverged") if failed else (L.COMPLETED, L.HEALTHY)
+        tags = {L.ROLE: L.TRIAL, L.SEARCH_ID: "s1", L.TRIAL_ID: f"t{i}", L.OUTCOME: outcome, L.DIAGNOSIS: diagnosis}
+        run_id = client.create_run(exp_id, tags=tags).info.run_id
+        client.log_metric(run_id, K.VAL_AP, L.PENALTY_MAX if failed else 0.1 + 0.01 * i, step=1)
+    study.ask()  # one asked and never told: RUNNING, not a trial of the runs
+
+    result = build_report(uri, "faces", tmp_path / "report", log_to_parent=False)
+    stored = result.search.study
+    assert stored is not None and stored.storage == storage and stored.name == "faces"
+    assert sorted(stored.trials) == [f"t{i}" for i in range(8)] and stored.states == {"COMPLETE": 8, "RUNNING": 1}
+    html = result.html.read_text()
+    assert f"faces in {storage} (8 COMPLETE, 1 RUNNING); open it with optuna-dashboard {storage}" in html
+    text = Page(html).sections["importances"]["text"]
+    # Both rankings computed, from the study's params (the runs have none).
+    assert "params of 5 trials as Optuna sampled them" in text and "params of 8 trials as Optuna sampled them" in text, text
+    assert "Not computed" not in text
+
+    (tmp_path / "optuna.db").unlink()  # the search ran elsewhere: the report falls back to the runs
+    result = build_report(uri, "faces", tmp_path / "report2", log_to_parent=False)
+    assert result.search.study is None and "not on this machine" in result.search.study_note
+    assert not (tmp_path / "optuna.db").exists()  # not created by looking
+    assert "too few trials to rank parameters: 0" in Page(result.html.read_text()).sections["importances"]["text"]
+
+
 def test_the_atlas_draws_a_recovered_trial_as_a_diamond_with_its_own_legend_entry() -> None:
     values = {"loss.box_weight": 1.0, "loss.class_weight": 2.0}
     points = [

@@ -18,7 +18,7 @@ from hpo.layout import PENALTY_MAX
 from hpo.search import CLUSTER_CACHE_DIR, INTERRUPTED_EXIT, cache_dir, parse_args
 from hpo.search import main as search_main
 from hpo.space import load_space
-from hpo.stopping import RungAwareOptunaSearch
+from hpo.stopping import RungAwareOptunaSearch, optuna_study
 from hpo.trainable import _trial_config
 
 pytestmark = pytest.mark.slow
@@ -153,17 +153,39 @@ def test_cache_dir_is_beside_the_data_locally_and_node_local_on_a_cluster(tmp_pa
     assert cfg.data.cache_dir == tmp_path / "node-home" / ".cache" / "ssd-face-hpo"
 
 
+def _stored_study(uri: str, experiment: str, search_dir: Path) -> optuna.Study:
+    """The search's Optuna study from the RDB storage its parent run names (beside its results)."""
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's UI: the runs table
+    (parent,) = client.search_runs([exp.experiment_id], filter_string="tags.`hpo.role` = 'parent'")
+    storage, name = parent.data.tags["hpo.optuna_storage"], parent.data.tags["hpo.optuna_study"]
+    assert storage.startswith("sqlite:///") and Path(storage.removeprefix("sqlite:///")).samefile(search_dir / "optuna.db")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
 def test_optuna_records_stopped_trials_with_their_penalty(e2e) -> None:
-    """The searcher state Tune saved (what --resume restores): no trial RUNNING or missing."""
-    searcher = RungAwareOptunaSearch(max_epochs=4)
-    searcher.restore_from_dir(str(e2e["search_dir"]))
-    study: optuna.Study = searcher._ot_study
+    """The study in its storage (what optuna-dashboard opens): every trial, none RUNNING, each
+    with its Tune trial id and the state its outcome calls for; the searcher state Tune saved
+    (what --resume restores) reads the same study."""
+    study = _stored_study(e2e["uri"], "e2e", e2e["search_dir"])
     assert len(study.trials) == 4
-    states = {t.state for t in study.trials}
-    assert states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}, states
+    client = mlflow.MlflowClient(e2e["uri"])
+    runs = _trial_runs(client, client.get_experiment_by_name("e2e").experiment_id)
+    outcomes = {r.data.tags["hpo.trial_id"]: r.data.tags["hpo.outcome"] for r in runs}
+    by_trial = {t.user_attrs["hpo.trial_id"]: t for t in study.trials}
+    assert sorted(by_trial) == sorted(outcomes)
+    for trial_id, outcome in outcomes.items():
+        expected = optuna.trial.TrialState.PRUNED if outcome == "pruned" else optuna.trial.TrialState.COMPLETE
+        assert by_trial[trial_id].state == expected, (trial_id, outcome, by_trial[trial_id].state)
     for point in (DIVERGING, COLLAPSING):
         trial = next(t for t in study.trials if t.params == point)
         assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == PENALTY_MAX, trial
+    searcher = RungAwareOptunaSearch(max_epochs=4)
+    searcher.restore_from_dir(str(e2e["search_dir"]))
+    restored = optuna_study(searcher)
+    assert [(t.number, t.state, t.params) for t in restored.trials] == [(t.number, t.state, t.params) for t in study.trials]
+    assert "Optuna study" in (e2e["search_dir"] / "report" / "report.html").read_text()  # the report read it
 
 
 def test_resuming_a_finished_search_reruns_nothing_and_export_writes_a_trainable_config(e2e, capsys) -> None:
@@ -277,6 +299,10 @@ def test_an_interrupted_search_resumes_without_rerunning_or_duplicating(mini_roo
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/ap")]
         assert steps == [1, 2, 3], (run.data.tags["hpo.trial_id"], steps)
+    # One Optuna study across the interruption, in its storage: each trial once, all told COMPLETE.
+    study = _stored_study(uri, "interrupted", search_dir)
+    assert sorted(t.user_attrs["hpo.trial_id"] for t in study.trials) == sorted(after)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials), [t.state for t in study.trials]
 
 
 def test_how_a_trial_ended_in_the_summary() -> None:
@@ -288,3 +314,29 @@ def test_how_a_trial_ended_in_the_summary() -> None:
     assert outcome_of({"epoch": 1, "health/stop": 1.0, "health/diagnosis": "diverged"}, None, 6) == "stopped:diverged"
     assert outcome_of({"epoch": 1}, RuntimeError("boom"), 6) == "error"
     assert outcome_of({"epoch": 3}, None, 6, unfinished=True) == "interrupted"
+
+
+def test_the_searchers_study_lives_in_its_storage_across_a_save_and_restore(tmp_path: Path) -> None:
+    """What --resume relies on without running a search: Tune pickles the searcher (its study's
+    storage with it) and unpickles it; the restored one reconnects to the same sqlite file, and
+    refuses, in words, a file without the study (the search moved to another machine)."""
+    from hpo.stopping import build_searcher
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = build_searcher(load_space("cpu-mini"), storage=storage, study_name="demo").searcher
+    assert searcher.suggest("t1") is not None
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    searcher.on_trial_complete("t1", {"training_iteration": 1, "epoch": 1, "val/ap": PENALTY_MAX, "health/stop": 1.0})
+
+    restored = RungAwareOptunaSearch(max_epochs=4)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("t2") is not None
+    study = optuna.load_study(study_name="demo", storage=storage)
+    told = {t.user_attrs.get("hpo.trial_id"): t for t in study.trials}
+    assert told["t1"].state == optuna.trial.TrialState.COMPLETE and told["t1"].value == PENALTY_MAX
+    assert told["t2"].state == optuna.trial.TrialState.RUNNING  # asked after the restore, in the same study
+    assert len(optuna_study(restored).trials) == len(study.trials)
+
+    (tmp_path / "optuna.db").unlink()
+    with pytest.raises(RuntimeError, match="'demo' is not in sqlite:///.*on the machine that holds that file"):
+        RungAwareOptunaSearch(max_epochs=4).restore(str(tmp_path / "searcher.pkl"))

@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from ray import cloudpickle, tune
 
+from hpo import layout as L
 from hpo.layout import NONFINITE_FILL
 from hpo.runs import trial_outcomes
 from hpo.space import load_space, space_from_dict
@@ -177,6 +178,31 @@ def search(ray_session, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
 
 def by_lr(rows: list[dict[str, Any]]) -> dict[float, dict[str, Any]]:
     return {row["params"]["optim.lr"]: row for row in rows}
+
+
+def test_the_experiment_opens_in_the_model_training_view_unless_its_kind_was_chosen(tmp_path: Path) -> None:
+    """MLflow 3's UI opens an experiment in its GenAI view unless ``mlflow.experimentKind`` says
+    ``custom_model_development``: the search sets it on the experiment it creates or re-opens,
+    and leaves a kind someone chose as it is."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    space = load_space("cpu-mini")
+
+    def kind(name: str) -> str | None:
+        return client.get_experiment_by_name(name).tags.get("mlflow.experimentKind")
+
+    parent = open_parent_run(uri, "created", "s1", space)
+    assert kind("created") == "custom_model_development"
+    artifacts = (tmp_path / "mlruns").as_uri()  # not MLflow's default, the working directory's mlruns/
+    client.create_experiment("older", artifact_location=artifacts)  # made before the search (an older search, a user)
+    open_parent_run(uri, "older", "s2", space)
+    assert kind("older") == "custom_model_development"
+    client.create_experiment("chosen", artifact_location=artifacts, tags={"mlflow.experimentKind": "genai_development"})
+    open_parent_run(uri, "chosen", "s3", space)
+    assert kind("chosen") == "genai_development"
+    # A re-opened parent (--resume) gets the tags it is given, as a new one does.
+    assert open_parent_run(uri, "created", "s1", space, tags={L.OPTUNA_STUDY: "study"}) == parent
+    assert client.get_run(parent).data.tags[L.OPTUNA_STUDY] == "study"
 
 
 def test_one_parent_with_the_search_tags_params_and_space(search) -> None:
