@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from functools import partial
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -161,7 +161,7 @@ def _mobilenet_v3(pretrained: bool, trainable_layers: int) -> nn.Module:
     net = mobilenet_v3_large(weights=weights, norm_layer=norm_layer, reduced_tail=not pretrained)
     if not pretrained:
         _normal_init(net)
-    return _mobilenet_extractor(net, trainable_layers, norm_layer)
+    return cast(nn.Module, _mobilenet_extractor(net, trainable_layers, norm_layer))  # torchvision is untyped
 
 
 class _VGGFeatures(nn.Module):
@@ -181,6 +181,6 @@ def _vgg16(pretrained: bool, trainable_layers: int) -> nn.Module:
         for m in features.modules():
             if isinstance(m, nn.Conv2d):  # VGG's own initialisation
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                nn.init.zeros_(cast(Tensor, m.bias))  # make_layers' convolutions have biases
         net = _VGGFeatures(features)
-    return _vgg_extractor(net, False, trainable_layers)  # type: ignore[arg-type]
+    return cast(nn.Module, _vgg_extractor(net, False, trainable_layers))  # torchvision is untyped

@@ -10,10 +10,12 @@ import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from model import report_keys as K
@@ -56,6 +58,33 @@ def batched_augmentation(cfg: TrainConfig) -> bool:
     return pipeline == "batched" or (pipeline == "auto" and resolve_device(cfg.device).type == "cuda")
 
 
+class _DatasetOptions(TypedDict):
+    """The keyword arguments both :class:`WiderFaceDataset` splits share."""
+
+    min_face_size: float
+    cache_dir: Path | None
+    cache_max_side: int
+
+
+class _AugmentParts(TypedDict):
+    """The switches of :func:`build_train_transforms` (and :class:`DrawSSDAugmentation`)."""
+
+    photometric: bool
+    zoom_out: bool
+    zoom_out_max: float
+    iou_crop: bool
+    hflip: bool
+
+
+class _LoaderOptions(TypedDict):
+    """The keyword arguments both :class:`DataLoader` s share."""
+
+    batch_size: int
+    num_workers: int
+    persistent_workers: bool
+    pin_memory: bool
+
+
 def build_datasets(cfg: TrainConfig) -> tuple[WiderFaceDataset, WiderFaceDataset]:
     """Train and validation sets; the mini set is generated at ``data.root`` on first use."""
     data = cfg.data
@@ -65,8 +94,8 @@ def build_datasets(cfg: TrainConfig) -> tuple[WiderFaceDataset, WiderFaceDataset
     cache_dir = (data.cache_dir or data.root / ".cache") if data.cache else None
     size = cfg.model.input_size
     aug = cfg.augment
-    common = dict(min_face_size=data.min_face_size, cache_dir=cache_dir, cache_max_side=data.cache_max_side)
-    parts = dict(
+    common: _DatasetOptions = dict(min_face_size=data.min_face_size, cache_dir=cache_dir, cache_max_side=data.cache_max_side)
+    parts: _AugmentParts = dict(
         photometric=aug.photometric, zoom_out=aug.zoom_out, zoom_out_max=aug.zoom_out_max, iou_crop=aug.iou_crop, hflip=aug.hflip
     )
     augment = DrawSSDAugmentation(size, **parts) if batched_augmentation(cfg) else build_train_transforms(size, **parts)
@@ -77,12 +106,14 @@ def build_datasets(cfg: TrainConfig) -> tuple[WiderFaceDataset, WiderFaceDataset
     return train, val
 
 
-def build_loaders(cfg: TrainConfig, train: WiderFaceDataset, val: WiderFaceDataset) -> tuple[DataLoader, DataLoader]:
+def build_loaders(
+    cfg: TrainConfig, train: WiderFaceDataset, val: WiderFaceDataset
+) -> tuple[DataLoader[tuple[Tensor, dict[str, Any]]], DataLoader[tuple[Tensor, dict[str, Any]]]]:
     # A seeded generator makes the shuffling order, and so a resumed run, reproducible.
     generator = torch.Generator().manual_seed(cfg.seed)
     workers = cfg.data.num_workers
     pin = cfg.data.pin_memory if cfg.data.pin_memory is not None else resolve_device(cfg.device).type == "cuda"
-    common = dict(batch_size=cfg.batch_size, num_workers=workers, persistent_workers=workers > 0, pin_memory=pin)
+    common: _LoaderOptions = dict(batch_size=cfg.batch_size, num_workers=workers, persistent_workers=workers > 0, pin_memory=pin)
     # The batched pipeline's loader hands over the decoded images on one canvas, to be rendered on the device.
     train_collate = collate_canvas if batched_augmentation(cfg) else collate_fn
     train_loader = DataLoader(
@@ -111,7 +142,8 @@ def build_loss(cfg: TrainConfig, model: FaceSSD) -> MultiBoxLoss:
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
     # Weight decay on norms and biases only hurts; torchvision's references exclude them too.
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
@@ -121,7 +153,7 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=o.lr)
 
 
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-iteration schedule: linear warm-up, then cosine or step decay (or constant) to the end."""
     s = cfg.schedule
     total = max(1, cfg.epochs * iters_per_epoch)
@@ -202,7 +234,7 @@ def build_wider_validation(cfg: TrainConfig, val: WiderFaceDataset) -> WiderVali
 @torch.no_grad()
 def evaluate_model(
     model: FaceSSD,
-    loader: DataLoader,
+    loader: DataLoader[tuple[Tensor, dict[str, Any]]],
     device: torch.device,
     cfg: TrainConfig,
     *,

@@ -33,6 +33,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,11 @@ class Detector(nn.Module):
         model: the :class:`FaceSSD` the network came from (anchors, box coder, input size).
         post: the post-processing settings; ``nms`` must be ``"nms"``.
     """
+
+    # The buffer registered in __init__, declared for the type checker only: a class annotation
+    # would replace the inherited nn.Module ones that torch.jit.script reads.
+    if TYPE_CHECKING:
+        anchors: Tensor
 
     def __init__(self, network: nn.Module, model: FaceSSD, post: PostprocessConfig) -> None:
         super().__init__()
@@ -124,9 +130,11 @@ def to_torchscript(model: FaceSSD, post: PostprocessConfig) -> torch.jit.ScriptM
     example = torch.rand(2, 3, model.input_size, model.input_size, device=model.image_mean.device)
     with warnings.catch_warnings():
         # FaceSSD's Python shape check becomes a constant in the trace: Detector checks instead.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # torch.jit imports TracerWarning from torch.jit._trace but leaves it out of its __all__.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated", category=FutureWarning)
-        network = torch.jit.trace(_RawOutputs(model), example)
+        # torch leaves torch.jit.trace unannotated.
+        network = torch.jit.trace(_RawOutputs(model), example)  # type: ignore[no-untyped-call]
         return torch.jit.script(Detector(network, model, post))
 
 

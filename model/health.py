@@ -37,7 +37,7 @@ import statistics
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeGuard, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -87,7 +87,7 @@ class Intervention(BaseModel):
 
 
 #: The default intervention table, set from ``bench/results/recovery.md`` (see model/recovery.py).
-DEFAULT_INTERVENTIONS: dict[str, Intervention] = {
+DEFAULT_INTERVENTIONS: dict[Problem, Intervention] = {
     "diverged": Intervention(lr_factor=0.1, warmup_epochs=1.0, skip_batches=5),
     "background-collapse": Intervention(class_weight_factor=2.0, neg_pos_factor=0.5, warmup_epochs=1.0),
     "stalled": Intervention(lr_factor=10.0),
@@ -375,7 +375,7 @@ def _describe(signal: str, evidence: Mapping[str, Any]) -> str:
     return ", ".join(f"{key} {value}" for key, value in evidence.items())
 
 
-def _finite(value: float | None) -> bool:
+def _finite(value: float | None) -> TypeGuard[float]:
     return value is not None and math.isfinite(value)
 
 
@@ -511,7 +511,7 @@ class HealthMonitor:
         # The epoch means also cover steps no check saw (an epoch shorter than check_every_steps).
         loss = _number(metrics, K.TRAIN_LOSS)
         if loss is not None and not math.isfinite(loss):
-            evidence = {"loss": loss}
+            evidence: dict[str, Any] = {"loss": loss}
             return self._record("epoch", self._verdict("diverged", "non-finite training loss", evidence, epoch=epoch))
         if loss is not None and loss > self.cfg.max_loss:
             evidence = {"loss": loss, "ceiling": self.cfg.max_loss}
@@ -706,7 +706,8 @@ class HealthMonitor:
     @staticmethod
     def _top_peaks(records: Sequence[dict[str, Any]]) -> list[tuple[float, int | None]]:
         """For each record, the best top face score so far and the epoch it was reached."""
-        peaks, best = [], (0.0, None)
+        peaks: list[tuple[float, int | None]] = []
+        best: tuple[float, int | None] = (0.0, None)
         for r in records:
             if _finite(r["top_score"]) and r["top_score"] > best[0]:
                 best = (r["top_score"], r["epoch"])
@@ -836,7 +837,7 @@ class HealthMonitor:
         change = abs(cls_late - cls_early) / cls_early
         fraction = cls_late / start
         # The whole loss still near its start too: a box regressor that learns is not stalled.
-        loss_fraction = loss_late / loss_start
+        loss_fraction = loss_late / cast(float, loss_start)  # not None: checked finite above
         if change > cfg.stall_max_change or min(fraction, loss_fraction) < cfg.stall_min_fraction:
             return None
         evidence = {

@@ -28,11 +28,13 @@ from torchvision.ops import (
 from model.config import BoxLoss, ClsLoss
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from model.ssd import HeadOutputs
 
 CLS_LOSSES: tuple[str, ...] = get_args(ClsLoss)
 BOX_LOSSES: tuple[str, ...] = get_args(BoxLoss)
-_IOU_LOSSES = {"giou": generalized_box_iou_loss, "diou": distance_box_iou_loss, "ciou": complete_box_iou_loss}
+_IOU_LOSSES: dict[str, Callable[..., Tensor]] = {"giou": generalized_box_iou_loss, "diou": distance_box_iou_loss, "ciou": complete_box_iou_loss}
 
 
 class AnchorMatch(NamedTuple):

@@ -28,7 +28,7 @@ The reported weights (``train/class_weight``, ``train/box_weight``) are the effe
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,11 @@ Method = Literal["fixed", "uncertainty", "loss_ratio"]
 class LossWeighting(nn.Module):
     """The step's weights and what is added to the weighted loss. ``fixed`` keeps Python floats:
     the same arithmetic as before dynamic weighting existed (exact resume of old checkpoints)."""
+
+    # The buffer ``loss_ratio`` registers in __init__, declared for the type checker only (the
+    # class itself stays unannotated at runtime, as FaceSSD's and the exported Detector's).
+    if TYPE_CHECKING:
+        running: Tensor
 
     def __init__(self, method: Method = "fixed", ratio_momentum: float = 0.9) -> None:
         super().__init__()

@@ -48,7 +48,7 @@ from model.data.mini import ensure_mini, generated_params
 from model.data.transforms import build_eval_transforms
 from model.data.widerface import parse_annotations
 from model.engine import build_model, resolve_device
-from model.postprocess import soft_nms
+from model.postprocess import SoftNmsMethod, soft_nms
 from model.ssd import FaceSSD
 from model.widerface_eval import (
     SETTINGS,
@@ -177,7 +177,7 @@ def _image_id(relpath: str) -> str:
     return Path(relpath).with_suffix("").as_posix()
 
 
-class _SplitImages(Dataset):
+class _SplitImages(Dataset[tuple[int, list[Tensor] | None, tuple[int, int] | None]]):
     """``(index, [image at each size], (H, W))``, or ``(index, None, None)`` for an unreadable file."""
 
     def __init__(self, images_dir: Path, relpaths: Sequence[str], sizes: Sequence[int], max_side: int | None) -> None:
@@ -227,7 +227,7 @@ def merge_detections(boxes: Tensor, scores: Tensor, post: PostprocessConfig) -> 
     if post.nms == "nms":
         keep = hard_nms(boxes, scores, post.nms_iou)[: post.max_detections]
         return {"boxes": boxes[keep], "scores": scores[keep]}
-    method = "linear" if post.nms == "soft_linear" else "gaussian"
+    method: SoftNmsMethod = "linear" if post.nms == "soft_linear" else "gaussian"
     keep, new_scores = soft_nms(boxes, scores, method, post.nms_iou, post.soft_nms_sigma, post.score_threshold)
     return {"boxes": boxes[keep][: post.max_detections], "scores": new_scores[: post.max_detections]}
 

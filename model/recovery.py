@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from model import report_keys as K
 from model.engine import build_loss
-from model.health import Intervention, Verdict, constant_predictor_cls_loss
+from model.health import Intervention, Problem, Verdict, constant_predictor_cls_loss
 
 if TYPE_CHECKING:
     from model.trainer import Trainer
@@ -121,7 +122,8 @@ class Recovery:
     # -- recovering --------------------------------------------------------------------------------
 
     def _recover(self, trainer: Trainer, verdict: Verdict) -> bool:
-        intervention = self.cfg.interventions.get(verdict.diagnosis)
+        # A stopping verdict's diagnosis is one of stop_on: a Problem, never "healthy".
+        intervention = self.cfg.interventions.get(cast(Problem, verdict.diagnosis))
         if intervention is None or intervention.action == "stop":
             return False
         if len(self.events) >= self.cfg.max_recoveries:
@@ -169,7 +171,8 @@ class Recovery:
 
     def _apply(self, trainer: Trainer, iv: Intervention) -> dict[str, list[Any]]:
         """Change the run as ``iv`` says; return ``{dotted key: [before, after]}``."""
-        cfg, changes = trainer.cfg, {}
+        cfg = trainer.cfg
+        changes: dict[str, list[Any]] = {}
         for key, current, factor in (
             ("optim.lr", cfg.optim.lr, iv.lr_factor),
             ("loss.class_weight", cfg.loss.class_weight, iv.class_weight_factor),
@@ -221,7 +224,7 @@ class Recovery:
         finally:
             self._taking = False
         state["callbacks"].pop(self.state_key, None)  # a rollback keeps the record of recoveries
-        return _cpu_copy(state)
+        return cast("dict[str, Any]", _cpu_copy(state))
 
     # -- checkpoint ----------------------------------------------------------------------------------
 
@@ -251,7 +254,7 @@ class Recovery:
         self.rewarms = [(int(a), int(b), float(c)) for a, b, c in state["rewarms"]]
         self.lr_scale = float(state["lr_scale"])
         self.skip = {(int(e), int(i)) for e, i in state["skip"]}
-        self.rearm = tuple(state["rearm"]) if state["rearm"] is not None else None  # type: ignore[assignment]
+        self.rearm = tuple(state["rearm"]) if state["rearm"] is not None else None
         self.event_text = state["event_text"]
         if self.events:
             self._install(trainer)  # the checkpoint's scheduler already holds the scaled base lrs
@@ -266,7 +269,7 @@ def _onset_epoch(verdict: Verdict) -> int:
     return epoch
 
 
-def _rewarmed(base: Any, rewarms: list[tuple[int, int, float]]) -> Any:
+def _rewarmed(base: Callable[[int], float], rewarms: list[tuple[int, int, float]]) -> Callable[[int], float]:
     # A plain function (not a partial or an object): LambdaLR then keeps it out of its state_dict.
     def factor(step: int) -> float:
         value = base(step)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -66,7 +66,7 @@ def draw_sample_detections(
         order = scores.argsort(descending=True)[:max_boxes]
         tile = _boxes(tile, boxes[order], _PRED, [f"{s:.2f}" for s in scores[order].tolist()])
         tiles.append(tile)
-    return make_grid(tiles, nrow=min(count, 2), padding=4, pad_value=255)
+    return cast(Tensor, make_grid(tiles, nrow=min(count, 2), padding=4, pad_value=255))  # torchvision is untyped
 
 
 def save_sample_detections(model: Any, dataset: Any, path: str | Path, device: torch.device | str = "cpu", **kwargs: Any) -> Path:
@@ -84,4 +84,4 @@ def _boxes(image: Tensor, boxes: Tensor, color: str, labels: Sequence[str] | Non
     boxes = boxes.clone()
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width - 1)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height - 1)
-    return draw_bounding_boxes(image, boxes, labels=list(labels) if labels else None, colors=color, width=1)
+    return cast(Tensor, draw_bounding_boxes(image, boxes, labels=list(labels) if labels else None, colors=color, width=1))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from functools import partial
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +60,12 @@ class FaceSSD(nn.Module):
         image_mean: per-channel mean subtracted from the [0, 1] input.
         image_std: per-channel std the input is divided by.
     """
+
+    # Buffers registered in __init__, declared for the type checker only: a class annotation
+    # would replace the inherited nn.Module ones that torch.jit.script reads.
+    if TYPE_CHECKING:
+        image_mean: Tensor
+        image_std: Tensor
 
     def __init__(
         self,
@@ -218,7 +224,7 @@ def build_ssd(
             )
         if any(s <= 0 for s in scales):
             raise ValueError(f"anchor_scales must all be > 0, got {scales}")
-    anchor_generator = DefaultBoxGenerator(ratios, scales=scales)  # type: ignore[arg-type]
+    anchor_generator = DefaultBoxGenerator(ratios, scales=scales)
 
     channels = [s.channels for s in shapes]
     per_location = anchor_generator.num_anchors_per_location()
@@ -287,9 +293,9 @@ def _smallest_distinct_size(body: nn.Module, too_small: int, limit: int = 4096) 
 
 def _build_head(kind: Literal["ssd", "ssdlite"], channels: list[int], per_location: list[int]) -> nn.Module:
     if kind == "ssd":
-        return SSDHead(channels, per_location, num_classes=2)
+        return cast(nn.Module, SSDHead(channels, per_location, num_classes=2))
     norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
-    return SSDLiteHead(channels, per_location, num_classes=2, norm_layer=norm_layer)
+    return cast(nn.Module, SSDLiteHead(channels, per_location, num_classes=2, norm_layer=norm_layer))
 
 
 @torch.no_grad()
@@ -304,6 +310,6 @@ def _init_prior(head: nn.Module, prior_prob: float) -> None:
         last_conv = [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1]
         nn.init.normal_(last_conv.weight, std=0.01)
         # Output channels are laid out (anchor, class): see SSDScoringHead's reshape.
-        bias = last_conv.bias.view(-1, 2)
+        bias = cast(Tensor, last_conv.bias).view(-1, 2)  # the heads' convolutions have biases
         bias[:, 0] = 0.0
         bias[:, 1] = bias_face

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from model.config import DEFAULT_MINI_ROOT
 
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        return cast(int, args.handler(args))  # set_defaults(handler=...): the subcommands return an exit code
     except (ValueError, FileExistsError) as error:
         parser.error(str(error))  # exits with status 2 and the message, not a traceback
     return 1

@@ -21,7 +21,7 @@ number is still drawn in the loader, from the generators the DataLoader seeds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -192,7 +192,7 @@ def photometric_batch(images: Tensor, colour: Tensor) -> Tensor:
 
 def _adjust_hue(images: Tensor, hue: Tensor) -> Tensor:
     h, s, v = _rgb_to_hsv(images).unbind(dim=1)
-    return _hsv_to_rgb(torch.stack(((h + hue[:, 0]) % 1.0, s, v), dim=1))
+    return cast(Tensor, _hsv_to_rgb(torch.stack(((h + hue[:, 0]) % 1.0, s, v), dim=1)))  # torchvision is untyped
 
 
 def _grayscale(images: Tensor) -> Tensor:

@@ -46,7 +46,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -428,7 +428,7 @@ def face_settings(heights: np.ndarray, invalid: np.ndarray) -> np.ndarray:
         invalid: (M,) the annotation's ``invalid`` flag; an invalid face counts nowhere.
     """
     heights = np.asarray(heights, dtype=np.float64).reshape(-1)
-    valid = np.asarray(invalid).reshape(-1) == 0
+    valid: np.ndarray[tuple[int], np.dtype[np.bool_]] = np.asarray(invalid).reshape(-1) == 0
     limits = np.array(list(SETTING_MIN_HEIGHT.values()), dtype=np.float64)
     return valid[:, None] & (heights[:, None] > limits[None, :])
 
@@ -455,7 +455,7 @@ def write_ground_truth(root: Path | str) -> list[Path]:
         event, name = rel.split("/")
         per_event[event].append((name.removesuffix(".jpg"), rows))
 
-    def cells(values: list) -> np.ndarray:  # a MATLAB cell column: (N, 1) object array
+    def cells(values: Sequence[object]) -> np.ndarray:  # a MATLAB cell column: (N, 1) object array
         column = np.empty((len(values), 1), dtype=object)
         for i, value in enumerate(values):
             column[i, 0] = value
@@ -525,7 +525,8 @@ def _size_histogram(heights: list[int]) -> dict[str, int]:
 def _load_assets() -> _Assets:
     from skimage import data  # heavy import, only needed when generating
 
-    lfw = data.lfw_subset().astype(np.float32)  # first 100 faces, last 100 non-faces
+    # skimage's stubs leave data.lfw_subset unannotated.
+    lfw = data.lfw_subset().astype(np.float32)  # type: ignore[no-untyped-call]  # first 100 faces, last 100 non-faces
     nonfaces = []
     for index in range(100, 200):
         if index in _NONFACE_WITH_FACE_PARTS:

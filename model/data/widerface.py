@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -234,7 +234,7 @@ def _examples(names: Sequence[str], limit: int = 3) -> str:
     return f" ({', '.join(names[:limit])}{more})"
 
 
-class WiderFaceDataset(torch.utils.data.Dataset):
+class WiderFaceDataset(torch.utils.data.Dataset[tuple[Tensor, dict[str, Any]]]):
     """WIDER FACE in the official layout, as ``(image, target)`` samples.
 
     Images are decoded as RGB uint8 and downscaled so their longer side is at most
@@ -321,7 +321,8 @@ class WiderFaceDataset(torch.utils.data.Dataset):
             raise ValueError(f"no readable images for split {split!r} under {self.images_dir}")
         self.records = records
         # Lazily found corrupt files; shared memory so flags set in DataLoader workers reach report().
-        self._corrupt = torch.zeros(len(records), dtype=torch.bool).share_memory_()
+        # torch leaves Tensor.share_memory_ unannotated (it returns the tensor itself).
+        self._corrupt = torch.zeros(len(records), dtype=torch.bool).share_memory_()  # type: ignore[no-untyped-call]
         logger.info("%s", self.report())
 
     def _existing(self, records: list[ImageRecord]) -> tuple[list[ImageRecord], list[str], list[int]]:
@@ -367,7 +368,7 @@ class WiderFaceDataset(torch.utils.data.Dataset):
                 continue
             return CachedImage(
                 image=image,
-                boxes=torch.from_numpy(fit_boxes(record.boxes, orig_size, tuple(image.shape[-2:]))),
+                boxes=torch.from_numpy(fit_boxes(record.boxes, orig_size, cast("tuple[int, int]", tuple(image.shape[-2:])))),
                 invalid=torch.from_numpy(record.invalid.copy()),
                 relpath=record.relpath,
                 orig_size=orig_size,
