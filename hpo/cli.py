@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Protocol
 
 #: subcommand: (module with ``main(argv)``, what it does)
 COMMANDS = {
@@ -24,10 +25,16 @@ COMMANDS = {
 }
 
 
+class _CommandModule(Protocol):
+    """What each module of :data:`COMMANDS` is: one with a ``main(argv)`` that returns the exit status."""
+
+    def main(self, argv: list[str], /) -> int: ...
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in COMMANDS:
-        module = importlib.import_module(COMMANDS[argv[0]][0])
+        module: _CommandModule = importlib.import_module(COMMANDS[argv[0]][0])
         return module.main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="ssd-face-hpo",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Protocol, cast
 
 import ray
 from ray.exceptions import AuthenticationError
@@ -60,7 +61,7 @@ class ClusterConnectionError(RuntimeError):
     """The driver could not join the Ray cluster (address, network or token)."""
 
 
-def runtime_env() -> dict:
+def runtime_env() -> dict[str, str | list[str]]:
     """The runtime environment that ships this code to a cluster's workers (see the module's doc)."""
     root = checkout_root()
     if root is not None:
@@ -105,6 +106,12 @@ def connect(address: str | None) -> None:
 LOOPBACK = "127.0.0.1"
 
 
+class _RayConstants(Protocol):
+    """What :func:`start_local_ray` uses of Ray's private ``ray._private.ray_constants`` module."""
+
+    ENABLE_RAY_CLUSTER: bool
+
+
 def start_local_ray() -> None:
     """Start a local Ray for this process whose every server listens on loopback only.
 
@@ -122,6 +129,7 @@ def start_local_ray() -> None:
     release drops that constant, the local Ray starts as before (all interfaces, behind Ray's token
     authentication) with a warning; ``tests/test_local_ray.py`` checks the listening sockets.
     """
+    ray_constants: _RayConstants | None
     try:
         from ray._private import ray_constants
     except ImportError:  # pragma: no cover - depends on the Ray release
@@ -159,7 +167,7 @@ def _enable_token_auth_if_token_available() -> None:
 
 
 def _package_dir(module: ModuleType) -> str:
-    return str(Path(module.__file__).resolve().parent)
+    return str(Path(cast(str, module.__file__)).resolve().parent)  # a package imported from its files: never None
 
 
 def _refused_token(exc: BaseException | None) -> bool:

@@ -34,7 +34,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -112,7 +112,8 @@ def export_best(
     tags = parent.data.tags
     search_id = tags.get(L.SEARCH_ID, search_id or "")
     metric = metric or tags.get(L.METRIC)
-    mode = mode or tags.get(L.MODE)  # type: ignore[assignment]
+    # Checked just below: anything but max or min is an error.
+    mode = cast("Literal['max', 'min'] | None", mode or tags.get(L.MODE))
     if not metric or mode not in ("max", "min"):
         raise ExportError(
             f"search {search_id} (run {parent.info.run_id}) has no usable {L.METRIC}/{L.MODE} tags "
@@ -131,6 +132,7 @@ def export_best(
     sign = 1.0 if mode == "max" else -1.0
     ranked.sort(key=lambda r: (-sign * r.data.metrics[metric], L.is_recovered(_outcome(r)), r.info.start_time))
     skipped: list[str] = []
+    interventions: tuple[str, ...]
     for best in ranked:
         trial_id = best.data.tags.get(L.TRIAL_ID, best.info.run_id)
         if not L.is_recovered(_outcome(best)):
@@ -269,7 +271,7 @@ def _interventions(events: object) -> tuple[str, ...]:
         step, epoch = event.get("failed_step"), event.get("failed_epoch")
         where = f"step {step} (epoch {epoch})" if step is not None else f"epoch {epoch}"
         target = "restore the best epoch" if event.get("action") == "restore_best" else "roll back to epoch"
-        changes = event.get("changes") if isinstance(event.get("changes"), dict) else {}
+        changes = cast("dict[object, object]", event.get("changes")) if isinstance(event.get("changes"), dict) else {}
         parts = [f"{key} {_pair(change)}" for key, change in changes.items()]
         if event.get("skipped_batches"):
             parts.append(f"skip {len(event['skipped_batches'])} batches")

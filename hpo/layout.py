@@ -38,7 +38,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from hpo.values import is_number
 from model import report_keys as K
@@ -67,7 +67,7 @@ EXPERIMENT_KIND = run_files.EXPERIMENT_KIND_TAG
 MODEL_TRAINING = run_files.MODEL_TRAINING_KIND
 #: Values of ``hpo.role`` and of the parent's ``hpo.status`` (FINISHED or INTERRUPTED).
 PARENT, TRIAL = "parent", "trial"
-FINISHED = "finished"
+FINISHED: Final = "finished"
 SearchStatus = Literal["finished", "interrupted"]
 
 # -- artifacts -------------------------------------------------------------------------------------
@@ -82,7 +82,8 @@ RECOVERIES_ARTIFACT = run_files.RECOVERIES_FILE  #: a recovered trial's recovery
 REPORT_ARTIFACT_DIR = "report"
 
 # -- outcomes (``hpo.outcome``) --------------------------------------------------------------------
-RUNNING, COMPLETED, PRUNED, ERROR, INTERRUPTED = "running", "completed", "pruned", "error", "interrupted"
+RUNNING, COMPLETED, PRUNED, ERROR = "running", "completed", "pruned", "error"
+INTERRUPTED: Final = "interrupted"  #: a literal, like FINISHED: both are a SearchStatus
 STOPPED = "stopped:"  #: the prefix of ``stopped:<diagnosis>``; INTERRUPTED is also a parent's status
 RECOVERED = "recovered:"  #: the prefix of ``recovered:<diagnosis>``: the trainer rolled back and fixed it
 #: The health monitor's "nothing wrong" (the ``hpo.diagnosis`` of a run it never flagged).

@@ -233,7 +233,7 @@ def overlay_curves(
     # Failures drawn last (on top): they are usually the fewer lines; the highlighted one above all.
     order = sorted(histories, key=lambda t: (t == highlight, categories.get(t, L.RUNNING) != L.HEALTHY))
     for ax, key in zip(axes, present):
-        values = []
+        values: list[float] = []
         for label in order:
             points = _finite(histories[label].get(key, ()))
             if not points:
@@ -289,8 +289,8 @@ def atlas_pairs(sampled: Iterable[str], metric: str) -> list[tuple[str, str]]:
     When none is left (a one-parameter sweep), each sampled param against ``metric``."""
     sampled = list(sampled)
     warmup = next((k for k in _WARMUP_KEYS if k in sampled), None)
-    pairs = [(x, warmup if y == "<warmup>" else y) for x, y in _ATLAS_PAIRS]
-    pairs = [(x, y) for x, y in pairs if x in sampled and y in sampled]
+    candidates = [(x, warmup if y == "<warmup>" else y) for x, y in _ATLAS_PAIRS]
+    pairs = [(x, y) for x, y in candidates if x in sampled and y in sampled]
     if "loss.neg_pos_ratio" in sampled:
         pairs.append(("loss.neg_pos_ratio", metric))
     return pairs or [(key, metric) for key in sampled]

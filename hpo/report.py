@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlflow import MlflowClient
 
@@ -317,11 +317,11 @@ def _importances(search: SearchRecord, figures: _Figures) -> list[dict[str, Any]
         distributions = search.study.distributions()
     else:
         return None
-    direction = "maximize" if search.mode == "max" else "minimize"
+    direction: Literal["maximize", "minimize"] = "maximize" if search.mode == "max" else "minimize"
     return [
         # The metric over trials that were not stopped: what decides how good a working trial gets.
         _importance(
-            figures, param_importances(search.trials, distributions, _working_value, direction, stored=stored),  # type: ignore[arg-type]
+            figures, param_importances(search.trials, distributions, _working_value, direction, stored=stored),
             search.metric, "importance_metric", "#1f77b4",
             f"the search metric, {search.metric}", "trials not stopped (completed or pruned), at their last value",
         ),

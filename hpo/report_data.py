@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 from mlflow import MlflowClient
@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from hpo import layout as L
 from hpo import plots
 from hpo.runs import SearchLookupError, find_parent, trial_outcomes
-from hpo.space import GridParam, IntParam, LogUniformParam, SearchSpace, SearchSpaceError, space_from_dict
+from hpo.space import GridParam, IntParam, LogUniformParam, SearchSpace, SearchSpaceError, UniformParam, space_from_dict
 from hpo.values import is_finite
 
 __all__ = [
@@ -140,7 +140,7 @@ class SearchRecord:
         completed trial before a recovered one, as the export ranks them."""
         sign = 1.0 if self.mode == "max" else -1.0
         healthy = [t for t in self.trials if t.exportable and t.value is not None]
-        return sorted(healthy, key=lambda t: (-sign * t.value, t.recovered))  # type: ignore[operator]
+        return sorted(healthy, key=lambda t: (-sign * cast(float, t.value), t.recovered))  # value: not None (above)
 
     def best_point(self, trial: TrialRecord) -> tuple[int, float] | None:
         """The trial's best ``(epoch, value)`` of the search metric (the earliest of ties)."""
@@ -180,7 +180,8 @@ class SearchRecord:
                 if all(is_finite(v) for v in spec.values):
                     out[key] = (min(spec.values), max(spec.values))
             elif hasattr(spec, "low"):
-                out[key] = (spec.low, spec.high)
+                ranged = cast("UniformParam | LogUniformParam | IntParam", spec)  # the params with a range
+                out[key] = (ranged.low, ranged.high)
         return out
 
 
@@ -209,7 +210,8 @@ def load_search(tracking_uri: str, experiment: str, search_id: str | None = None
         )
     space, space_note = _space(client, parent.info.run_id)
     metric = tags.get(L.METRIC) or (space.metric if space else None)
-    mode = tags.get(L.MODE) or (space.mode if space else None)
+    # Checked just below: anything but max or min is an error.
+    mode = cast("Literal['max', 'min'] | None", tags.get(L.MODE) or (space.mode if space else None))
     if not metric or mode not in ("max", "min"):
         raise ReportError(
             f"search {sid} (run {parent.info.run_id}) has no usable {L.METRIC}/{L.MODE} tags (got {metric!r}/{mode!r})"
@@ -224,7 +226,7 @@ def load_search(tracking_uri: str, experiment: str, search_id: str | None = None
             key: [(m.step, m.value) for m in client.get_metric_history(row["run_id"], key)] for key in sorted(row["metrics"])
         }
         if metric in history:
-            history[metric] = L.measured(history[metric], mode)  # type: ignore[arg-type]
+            history[metric] = L.measured(history[metric], mode)
         last = sorted(history.get(metric, []))
         value = last[-1][1] if last and math.isfinite(last[-1][1]) else None
         trials.append(
@@ -233,7 +235,7 @@ def load_search(tracking_uri: str, experiment: str, search_id: str | None = None
     status = tags.get(L.STATUS, L.RUNNING)
     study, study_note = load_study(tags.get(L.OPTUNA_STORAGE), tags.get(L.OPTUNA_STUDY))
     return SearchRecord(
-        experiment, sid, parent.info.run_id, status, metric, mode, space, space_note, trials, study, study_note  # type: ignore[arg-type]
+        experiment, sid, parent.info.run_id, status, metric, mode, space, space_note, trials, study, study_note
     )
 
 

@@ -17,8 +17,9 @@ import argparse
 import os
 import sys
 from collections import Counter
+from collections.abc import Collection, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -49,6 +50,9 @@ from hpo.trainable import train_trial
 from model import report_keys as K
 from model.config import DEFAULT_MINI_ROOT
 from model.data.mini import ensure_mini, generated_params
+
+if TYPE_CHECKING:
+    from ray.tune.impl.tuner_internal import TunerInternal
 
 DEFAULT_STORAGE = Path("ray_results")
 #: The decoded-image cache on a cluster (``--address``): a folder on each node's own disk, ``~``
@@ -132,8 +136,18 @@ def cache_dir(args: argparse.Namespace, root: Path) -> str:
     if args.cache_dir is None:
         return CLUSTER_CACHE_DIR if args.address is not None else str(root / ".cache")
     if args.cache_dir.startswith("~"):
-        return args.cache_dir
+        return cast(str, args.cache_dir)  # --cache-dir: a str (argparse's Namespace is untyped)
     return str(Path(args.cache_dir).resolve())
+
+
+class _ParentClosing(TypedDict):
+    """:func:`finish_parent_run`'s arguments but the tracking URI (what the journal keeps of a failed one)."""
+
+    run_id: str
+    summary_rows: list[dict[str, Any]]
+    status: L.SearchStatus
+    best: dict[str, Any] | None
+    metric: str
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -218,7 +232,7 @@ def run_search(args: argparse.Namespace) -> int:
         # a result and its write): every trial that ran gets its run, epochs, outcome, artifacts.
         # (With writes still journaled the server is down: --resume does it.)
         try:
-            repaired = tracking.reconcile(results, unfinished)
+            repaired = tracking.reconcile(cast("Iterable[tune.Result]", results), unfinished)  # see summarise
         except Exception as exc:  # noqa: BLE001 - the search is done: its summary must still be printed
             print(f"warning: MLflow was not reconciled with Tune's results ({_one_line(exc)}); --resume does it", file=sys.stderr)
         else:
@@ -226,8 +240,14 @@ def run_search(args: argparse.Namespace) -> int:
                 print(f"MLflow reconciled with Tune's results: {repaired} trial run(s) completed")
     rows = summarise(results, space, unfinished)
     interrupted = any(r["outcome"] == L.INTERRUPTED for r in rows) or len(results) < expected_trials(space)
-    status = L.INTERRUPTED if interrupted else L.FINISHED
-    closing = {"run_id": parent, "summary_rows": rows, "status": status, "best": best_trial(rows, space), "metric": space.metric}
+    status: L.SearchStatus = L.INTERRUPTED if interrupted else L.FINISHED
+    closing: _ParentClosing = {
+        "run_id": parent,
+        "summary_rows": rows,
+        "status": status,
+        "best": best_trial(rows, space),
+        "metric": space.metric,
+    }
     try:
         if tracking.journaled:
             raise ConnectionError(f"{tracking.journaled} earlier writes are still waiting")
@@ -251,7 +271,7 @@ def run_search(args: argparse.Namespace) -> int:
         states = Counter(t.state.name for t in stored.trials)
         print(f"Optuna study: {dict(states)}")
     if rows and all(r["outcome"] == L.ERROR for r in rows):
-        first = next((r.error for r in results if r.error is not None), None)
+        first = next((r.error for r in cast("Iterable[tune.Result]", results) if r.error is not None), None)  # see summarise
         print(f"\nsearch failed: every trial errored (first error: {_one_line(first)})", file=sys.stderr)
         return ALL_FAILED_EXIT
     if interrupted:
@@ -295,7 +315,11 @@ def expected_trials(space: SearchSpace) -> int:
 
 def _tracking_callback(tuner: tune.Tuner) -> MlflowTrialCallback:
     # A restored Tuner runs its own copy, unpickled from its run config: no public handle reaches it.
-    return next(c for c in tuner._local_tuner.get_run_config().callbacks if isinstance(c, MlflowTrialCallback))
+    # Ray types both Optional: a Tuner made in this driver (not through Ray Client) has its local
+    # tuner, and its run config the callbacks the search passed.
+    local = cast("TunerInternal", tuner._local_tuner)
+    callbacks = cast("list[tune.Callback]", local.get_run_config().callbacks)
+    return next(c for c in callbacks if isinstance(c, MlflowTrialCallback))
 
 
 def journal_path(search_dir: str, search_id: str) -> Path:
@@ -348,9 +372,10 @@ def outcome_of(metrics: dict[str, Any], error: BaseException | None, max_epochs:
     return end.outcome if end.pruned_at is None else f"{end.outcome}@{end.pruned_at}"
 
 
-def summarise(results: tune.ResultGrid, space: SearchSpace, unfinished: set[str] = frozenset()) -> list[dict[str, Any]]:
+def summarise(results: tune.ResultGrid, space: SearchSpace, unfinished: Collection[str] = frozenset()) -> list[dict[str, Any]]:
     rows = []
-    for result in results:
+    # A ResultGrid iterates through __getitem__ (the sequence protocol), which mypy does not take for __iter__.
+    for result in cast("Iterable[tune.Result]", results):
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id", "?")
         rows.append(

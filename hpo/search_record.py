@@ -14,6 +14,7 @@ import json
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import unquote, urlparse
 
 __all__ = ["LEGACY_FILE", "RECORD_FILE", "SearchRecord", "create", "normalise_uri", "stored"]
@@ -78,7 +79,7 @@ def _read(location: str) -> str | None:
     fs, path = pafs.FileSystem.from_uri(location)
     try:
         with fs.open_input_stream(path) as f:
-            return f.read().decode()
+            return cast(str, f.read().decode())  # bytes.decode (pyarrow is untyped)
     except (FileNotFoundError, OSError):
         return None
 

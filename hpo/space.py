@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, cast, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -361,7 +361,7 @@ class SearchSpace(_Strict):
     def num_trials(self) -> int:
         """How many trials the search starts: ``num_samples``, times the grid's size for a grid."""
         if isinstance(self.sampler, GridSamplerSpec):
-            sizes = (len(p.values) for p in self.params.values())  # type: ignore[union-attr]
+            sizes = (len(cast(GridParam, p).values) for p in self.params.values())  # a grid has grid params only
             return self.budget.num_samples * math.prod(sizes)
         return self.budget.num_samples
 
@@ -386,7 +386,9 @@ class SearchSpace(_Strict):
             raise SearchSpaceError(
                 f"{self.source}: params.{grid[0]}: a grid param has no Optuna distribution; use grid()"
             )
-        return {key: spec.to_optuna() for key, spec in self.params.items()}  # type: ignore[union-attr]
+        # No grid param left (above): each is one with an Optuna distribution.
+        sampled = cast("dict[str, UniformParam | LogUniformParam | IntParam | CategoricalParam]", self.params)
+        return {key: spec.to_optuna() for key, spec in sampled.items()}
 
     def grid(self) -> dict[str, dict[str, list[Any]]]:
         """``{dotted key: tune.grid_search(values)}``, the ``param_space`` of a grid search."""
@@ -397,7 +399,9 @@ class SearchSpace(_Strict):
             raise SearchSpaceError(
                 f"{self.source}: params.{not_grid[0]}: only grid params make a grid; use optuna_distributions()"
             )
-        return {key: tune.grid_search(list(spec.values)) for key, spec in self.params.items()}  # type: ignore
+        # Grid params only (above); grid_search wraps the list it is given: {"grid_search": values}.
+        params = cast("dict[str, GridParam]", self.params)
+        return {key: cast("dict[str, list[Any]]", tune.grid_search(list(spec.values))) for key, spec in params.items()}
 
     def trial_config(self, sampled: Mapping[str, Any]) -> TrainConfig:
         """The trial's ``TrainConfig``: defaults, then ``fixed``, then ``sampled``, and ``epochs``
@@ -685,11 +689,11 @@ def _config_field(key: str, path: tuple[str | int, ...]) -> FieldInfo:
         if i < len(parts) - 1 and not is_section:
             raise _Issue(path, f"not a TrainConfig key: {'.'.join(parts[: i + 1])} is a setting, not a section")
         if i == len(parts) - 1 and is_section:
-            example = next(iter(sub.model_fields))  # type: ignore[union-attr]
+            example = next(iter(cast("type[BaseModel]", sub).model_fields))  # is_section
             raise _Issue(path, f"{key} is a section; name a key inside it, e.g. {key}.{example}")
         if is_section:
-            section = sub  # type: ignore[assignment]
-    return field  # type: ignore[return-value]
+            section = cast("type[BaseModel]", sub)  # is_section
+    return cast(FieldInfo, field)  # the loop ran (a split has a part) and raised on a None field
 
 
 def _is_int_field(field: FieldInfo) -> bool:

@@ -41,15 +41,15 @@ must stay ``None`` (or equal).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
 from ray import tune
+from ray.air.constants import TRAINING_ITERATION  # where ray.tune.result has it from
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
-from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from hpo import layout as L
@@ -110,7 +110,8 @@ class RungAwareOptunaSearch(OptunaSearch):
         #: Where the study is (``optuna.load_study(study_name=..., storage=...)``).
         self.storage: BaseStorage = storage if storage is not None else InMemoryStorage()
         self.study_name = study_name or "optuna"  # OptunaSearch's own default name
-        super().__init__(*args, storage=self.storage, study_name=self.study_name, **kwargs)
+        # mypy cannot bound *args: they are OptunaSearch's leading params (space ... sampler), never these two.
+        super().__init__(*args, storage=self.storage, study_name=self.study_name, **kwargs)  # type: ignore[misc]
         self.max_epochs = max_epochs
         self._reported: dict[str, int] = {}  # trial id -> the last step told to Optuna
 
@@ -132,7 +133,7 @@ class RungAwareOptunaSearch(OptunaSearch):
                     "on the machine that holds that file"
                 ) from None
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
         trial = self._ot_trials.get(trial_id)
         if config is not None and trial is not None and L.TRIAL_ID not in trial.user_attrs:
@@ -141,9 +142,9 @@ class RungAwareOptunaSearch(OptunaSearch):
 
     def _last_reported(self) -> dict[str, int]:
         # A searcher saved before this attribute existed is restored without it.
-        return self.__dict__.setdefault("_reported", {})
+        return cast("dict[str, int]", self.__dict__.setdefault("_reported", {}))
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         try:
             super().on_trial_result(trial_id, result)
         except UpdateFinishedTrialError:
@@ -154,7 +155,7 @@ class RungAwareOptunaSearch(OptunaSearch):
         if trial_id not in self._completed_trials and is_number(result.get(TRAINING_ITERATION)):
             self._last_reported()[trial_id] = int(result[TRAINING_ITERATION])
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if not error and result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
             # Tune hands the result that made ASHA stop a trial (its rung value) to on_trial_complete
             # only, never to on_trial_result: report it as the intermediate value it is.
@@ -185,7 +186,7 @@ def build_scheduler(space: SearchSpace) -> ASHAScheduler | FIFOScheduler:
             reduction_factor=spec.reduction_factor,
             brackets=spec.brackets,
         )
-    return FIFOScheduler()
+    return FIFOScheduler()  # type: ignore[no-untyped-call]  # Ray's FIFOScheduler.__init__ is unannotated
 
 
 def build_searcher(space: SearchSpace, storage: str | None = None, study_name: str | None = None) -> Searcher | None:

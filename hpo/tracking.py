@@ -35,7 +35,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlparse
 
 import yaml
@@ -52,6 +52,7 @@ from hpo.values import is_finite, is_number
 from model import report_keys as K
 
 if TYPE_CHECKING:
+    import pyarrow.fs as pafs
     from ray.train import Checkpoint
     from ray.tune import Result
     from ray.tune.experiment import Trial
@@ -96,7 +97,7 @@ def open_parent_run(
     experiment_id = _experiment_id(client, tracking_uri, experiment)
     found = search_runs(client, [experiment_id], tag_filter({L.ROLE: L.PARENT, L.SEARCH_ID: search_id}))
     if found:
-        run_id = found[0].info.run_id
+        run_id: str = found[0].info.run_id
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         if L.STATUS in found[0].data.tags:
             client.delete_tag(run_id, L.STATUS)
@@ -148,7 +149,7 @@ def finish_parent_run(
         counts[outcome] = counts.get(outcome, 0) + 1
     lines = [f"Search {status}: {len(summary_rows)} trials.", "", "| outcome | trials |", "|---|---|"]
     lines += [f"| {outcome} | {n} |" for outcome, n in sorted(counts.items())]
-    tags = {L.STATUS: status}
+    tags: dict[str, str] = {L.STATUS: status}
     if best is not None and metric is not None and is_finite(best.get(metric)):
         client.log_metric(run_id, metric, float(best[metric]))
         tags[L.BEST_TRIAL] = str(best["trial_id"])
@@ -246,7 +247,7 @@ class MlflowTrialCallback(tune.Callback):
         self._journaled: int | None = None  # entries in the journal (None: not read yet)
         self._retry_at = 0.0  # time.monotonic() before which the journal waits
         self._executor: ThreadPoolExecutor | None = None  # the writer, started on first use
-        self._pending: list[Future] = []
+        self._pending: list[Future[None]] = []
         # Written on Tune's loop: which trials the hooks saw start and end.
         self._started: set[str] = set()
         self._finished: set[str] = set()
@@ -297,7 +298,7 @@ class MlflowTrialCallback(tune.Callback):
         self._started.add(trial.trial_id)
         self._submit("start", trial)
 
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any) -> None:
         self._submit("result", trial, dict(result))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -536,7 +537,7 @@ class MlflowTrialCallback(tune.Callback):
             return self._runs[trial_id]
         found = search_runs(self.client, [self._experiment()], tag_filter({L.SEARCH_ID: self.search_id, L.TRIAL_ID: trial_id}))
         if found:
-            run_id = found[0].info.run_id
+            run_id: str = found[0].info.run_id
             if not found[0].data.params:
                 self._describe(run_id, trial)
             self._last_step[trial_id] = self._logged_until(run_id)
@@ -562,7 +563,7 @@ class MlflowTrialCallback(tune.Callback):
         }
         run = self.client.create_run(self._experiment(), start_time=trial.at_ms, tags=tags, run_name=_run_name(trial.trial_id, L.RUNNING))
         self._describe(run.info.run_id, trial)
-        return run.info.run_id
+        return cast(str, run.info.run_id)
 
     def _describe(self, run_id: str, trial: _TrialView) -> None:
         """The trial's params (the sampled values) and its full config as an artifact."""
@@ -624,7 +625,7 @@ def _checkpoint_uri(checkpoint: Checkpoint | None) -> str | None:
     """Where a checkpoint lives, as a path or a URI that ``tune.Checkpoint`` opens again."""
     if checkpoint is None:
         return None
-    scheme = checkpoint.filesystem.type_name
+    scheme = cast("pafs.FileSystem", checkpoint.filesystem).type_name  # a Checkpoint with a path has one (Ray types it Optional)
     return checkpoint.path if scheme == "local" else f"{'gs' if scheme == 'gcs' else scheme}://{checkpoint.path}"
 
 

@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pyarrow.fs as pafs
 import ray
@@ -212,7 +212,8 @@ def _final_checkpoint(given: tune.Checkpoint | None) -> tune.Checkpoint | None:
     except Exception as exc:  # noqa: BLE001 - without the listing, Tune's checkpoint alone decides
         _LOG.debug("the trial's stored checkpoints could not be listed: %s: %s", type(exc).__name__, exc)
     for checkpoint in candidates:
-        marker = checkpoint.filesystem.get_file_info(f"{checkpoint.path}/{FINAL_RESULT_NAME}")
+        # A Checkpoint made from a path always has a filesystem (Ray types it Optional).
+        marker = cast("pafs.FileSystem", checkpoint.filesystem).get_file_info(f"{checkpoint.path}/{FINAL_RESULT_NAME}")
         if marker.type == pafs.FileType.File:
             return checkpoint
     return None
@@ -235,7 +236,7 @@ def last_chance_epochs(space: SearchSpace) -> frozenset[int] | None:
     if not isinstance(spec, AshaSchedulerSpec):
         return frozenset()
     max_t, rf = space.budget.max_epochs, spec.reduction_factor
-    rungs = set()
+    rungs: set[int] = set()
     for s in range(spec.brackets):
         # Ray's _Bracket: int(log(max_t / min_t) / log(rf) - s + 1) rungs, at min_t * rf ** (k + s).
         count = int(math.log(max_t / spec.grace_period) / math.log(rf) - s + 1)
