@@ -354,8 +354,14 @@ def test_healthy_trial_is_never_stopped_by_the_health_rule(search) -> None:
     table = history[["epoch", "training_iteration", "val/ap", "health/diagnosis", "pid"]].to_string()
     assert (history["health/stop"] == 0).all() and (history["health/diagnosis"] == "healthy").all(), table
     assert trial.metrics["trial_id"] not in stopper.stopped_trials()
-    # One row per epoch, none repeated or lost across the restart (the kill below).
-    assert list(history["epoch"]) == list(range(1, len(history) + 1)), table
+    # No epoch trained twice across the restart (the kill below): the rows' epochs rise one by one
+    # to the last, and Tune's own count of the trial's reports agrees with the epoch at every row.
+    # (Tune's logger may lose the row of the epoch before the kill: on the restart it restores
+    # progress.csv/result.json from storage, which the driver syncs periodically; seen in CI as
+    # epochs [2, 3] with training_iteration [2, 3].)
+    epochs = list(history["epoch"])
+    assert epochs == list(range(epochs[0], MAX_EPOCHS + 1)) and epochs[0] <= 2, table
+    assert list(history["training_iteration"]) == epochs, table
     assert trial.metrics["val/ap"] >= 0.0 and trial.metrics["val/ap"] == trial.metrics["raw/val/ap"]
     with trial.checkpoint.as_directory() as directory:
         assert (Path(directory) / CHECKPOINT_NAME).is_file()
