@@ -39,6 +39,7 @@ from ray import tune  # noqa: E402
 
 from hpo import layout as L
 from hpo import search_record
+from hpo.checkpoints import refill_removed
 from hpo.cluster import ClusterConnectionError, connect
 from hpo.journal import JOURNAL_FILE
 from hpo.preflight import PreflightError, run_checks
@@ -197,6 +198,7 @@ def run_search(args: argparse.Namespace) -> int:
             print(f"  MLflow: {done} journaled writes of the interrupted search made")
     if args.resume and tune.Tuner.can_restore(search_dir):
         print("resuming: finished trials are kept, unfinished ones continue from their checkpoints")
+        refill_removed(search_dir)  # a driver killed mid-registration: see hpo/checkpoints.py
         tuner = tune.Tuner.restore(search_dir, trainable=trainable, resume_errored=True)
         searcher = None  # restored inside the Tuner
     else:

@@ -37,6 +37,7 @@ import torch
 from ray import tune
 
 from hpo import layout as L
+from hpo.checkpoints import stored_checkpoints
 from hpo.cluster import cap_gpu_memory
 from hpo.space import AshaSchedulerSpec, SearchSpace, space_from_dict
 from hpo.values import is_number
@@ -145,26 +146,33 @@ def train_trial(
     # that runs several trials side by side.
     torch.set_num_threads(max(1, int(resources.get("CPU", search_space.resources.cpu))))
 
-    final = _final_checkpoint(tune.get_checkpoint())
-    if final is not None:
+    given = tune.get_checkpoint()
+    stored = stored_checkpoints(given, CHECKPOINT_NAME)
+    if given is not None and not stored:
+        raise FileNotFoundError(f"no stored checkpoint of this trial holds {CHECKPOINT_NAME} (Tune restores it from {given.path})")
+    if stored and _is_final(stored[0]):
         # This trial ran to its end before (a driver killed before it recorded that): its final
-        # result again, at once, rather than the trial again.
-        with final.as_directory() as directory:
+        # result again, at once, rather than the trial again. (Copied first: Tune may store the
+        # reported checkpoint under the very folder it came from.)
+        with tempfile.TemporaryDirectory(prefix="trial-final-") as directory:
+            stored[0].to_directory(directory)
             result = json.loads((Path(directory) / FINAL_RESULT_NAME).read_text())
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
-        _LOG.info("already finished at epoch %s (%s): final result reported again", result.get("epoch"), final.path)
+        _LOG.info("already finished at epoch %s (%s): final result reported again", result.get("epoch"), stored[0].path)
         return
 
     trainer = Trainer(cfg, log=_LOG.info, progress=False)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            path = Path(directory) / CHECKPOINT_NAME
-            if not path.is_file():
-                found = sorted(p.name for p in path.parent.iterdir())
-                raise FileNotFoundError(f"the trial's Tune checkpoint has no {CHECKPOINT_NAME} (found {found})")
-            trainer.load_checkpoint(path)
-        _LOG.info("resumed at epoch %d from %s", trainer.epoch, checkpoint.path)
+    for checkpoint in stored:  # newest first; one cut short by a killed copy gives way to the one before
+        try:
+            with checkpoint.as_directory() as directory:
+                trainer.load_checkpoint(Path(directory) / CHECKPOINT_NAME)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: the next older checkpoint
+            if checkpoint is stored[-1]:
+                raise
+            _LOG.warning("checkpoint %s unreadable (%s: %s): trying the one before", checkpoint.path, type(exc).__name__, exc)
+        else:
+            _LOG.info("resumed at epoch %d from %s", trainer.epoch, checkpoint.path)
+            break
 
     draw_at = last_chance_epochs(search_space)
     setup_s = time.perf_counter() - entered
@@ -195,28 +203,10 @@ def skipped_images(trainer: Trainer) -> dict[str, float]:
     return counts
 
 
-def _final_checkpoint(given: tune.Checkpoint | None) -> tune.Checkpoint | None:
-    """The trial's checkpoint of its last epoch, if it has one: the one Tune restores it from, or
-    one in its folder in storage that Tune's saved state does not know of yet (Tune saves its state
-    every few seconds; a driver killed in between restores the trial from an older checkpoint)."""
-    candidates = [given] if given is not None else []
-    try:
-        storage = tune.get_context().get_storage()  # Ray's developer API: where the trial's checkpoints go
-        fs, trial_dir = storage.storage_filesystem, storage.trial_fs_path
-        found = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
-        candidates += [
-            tune.Checkpoint(info.path, filesystem=fs)
-            for info in found
-            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
-        ]
-    except Exception as exc:  # noqa: BLE001 - without the listing, Tune's checkpoint alone decides
-        _LOG.debug("the trial's stored checkpoints could not be listed: %s: %s", type(exc).__name__, exc)
-    for checkpoint in candidates:
-        # A Checkpoint made from a path always has a filesystem (Ray types it Optional).
-        marker = cast("pafs.FileSystem", checkpoint.filesystem).get_file_info(f"{checkpoint.path}/{FINAL_RESULT_NAME}")
-        if marker.type == pafs.FileType.File:
-            return checkpoint
-    return None
+def _is_final(checkpoint: tune.Checkpoint) -> bool:
+    """Whether a stored checkpoint is its trial's last epoch (it holds the final result)."""
+    marker = cast("pafs.FileSystem", checkpoint.filesystem).get_file_info(f"{checkpoint.path}/{FINAL_RESULT_NAME}")
+    return bool(marker.type == pafs.FileType.File)
 
 
 def last_chance_epochs(space: SearchSpace) -> frozenset[int] | None:
