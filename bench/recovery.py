@@ -11,6 +11,7 @@ Usage::
 
     nice -n 10 python bench/recovery.py                       # ~5-10 min on 2 shared cores
     python bench/recovery.py --cases diverged_lr1:stop --epochs 4 --out /tmp/rec
+    nice -n 10 python bench/recovery.py --seeds 0,1,2        # the figures in bench/results/recovery.md
 """
 
 from __future__ import annotations
@@ -49,6 +50,17 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "collapse_bw10_neg30_nowarm:stop": ("collapse_bw10_neg30_nowarm", {}),
     "collapse_bw10_neg30_nowarm:recover": ("collapse_bw10_neg30_nowarm", {"health.on_failure": "recover"}),
+    "collapse_bw10_neg30_nowarm:recover_cw5": (
+        "collapse_bw10_neg30_nowarm",
+        {"health.on_failure": "recover", "health.interventions.background-collapse.class_weight_factor": 5.0},
+    ),
+    # The same configurations restarted from scratch with the default intervention's change applied
+    # (what a user does by hand): the compute a recovery is measured against.
+    "diverged_lr1:restart_fixed": ("diverged_lr1", {"optim.lr": 0.1, "schedule.warmup_epochs": 1.0}),
+    "collapse_bw10_neg30_nowarm:restart_fixed": (
+        "collapse_bw10_neg30_nowarm",
+        {"loss.class_weight": 2.0, "loss.neg_pos_ratio": 15, "schedule.warmup_epochs": 1.0},
+    ),
 }
 
 
@@ -76,6 +88,9 @@ def run_case(name: str, data_root: Path, seed: int, epochs: int) -> dict[str, An
         "epoch_reached": trainer.epoch,
         "epochs_reported": len(reports),
         "steps": trainer.global_step,
+        # Images trained, replayed epochs included (the global step is rolled back with the model).
+        "compute_images": int(sum(r[K.TRAIN_IMAGES] for r in reports)),
+        "curve": [(int(sum(x[K.TRAIN_IMAGES] for x in reports[: i + 1])), round(r[K.VAL_AP], 4)) for i, r in enumerate(reports)],
         "outcome": f"stopped:{verdict.diagnosis}" if trainer.stopped else "completed",
         "recoveries": len(trainer.recovery_events()),
         "events": [e for e in lines if e.startswith("recovery")],
@@ -99,6 +114,40 @@ def snapshot_costs() -> dict[str, int]:
     return costs
 
 
+def _images_to_reach(curve: list[tuple[int, float]], ap: float) -> int | None:
+    """Images trained when a run's val AP first reached ``ap`` (None: never)."""
+    return next((images for images, value in curve if value >= ap), None)
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per case over the seeds: final AP against the healthy baseline of the same seed (the issue's
+    target: a recovered run at 80 % of it or more), compute, and for a recovery the images its
+    restart-with-the-fix needed to reach the recovered run's final AP (the other target: recovery
+    at most half of that)."""
+    by = {(r["case"], r["seed"]): r for r in runs}
+    summary: dict[str, dict[str, Any]] = {}
+    for case in dict.fromkeys(r["case"] for r in runs):
+        rows = [r for r in runs if r["case"] == case]
+        ratios, vs_restart = [], []
+        for r in rows:
+            healthy = by.get(("healthy:stop", r["seed"]))
+            if healthy and healthy["final_ap"]:
+                ratios.append(r["final_ap"] / healthy["final_ap"])
+            restart = by.get((f"{r['zoo_entry']}:restart_fixed", r["seed"]))
+            if r["recoveries"] and restart:
+                needed = _images_to_reach(restart["curve"], r["final_ap"])
+                vs_restart.append(None if needed is None else round(r["compute_images"] / needed, 2))
+        summary[case] = {
+            "seeds": len(rows),
+            "final_ap_mean": sum(r["final_ap"] for r in rows) / len(rows),
+            "of_healthy": [round(x, 2) for x in ratios],
+            "at_least_80pct": sum(x >= 0.8 for x in ratios),
+            "compute_images_mean": sum(r["compute_images"] for r in rows) / len(rows),
+            "compute_vs_restart": vs_restart,
+        }
+    return summary
+
+
 def write_markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
@@ -110,21 +159,41 @@ def write_markdown(result: dict[str, Any]) -> str:
             f" at end {', '.join(map(str, m.get('load_average_at_end', [])))}."
         ),
         (
-            f"Tiny SSD, cpu-mini sizes (160 px, 300 train / 60 val mini images, batch 8), seed {result['seed']},"
-            f" {result['epochs']} epochs budget; a recovery replays epochs, so `steps` counts the compute."
+            f"Tiny SSD, cpu-mini sizes (160 px, 300 train / 60 val mini images, batch 8), seeds"
+            f" {', '.join(map(str, result['seeds']))}, {result['epochs']} epochs budget; a recovery replays epochs,"
+            " so compute is counted in images trained (replays included), not in the final global step."
         ),
         "",
-        "| case | outcome | final AP | best AP | epochs reported | steps | recoveries | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "## Per case, over the seeds",
+        "",
+        "`of healthy`: final AP / the healthy baseline's final AP of the same seed (target for a recovery:"
+        " 0.8 or more); `vs restart`: a recovered run's images / the images its configuration restarted"
+        " from scratch with the fix needed to reach the same AP (target: 0.5 or less; `-`: never reached).",
+        "",
+        "| case | seeds | mean final AP | of healthy | >= 80 % | mean images | vs restart |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case, s in result["summary"].items():
+        restart = ", ".join("-" if x is None else f"{x:.2f}" for x in s["compute_vs_restart"]) or ""
+        lines.append(
+            f"| {case} | {s['seeds']} | {s['final_ap_mean']:.4f} | {', '.join(f'{x:.2f}' for x in s['of_healthy'])} |"
+            f" {s['at_least_80pct']}/{len(s['of_healthy'])} | {s['compute_images_mean']:.0f} | {restart} |"
+        )
+    lines += [
+        "",
+        "## Every run",
+        "",
+        "| seed | case | outcome | final AP | best AP | epochs reported | images | recoveries | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         lines.append(
-            f"| {r['case']} | {r['outcome']} | {r['final_ap']:.4f} | {r['best_ap']:.4f} | {r['epochs_reported']} |"
-            f" {r['steps']} | {r['recoveries']} | {r['wall_s']} |"
+            f"| {r['seed']} | {r['case']} | {r['outcome']} | {r['final_ap']:.4f} | {r['best_ap']:.4f} |"
+            f" {r['epochs_reported']} | {r['compute_images']} | {r['recoveries']} | {r['wall_s']} |"
         )
     lines += ["", "Events:", ""]
     for r in result["runs"]:
-        lines += [f"- {r['case']}: {e}" for e in r["events"]]
+        lines += [f"- seed {r['seed']} {r['case']}: {e}" for e in r["events"]]
     costs = result["snapshot_bytes"]
     lines += [
         "",
@@ -139,18 +208,21 @@ def write_markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated names of CASES")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (each case runs once per seed)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data_root = ensure_mini(DEFAULT_MINI_ROOT)
-    result: dict[str, Any] = {"machine": machine_info(), "seed": args.seed, "epochs": args.epochs, "runs": []}
-    for name in args.cases.split(","):
-        record = run_case(name, data_root, args.seed, args.epochs)
-        print(f"{name}: {record['outcome']} final AP {record['final_ap']:.4f} best {record['best_ap']:.4f} "
-              f"recoveries {record['recoveries']} {record['wall_s']} s", flush=True)
-        result["runs"].append(record)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    result: dict[str, Any] = {"machine": machine_info(), "seeds": seeds, "epochs": args.epochs, "runs": []}
+    for seed in seeds:
+        for name in args.cases.split(","):
+            record = run_case(name, data_root, seed, args.epochs)
+            print(f"seed {seed} {name}: {record['outcome']} final AP {record['final_ap']:.4f} best {record['best_ap']:.4f} "
+                  f"recoveries {record['recoveries']} {record['wall_s']} s", flush=True)
+            result["runs"].append(record)
+    result["summary"] = summarise(result["runs"])
     result["snapshot_bytes"] = snapshot_costs()
     result["machine"]["load_average_at_end"] = load_average()
     write_results(args.out, "recovery", result, write_markdown(result))

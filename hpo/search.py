@@ -32,6 +32,11 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# The console is hpo/console.py's (RunConfig(verbose=0) below). Tune's new output engine prints its
+# configuration box, a TensorBoard hint and an error's result box even at verbose=0; its legacy
+# engine (RAY_AIR_NEW_OUTPUT=0, the switch RunConfig's verbose documents) is silent there. Errors are still
+# logged by Tune, and a trial's own warnings still reach the console.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import optuna  # noqa: E402
 import ray  # noqa: E402
@@ -41,6 +46,7 @@ from hpo import layout as L
 from hpo import search_record
 from hpo.checkpoints import refill_removed
 from hpo.cluster import ClusterConnectionError, connect
+from hpo.console import SearchConsole
 from hpo.journal import JOURNAL_FILE
 from hpo.preflight import PreflightError, run_checks
 from hpo.report import build_report
@@ -219,10 +225,10 @@ def run_search(args: argparse.Namespace) -> int:
                 name=name,
                 storage_path=storage,
                 stop=stopper,
-                callbacks=[callback],
+                callbacks=[callback, SearchConsole(space.metric, space.mode, space.budget.max_epochs)],
                 failure_config=tune.FailureConfig(max_failures=2),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=1,
+                verbose=0,  # the console prints instead (a restored search keeps both: they are in its run config)
             ),
         )
     results = tuner.fit()  # Ctrl-C: Tune saves the experiment state and returns early

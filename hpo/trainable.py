@@ -137,6 +137,9 @@ def train_trial(
     afresh; the thread count and GPU cap are set again), nothing carried over from the last.
     """
     entered = time.perf_counter()
+    # Ray logs "Checkpoint successfully created at ..." at INFO for every report, forwarded to the
+    # driver's console; its warnings (and this trial's own) still get there.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     search_space = space_from_dict(space, source=f"search space {space.get('name', '?')!r}")
     resources = _trial_resources()
     cap_gpu_memory(resources.get("GPU", 0.0))  # a GPU share: stay inside it (no-op on CPU)
@@ -162,7 +165,11 @@ def train_trial(
         return
 
     trainer = Trainer(cfg, log=_LOG.info, progress=False)
-    for checkpoint in stored:  # newest first; one cut short by a killed copy gives way to the one before
+    # Tune's own checkpoint first: a newer stored one's epoch never reached Tune or MLflow (the
+    # driver stopped before its result), so it is trained again. Another only when Tune's was
+    # removed (hpo/checkpoints.py), newest first; one cut short by a killed copy gives way.
+    stored.sort(key=lambda c: given is None or c.path != given.path)
+    for checkpoint in stored:
         try:
             with checkpoint.as_directory() as directory:
                 trainer.load_checkpoint(Path(directory) / CHECKPOINT_NAME)

@@ -21,7 +21,6 @@ import secrets
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from bench.loopback_cluster import BIN, Cluster, Node, free_port, kill_group
 from hpo.cluster import CUDA_CONTEXT_RESERVE_BYTES, EXCLUDES, cap_gpu_memory, memory_cap, runtime_env
 from hpo.space import load_space
 from hpo.trainable import NODE_ID_KEY
+from tests.support import mlflow_answers
 
 REPO = Path(__file__).resolve().parents[1]
 #: Per search: (trials, epochs each). Spreading needs trials, not epochs; the fault test needs a
@@ -69,15 +69,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
 
 
 def _wait_for_server(uri: str, root: Path, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"mlflow server at {uri} did not come up in {timeout_s} s:\n{(root / 'server.log').read_text()[-3000:]}")
+    if not mlflow_answers(uri, timeout_s):
+        pytest.fail(f"mlflow server at {uri} did not come up in {timeout_s} s:\n{(root / 'server.log').read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")

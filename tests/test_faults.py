@@ -8,7 +8,6 @@ checks the exit status, the one-line message, the time bound and that nothing wa
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -16,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from hpo.space import load_space, space_from_dict
 from hpo.stopping import HealthStopper
 from hpo.tracking import MlflowTrialCallback, open_parent_run
 from hpo.trainable import FINAL_RESULT_NAME
+from tests.support import mlflow_answers, tune_results, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +57,8 @@ class MlflowServer:
                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]  # fmt: skip
         log = (self.root / "server.log").open("a")
         self.proc = subprocess.Popen(command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
+        if mlflow_answers(self.uri, timeout):
+            return
         self.stop()
         pytest.fail(f"mlflow server did not start within {timeout:.0f} s:\n{(self.root / 'server.log').read_text()[-2000:]}")
 
@@ -122,32 +115,10 @@ def _space(tmp_path: Path) -> Path:
     return path
 
 
-def _results(search_dir: Path) -> dict[str, list[dict]]:
-    """Tune's per-trial result rows (``result.json``), by trial id."""
-    rows = {}
-    for file in search_dir.glob("*/result.json"):
-        lines = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-        if lines:
-            rows[lines[0]["trial_id"]] = lines
-    return rows
-
-
 def _start_search(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "hpo/search.py", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
-
-
-def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the search ended too soon (rc {proc.returncode}):\n{proc.stdout.read()[-3000:] if proc.stdout else ''}")
-        if predicate():
-            return
-        time.sleep(0.1)
-    _kill_session(proc.pid)
-    pytest.fail("the search never reached the point of the fault")
 
 
 def _assert_every_trial_once_with_every_epoch(uri: str, experiment: str, search_dir: Path) -> None:
@@ -156,7 +127,7 @@ def _assert_every_trial_once_with_every_epoch(uri: str, experiment: str, search_
     parent = client.search_runs([exp.experiment_id], filter_string="tags.`hpo.role` = 'parent'")
     assert len(parent) == 1 and parent[0].data.tags["hpo.status"] == "finished" and parent[0].info.status == "FINISHED"
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`hpo.role` = 'trial'")
-    tune_trials = _results(search_dir)
+    tune_trials = tune_results(search_dir)
     assert len(tune_trials) == 3
     assert sorted(r.data.tags["hpo.trial_id"] for r in runs) == sorted(tune_trials)  # each trial exactly once
     for run in runs:
@@ -179,14 +150,14 @@ def test_an_outage_loses_no_trial_and_resume_writes_every_epoch(server: MlflowSe
     args = ["--space", str(_space(tmp_path)), "--data", str(mini_root), "--storage-path", str(tmp_path / "ray"),
             "--tracking-uri", server.uri, "--no-report"]  # fmt: skip
     proc = _start_search(args)
-    _wait_for(lambda: any(rows for rows in _results(search_dir).values()), 300, proc)
+    wait_for(lambda: any(rows for rows in tune_results(search_dir).values()), 300, proc, stop=lambda: _kill_session(proc.pid))
     server.stop()
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     journal = search_dir / JOURNAL_FILE
     assert journal.is_file() and "--resume" in out and str(journal) in out, out[-3000:]
     assert "Traceback" not in out
-    assert {row[-1]["epoch"] for row in _results(search_dir).values()} == {EPOCHS}  # training went on
+    assert {row[-1]["epoch"] for row in tune_results(search_dir).values()} == {EPOCHS}  # training went on
 
     server.start()
     assert search_main([*args, "--resume"]) == 0
@@ -285,13 +256,13 @@ def test_a_finished_trial_is_never_run_again(mini_root: Path, tmp_path: Path, ca
     args = ["--space", str(_space(tmp_path)), "--data", str(mini_root), "--storage-path", str(tmp_path / "ray"),
             "--tracking-uri", uri, "--no-report"]  # fmt: skip
     proc = _start_search(args)
-    _wait_for(lambda: any(search_dir.glob(f"*/checkpoint_*/{FINAL_RESULT_NAME}")), 300, proc)
+    wait_for(lambda: any(search_dir.glob(f"*/checkpoint_*/{FINAL_RESULT_NAME}")), 300, proc, stop=lambda: _kill_session(proc.pid))
     _kill_session(proc.pid)
     proc.communicate(timeout=60)
     finished = next(search_dir.glob(f"*/checkpoint_*/{FINAL_RESULT_NAME}")).parents[1]
 
     assert search_main([*args, "--resume"]) == 0
-    after = _results(search_dir)
+    after = tune_results(search_dir)
     rows = next(r for r in after.values() if r[0]["trial_id"] in finished.name)
     trained = Counter((row["epoch"], row["time/epoch_s"]) for row in rows)
     epochs = Counter(epoch for epoch, _ in trained)

@@ -12,8 +12,8 @@ import yaml
 
 from hpo.layout import PENALTY_MAX
 from hpo.search import main as search_main
-from hpo.space import load_space
 from hpo.stopping import RungAwareOptunaSearch
+from tests.support import search_args, space_file
 
 pytestmark = pytest.mark.slow
 
@@ -26,21 +26,14 @@ MAX_EPOCHS = 2
 
 
 def test_a_recovered_trial_is_kept_and_optuna_is_told_it_failed(full_mini: Path, tmp_path: Path) -> None:
-    raw = load_space("cpu-mini").as_dict()
-    raw.update(
-        name="recover",
+    space = space_file(
+        tmp_path, "recover",
         budget={"num_samples": 2, "max_epochs": MAX_EPOCHS, "max_concurrent_trials": 2, "time_budget_s": None},
-        scheduler={"type": "none"},
-        points_to_evaluate=[DIVERGING, _BASE],
-    )
-    raw["sampler"]["n_startup_trials"] = 2
-    raw["fixed"].update({"health.on_failure": "recover", "data.max_train_images": 160})
-    space = tmp_path / "recover.yaml"
-    space.write_text(yaml.safe_dump(raw, sort_keys=False))
+        scheduler={"type": "none"}, points_to_evaluate=[DIVERGING, _BASE], sampler={"n_startup_trials": 2},
+        fixed={"health.on_failure": "recover", "data.max_train_images": 160},
+    )  # fmt: skip
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["--space", str(space), "--data", str(full_mini), "--storage-path", str(tmp_path / "ray"),
-            "--tracking-uri", uri, "--cache-dir", str(tmp_path / "cache"), "--no-report"]  # fmt: skip
-    assert search_main(args) == 0
+    assert search_main(search_args(space, full_mini, tmp_path, "--no-report")) == 0
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("recover")
@@ -50,7 +43,7 @@ def test_a_recovered_trial_is_kept_and_optuna_is_told_it_failed(full_mini: Path,
     assert recovered.data.tags["hpo.outcome"] == "recovered:diverged", recovered.data.tags
     assert recovered.info.run_name.endswith(" recovered:diverged") and recovered.info.status == "FINISHED"
     note = recovered.data.tags["mlflow.note.content"]
-    assert "Last recovery (of 1)" in note and "rollback to epoch" in note and "optim.lr 1.0 -> 0.1" in note
+    assert "Last recovery (of 1)" in note and "rollback to epoch" in note and "optim.lr 1.0 -> 0.01" in note
     # The run was kept and trained on: real validation values (no penalty), the replayed epoch too.
     ap = client.get_metric_history(recovered.info.run_id, "val/ap")
     assert sorted(m.step for m in ap) == [1, 2] and all(m.value >= 0 for m in ap)

@@ -1,11 +1,9 @@
 """``hpo/search.py`` end to end: real Ray Tune, Optuna and MLflow (SQLite) on the mini set."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -20,6 +18,7 @@ from hpo.search import main as search_main
 from hpo.space import load_space
 from hpo.stopping import RungAwareOptunaSearch, optuna_study
 from hpo.trainable import _trial_config
+from tests.support import tune_results, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +130,7 @@ def test_search_stops_the_failures_with_their_diagnoses_and_tracks_every_trial_o
 def test_trials_share_their_workers_and_the_image_cache_of_cache_dir(e2e) -> None:
     """4 trials, 2 at a time: the search reuses its 2 workers (no new process per trial), and the
     trials read the decoded images from the one cache built under --cache-dir."""
-    rows = _results(e2e["search_dir"])
+    rows = tune_results(e2e["search_dir"])
     assert len(rows) == 4
     pids = {row["pid"] for trial in rows.values() for row in trial}
     assert len(pids) <= 2, pids
@@ -224,29 +223,6 @@ def _interrupt_space(tmp_path: Path) -> Path:
     return _write_space(tmp_path, raw)
 
 
-def _results(search_dir: Path) -> dict[str, list[dict]]:
-    """Tune's per-trial result rows (``result.json``), by trial id."""
-    rows = {}
-    for file in search_dir.glob("*/result.json"):
-        lines = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-        if lines:
-            rows[lines[0]["trial_id"]] = lines
-    return rows
-
-
-def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            pytest.fail(f"the search ended before it could be interrupted (rc {proc.returncode}):\n{out[-3000:]}")
-        if predicate():
-            return
-        time.sleep(0.5)
-    proc.kill()
-    pytest.fail("the search never reached the point to interrupt it")
-
-
 def test_an_interrupted_search_resumes_without_rerunning_or_duplicating(mini_root: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [
@@ -263,11 +239,11 @@ def test_an_interrupted_search_resumes_without_rerunning_or_duplicating(mini_roo
     )
 
     def one_done_and_one_under_way() -> bool:
-        rows = _results(search_dir)
+        rows = tune_results(search_dir)
         done = [t for t, r in rows.items() if r[-1]["epoch"] == 3]
         return len(done) == 1 and any(t not in done for t in rows)
 
-    _wait_for(one_done_and_one_under_way, 300, proc)
+    wait_for(one_done_and_one_under_way, 300, proc, stop=proc.kill)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == INTERRUPTED_EXIT, out[-3000:]
@@ -279,12 +255,12 @@ def test_an_interrupted_search_resumes_without_rerunning_or_duplicating(mini_roo
     assert len(parent) == 1 and parent[0].data.tags["hpo.status"] == "interrupted"
     runs = _trial_runs(client, experiment.experiment_id)
     assert sorted(r.data.tags["hpo.outcome"] for r in runs) == ["completed", "interrupted"]
-    before = _results(search_dir)
+    before = tune_results(search_dir)
     finished = next(t for t, rows in before.items() if rows[-1]["epoch"] == 3)
     cut = next(t for t in before if t != finished)
 
     assert search_main([*args, "--resume"]) == 0
-    after = _results(search_dir)
+    after = tune_results(search_dir)
     runs = _trial_runs(client, experiment.experiment_id)
     parent = client.get_run(parent[0].info.run_id)
     assert parent.data.tags["hpo.status"] == "finished"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 
 from model import report_keys as K
 from model.callbacks import Callback
@@ -123,26 +122,18 @@ def test_option_off_reports_none_and_a_missing_ground_truth_is_one_line(mini_roo
 @pytest.mark.slow
 def test_a_search_optimises_the_official_hard_ap(mini_root: Path, tmp_path: Path) -> None:
     from hpo.search import main as search_main
-    from hpo.space import load_space
+    from tests.support import search_args, space_file
 
     base = {"optim.lr": 0.01, "schedule.warmup_epochs": 0.5, "loss.class_weight": 1.0, "loss.box_weight": 1.0,
             "loss.neg_pos_ratio": 3, "loss.box_loss": "smooth_l1"}  # fmt: skip
-    raw = load_space("cpu-mini").as_dict()
-    raw.update(
-        name="wider-hard",
-        metric=K.VAL_WIDER_HARD,
+    space = space_file(
+        tmp_path, "wider-hard", metric=K.VAL_WIDER_HARD,
         budget={"num_samples": 2, "max_epochs": 2, "max_concurrent_trials": 2, "time_budget_s": None},
-        scheduler={"type": "none"},
-        points_to_evaluate=[base, {**base, "optim.lr": 0.02}],
-    )
-    raw["sampler"]["n_startup_trials"] = 2
-    raw["fixed"].update({"eval.wider_ap": True, "eval.wider_subset": 16, "data.max_train_images": 48})
-    space = tmp_path / "wider-hard.yaml"
-    space.write_text(yaml.safe_dump(raw, sort_keys=False))
+        scheduler={"type": "none"}, points_to_evaluate=[base, {**base, "optim.lr": 0.02}], sampler={"n_startup_trials": 2},
+        fixed={"eval.wider_ap": True, "eval.wider_subset": 16, "data.max_train_images": 48},
+    )  # fmt: skip
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["--space", str(space), "--data", str(mini_root), "--storage-path", str(tmp_path / "ray"),
-            "--tracking-uri", uri, "--cache-dir", str(tmp_path / "cache"), "--no-report"]  # fmt: skip
-    assert search_main(args) == 0
+    assert search_main(search_args(space, mini_root, tmp_path, "--no-report")) == 0
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("wider-hard")
