@@ -43,7 +43,7 @@ def test_a_recovered_trial_is_kept_and_optuna_is_told_it_failed(full_mini: Path,
     assert recovered.data.tags["hpo.outcome"] == "recovered:diverged", recovered.data.tags
     assert recovered.info.run_name.endswith(" recovered:diverged") and recovered.info.status == "FINISHED"
     note = recovered.data.tags["mlflow.note.content"]
-    assert "Last recovery (of 1)" in note and "rollback to epoch" in note and "optim.lr 1.0 -> 0.01" in note
+    assert "Last recovery (of 1)" in note and "rollback to epoch" in note and "optim.lr 1.0 -> 0.1" in note
     # The run was kept and trained on: real validation values (no penalty), the replayed epoch too.
     ap = client.get_metric_history(recovered.info.run_id, "val/ap")
     assert sorted(m.step for m in ap) == [1, 2] and all(m.value >= 0 for m in ap)
