@@ -9,9 +9,10 @@ after a trial's last epoch).
 
 So before a search resumes, :func:`refill_removed` puts back, empty but for a marker, every
 checkpoint folder Tune removed below a trial's newest (Tune numbers a trial's checkpoints one by
-one, and the state never names one above the newest stored), and a resuming trial takes the
-newest of its stored checkpoints that holds its files (:func:`stored_checkpoints`), whichever
-Tune's state named: it restores, and no epoch is trained twice.
+one, and the state never names one above the newest stored), and a resuming trial tries its
+stored checkpoints that hold their files in :func:`stored_checkpoints`'s order: Tune's own first
+(a newer stored epoch never reached Tune or MLflow, so it is trained again and the record stays
+whole), the others newest first (Tune's was removed, or its file is unreadable).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def refill_removed(search_dir: str) -> int:
 
 
 def stored_checkpoints(given: tune.Checkpoint | None, required: str) -> list[tune.Checkpoint]:
-    """The trial's stored checkpoints that hold ``required`` (its checkpoint file), newest first.
+    """The trial's stored checkpoints that hold ``required`` (its checkpoint file), in the order
+    to resume from: ``given`` (Tune's) first, then the others newest first.
 
     Call it inside a trial with ``tune.get_checkpoint()``: it lists the trial's folder in storage,
     since Tune's saved state may name an older checkpoint than the newest stored (one
@@ -90,4 +92,5 @@ def stored_checkpoints(given: tune.Checkpoint | None, required: str) -> list[tun
             return []
         fs, stored = cast("pafs.FileSystem", given.filesystem), [(0, given.path)]
     usable = [(index, path) for index, path in stored if fs.get_file_info(f"{path}/{required}").type == pafs.FileType.File]
-    return [tune.Checkpoint(path, filesystem=fs) for _, path in sorted(usable, reverse=True)]
+    usable.sort(key=lambda item: (given is None or item[1] != given.path, -item[0]))
+    return [tune.Checkpoint(path, filesystem=fs) for _, path in usable]

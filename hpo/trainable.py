@@ -153,23 +153,20 @@ def train_trial(
     stored = stored_checkpoints(given, CHECKPOINT_NAME)
     if given is not None and not stored:
         raise FileNotFoundError(f"no stored checkpoint of this trial holds {CHECKPOINT_NAME} (Tune restores it from {given.path})")
-    if stored and _is_final(stored[0]):
+    final = next((c for c in stored if _is_final(c)), None)
+    if final is not None:
         # This trial ran to its end before (a driver killed before it recorded that): its final
         # result again, at once, rather than the trial again. (Copied first: Tune may store the
         # reported checkpoint under the very folder it came from.)
         with tempfile.TemporaryDirectory(prefix="trial-final-") as directory:
-            stored[0].to_directory(directory)
+            final.to_directory(directory)
             result = json.loads((Path(directory) / FINAL_RESULT_NAME).read_text())
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
-        _LOG.info("already finished at epoch %s (%s): final result reported again", result.get("epoch"), stored[0].path)
+        _LOG.info("already finished at epoch %s (%s): final result reported again", result.get("epoch"), final.path)
         return
 
     trainer = Trainer(cfg, log=_LOG.info, progress=False)
-    # Tune's own checkpoint first: a newer stored one's epoch never reached Tune or MLflow (the
-    # driver stopped before its result), so it is trained again. Another only when Tune's was
-    # removed (hpo/checkpoints.py), newest first; one cut short by a killed copy gives way.
-    stored.sort(key=lambda c: given is None or c.path != given.path)
-    for checkpoint in stored:
+    for checkpoint in stored:  # Tune's own, then newest first (hpo/checkpoints.py); an unreadable one gives way
         try:
             with checkpoint.as_directory() as directory:
                 trainer.load_checkpoint(Path(directory) / CHECKPOINT_NAME)

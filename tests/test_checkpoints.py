@@ -22,8 +22,8 @@ from hpo.checkpoints import REFILLED_NAME, refill_removed, stored_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 
-# One driver: a trial reports epochs 1-3 with a checkpoint each (the trial starts after the newest
-# stored checkpoint that holds last.pt, as hpo.trainable's does). "kill": the driver SIGKILLs
+# One driver: a trial reports epochs 1-3 with a checkpoint each (the trial starts after the first
+# checkpoint stored_checkpoints gives, as hpo.trainable's does). "kill": the driver SIGKILLs
 # itself once Tune has registered the second checkpoint (deleting the first), before it saves its
 # state in that step; "resume": Tune restores the search; "refill-and-resume": refill_removed first.
 _DRIVER = textwrap.dedent('''
@@ -98,10 +98,10 @@ def test_a_trial_resumes_when_its_named_checkpoint_was_removed(tmp_path: Path) -
     refilled = _driver(tmp_path, "refill-and-resume")
     assert "refilled 1" in refilled.stdout and "errors 0 last 3" in refilled.stdout, refilled.stdout + refilled.stderr[-2000:]
     trained = (tmp_path / "ray" / "trained.txt").read_text().split()
-    assert trained == ["1", "2", "3"]  # resumed after the newest stored checkpoint: no epoch trained twice
+    assert trained == ["1", "2", "3"]  # Tune's was removed: resumed after the newest stored, no epoch trained twice
 
 
-def test_the_newest_stored_checkpoint_comes_first_whichever_tune_names(tmp_path: Path) -> None:
+def test_tunes_checkpoint_comes_first_then_the_newest_stored(tmp_path: Path) -> None:
     for index, has_file in ((0, True), (1, True), (2, True), (3, False), (12, True)):
         folder = tmp_path / f"checkpoint_{index:06d}"
         folder.mkdir()
@@ -110,6 +110,10 @@ def test_the_newest_stored_checkpoint_comes_first_whichever_tune_names(tmp_path:
     (tmp_path / "checkpoint_tmp").mkdir()  # not Tune's numbering: ignored
     named = tune.Checkpoint(str(tmp_path / "checkpoint_000001"), filesystem=pafs.LocalFileSystem())
     assert [Path(c.path).name for c in stored_checkpoints(named, "last.pt")] == [
+        "checkpoint_000001", "checkpoint_000012", "checkpoint_000002", "checkpoint_000000",
+    ]  # fmt: skip
+    emptied = tune.Checkpoint(str(tmp_path / "checkpoint_000003"), filesystem=pafs.LocalFileSystem())
+    assert [Path(c.path).name for c in stored_checkpoints(emptied, "last.pt")] == [
         "checkpoint_000012", "checkpoint_000002", "checkpoint_000001", "checkpoint_000000",
     ]  # fmt: skip
     assert stored_checkpoints(named, "other.pt") == []

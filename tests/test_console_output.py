@@ -13,13 +13,13 @@ from typing import Any
 import mlflow
 import pytest
 import ray
-import yaml
 from ray import cloudpickle, tune
 
 from hpo import console
 from hpo.console import Row, SearchConsole, end_line, error_line, measured_value, one_line_error, progress_table
 from hpo.layout import PENALTY_MAX
 from hpo.space import load_space
+from tests.support import space_file
 from hpo.trainable import tune_metrics
 from model.config import TrainConfig
 from model.trainer import Trainer
@@ -156,20 +156,15 @@ _END = re.compile(r"^(\w+) (completed: |completed after recovering |pruned at ep
 
 def _console_space(tmp_path: Path) -> Path:
     """cpu-mini in miniature: 3 trials (healthy, diverging, one sampled) x 3 epochs, 2 at a time."""
-    raw = load_space("cpu-mini").as_dict()
-    raw.update(
-        name="console",
+    params = load_space("cpu-mini").as_dict()["params"]
+    params["optim.lr"]["high"] = 10.0
+    return space_file(
+        tmp_path, "console", params=params,
         budget={"num_samples": 3, "max_epochs": 3, "max_concurrent_trials": 2, "time_budget_s": None},
-        scheduler={"type": "none"},
-        points_to_evaluate=[_BASE, {**_BASE, "optim.lr": 5.0, "schedule.warmup_epochs": 0.0}],
-    )
-    raw["params"]["optim.lr"]["high"] = 10.0
-    raw["sampler"]["n_startup_trials"] = 3
-    raw["fixed"].update({"data.max_train_images": 96, "data.max_val_images": 16, "model.input_size": 128,
-                         "health.check_every_steps": 2})  # fmt: skip
-    path = tmp_path / "console.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+        scheduler={"type": "none"}, points_to_evaluate=[_BASE, {**_BASE, "optim.lr": 5.0, "schedule.warmup_epochs": 0.0}],
+        sampler={"n_startup_trials": 3},
+        fixed={"data.max_train_images": 96, "data.max_val_images": 16, "model.input_size": 128, "health.check_every_steps": 2},
+    )  # fmt: skip
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from hpo.search import main as search_main
 from hpo.space import load_space
 from hpo.stopping import RungAwareOptunaSearch, optuna_study
 from hpo.trainable import _trial_config
-from tests.support import tune_results, wait_for
+from tests.support import space_file, tune_results, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -213,16 +213,13 @@ def test_resuming_a_finished_search_reruns_nothing_and_export_writes_a_trainable
 
 def _interrupt_space(tmp_path: Path) -> Path:
     """Three healthy trials one at a time, 3 epochs of 12 steps each, no scheduler: all complete."""
-    raw = load_space("cpu-mini").as_dict()
-    raw.update(
-        name="interrupted",
+    return space_file(
+        tmp_path, "interrupted",
         budget={"num_samples": 3, "max_epochs": 3, "max_concurrent_trials": 1, "time_budget_s": None},
-        scheduler={"type": "none"},
-        params={"optim.lr": {"distribution": "loguniform", "low": 5e-3, "high": 2e-2}},
+        scheduler={"type": "none"}, params={"optim.lr": {"distribution": "loguniform", "low": 5e-3, "high": 2e-2}},
         points_to_evaluate=[],
-    )
-    raw["fixed"].update({"data.max_train_images": 96, "data.max_val_images": 16, "model.input_size": 128, "schedule.warmup_epochs": 0.5})
-    return _write_space(tmp_path, raw)
+        fixed={"data.max_train_images": 96, "data.max_val_images": 16, "model.input_size": 128, "schedule.warmup_epochs": 0.5},
+    )  # fmt: skip
 
 
 def test_an_interrupted_search_resumes_without_rerunning_or_duplicating(mini_root: Path, tmp_path: Path) -> None:
