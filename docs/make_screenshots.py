@@ -32,9 +32,9 @@ Three things about MLflow 3.17's UI that the URLs below work around:
   ``mlflow.sharedViewState.<key>`` holds the view as JSON (the URL facets plus ``selectedColumns``,
   ``columnOrder``, ``columnWidths``, ``groupBy``, ...; never ``runsExpanded``, ``runsPinned`` or
   ``runsHidden``) and ``?viewStateShareKey=<key>`` opens it (with a "You're viewing a shared view"
-  banner). This script writes that tag on the experiment in its workdir. The parent run cannot be
-  expanded from a URL, so the view filters to the trials (``tags.`hpo.role` = 'trial'``), which
-  the table then lists flat.
+  banner). The search writes that tag (``hpo.tracking.share_trials_view``, key ``trials``) and prints
+  the URL. The parent run cannot be expanded from a URL, so the view filters to the trials
+  (``tags.`hpo.role` = 'trial'``), which the table then lists flat.
 * The sidebar: ``?workflowType=machine_learning`` shows the model-training sidebar (Runs, Models)
   instead of the GenAI one, whatever the browser last chose.
 * The Assistant: on its first load from a host named ``localhost``, ``127.0.0.1`` or ``::1`` the UI
@@ -47,7 +47,6 @@ Three things about MLflow 3.17's UI that the URLs below work around:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -70,7 +69,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "ssd-face-hpo-screenshots"
 EXPERIMENT = "cpu-mini"  # the default space's name, the default search's experiment
 HOST = "mlflow.localhost"  # loopback, but not a name that opens the Assistant (see above)
-VIEW_KEY = "readme-trials"  # the shared view's key (the experiment tag mlflow.sharedViewState.<key>)
 WINDOW = (1600, 1100)
 MAX_BYTES = 400_000
 BUDGET_MS = 15_000  # Chromium's virtual time for the page to load its data and draw
@@ -90,7 +88,6 @@ def main() -> None:
     db = workdir / "mlflow.db"
     client = MlflowClient(f"sqlite:///{db}")
     experiment, stopped, best = pick_runs(client)
-    share_view(client, experiment, best)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -98,7 +95,7 @@ def main() -> None:
         ui = f"http://{HOST}:{port}/#/experiments/{experiment}"
         view = "workflowType=machine_learning"
         shots = [
-            ("runs_table.png", f"{ui}/runs?{view}&viewStateShareKey={VIEW_KEY}", WINDOW, 1),
+            ("runs_table.png", L.trials_view_url(f"http://{HOST}:{port}", experiment), WINDOW, 1),
             ("stopped_trial.png", f"{ui}/runs/{stopped.info.run_id}?{view}", WINDOW, 1),
             ("best_detections.png", f"{ui}/runs/{best.info.run_id}/artifacts/detections.png?{view}", (960, 620), 2),
             ("report.png", report.as_uri(), WINDOW, 1),
@@ -152,23 +149,6 @@ def pick_runs(client: MlflowClient) -> tuple[str, Run, Run]:
         sys.exit(f"the screenshots need a completed and a stopped trial; this search's outcomes: {', '.join(outcomes)}")
     print(f"{len(trials)} trials ({', '.join(outcomes)}); stopped: {stopped[0].info.run_name}; best: {best[0].info.run_name}")
     return experiment.experiment_id, stopped[0], best[0]
-
-
-def share_view(client: MlflowClient, experiment: str, best: Run) -> None:
-    """The runs table's view for ``?viewStateShareKey=VIEW_KEY``: the trials, best ``val/ap`` first,
-    with their outcome, ``val/ap`` and sampled params as columns (written as an experiment tag)."""
-    metric = f"metrics.`{best.data.tags.get(L.METRIC, 'val/ap')}`"
-    columns = [f"tags.`{L.OUTCOME}`", metric, *(f"params.`{key}`" for key in sorted(best.data.params))]
-    widths = {column: 105 for column in columns} | {columns[0]: 140}  # all of them in 1600 px
-    state = {
-        "searchFilter": f"tags.`{L.ROLE}` = '{L.TRIAL}'",
-        "orderByKey": metric,
-        "orderByAsc": False,
-        "selectedColumns": columns,
-        "columnOrder": columns,
-        "columnWidths": widths,
-    }
-    client.set_experiment_tag(experiment, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
 
 
 def free_port() -> int:

@@ -65,6 +65,11 @@ OPTUNA_STORAGE, OPTUNA_STUDY = "hpo.optuna_storage", "hpo.optuna_study"
 #: training sets it too).
 EXPERIMENT_KIND = run_files.EXPERIMENT_KIND_TAG
 MODEL_TRAINING = run_files.MODEL_TRAINING_KIND
+#: On the experiment: a view of its runs table the UI opens with ``?viewStateShareKey=trials`` (MLflow
+#: 3's shared views: the tag ``mlflow.sharedViewState.<key>`` holds the view as JSON). The table's
+#: columns cannot be chosen in a URL; this view brings them: the trials, best first, with their
+#: outcome, metric and sampled params (:func:`hpo.tracking.share_trials_view`, :func:`trials_view_url`).
+SHARED_VIEW_PREFIX, TRIALS_VIEW = "mlflow.sharedViewState.", "trials"
 #: Values of ``hpo.role`` and of the parent's ``hpo.status`` (FINISHED or INTERRUPTED).
 PARENT, TRIAL = "parent", "trial"
 FINISHED: Final = "finished"
@@ -215,6 +220,12 @@ def script_command(script: str, *args: str | os.PathLike[str]) -> str:
     """:func:`python_command` of one of ``hpo/``'s scripts (``export.py``), its path shown from the
     working directory (``hpo/export.py`` in the repository's root)."""
     return python_command(shell_path(Path(__file__).resolve().parent / script), *args)
+
+
+def trials_view_url(base: str, experiment_id: str, view: str = TRIALS_VIEW) -> str:
+    """The MLflow UI's address of experiment ``experiment_id``'s runs table in the shared ``view``,
+    in the model-training sidebar (``workflowType=machine_learning``) whatever the browser chose last."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={view}"
 
 
 def tool_command(tool: str, *args: str | os.PathLike[str], module: str | None = None) -> str:

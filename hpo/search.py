@@ -40,6 +40,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import optuna  # noqa: E402
 import ray  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 
 from hpo import layout as L
@@ -183,6 +184,7 @@ def run_search(args: argparse.Namespace) -> int:
     storage_url = optuna_storage(search_dir, search_id) if isinstance(space.sampler, TpeSamplerSpec) else None
     study_tags = {L.OPTUNA_STORAGE: storage_url, L.OPTUNA_STUDY: name} if storage_url else None
     parent = open_parent_run(args.tracking_uri, experiment, search_id, space, tags=study_tags)
+    experiment_id = MlflowClient(args.tracking_uri).get_run(parent).info.experiment_id
     journal = journal_path(search_dir, search_id)
     trials = expected_trials(space) or f"up to {space.budget.num_samples}"  # 0: a time budget may end it sooner
     print(f"search {name!r}: space {space.source}, {trials} trials x up to {space.budget.max_epochs} epochs")
@@ -272,7 +274,9 @@ def run_search(args: argparse.Namespace) -> int:
         )
     stored = stored_study(storage_url, name, finished=not interrupted) if storage_url else None
     dashboard = storage_url if stored is not None else None
-    print_summary(rows, space, search_dir, args.tracking_uri, experiment, interrupted=interrupted, optuna_storage=dashboard)
+    print_summary(
+        rows, space, search_dir, args.tracking_uri, experiment, interrupted=interrupted, optuna_storage=dashboard, experiment_id=experiment_id
+    )
     if not interrupted and not args.no_report:
         write_report(args.tracking_uri, experiment, search_id, search_dir)
     if stored is not None:
@@ -414,6 +418,7 @@ def print_summary(
     *,
     interrupted: bool = False,
     optuna_storage: str | None = None,
+    experiment_id: str | None = None,
 ) -> None:
     counts = Counter(r["outcome"].split("@")[0] for r in rows)
     print(f"\n== search {L.INTERRUPTED if interrupted else L.FINISHED} ==")
@@ -430,10 +435,14 @@ def print_summary(
     print(f"results: {search_dir}")
     # The commands with the interpreter running now: after the README's quick start no virtual
     # environment is active, and a bare `python` or `mlflow` is not the one the search ran with.
-    if tracking_uri.startswith(("http://", "https://")):
-        print(f"browse:  open {tracking_uri}  (on a cluster: ray attach cluster.yaml -p 5000 first)")
-    else:
+    server = tracking_uri.startswith(("http://", "https://"))
+    if not server:
         print(f"browse:  {L.tool_command('mlflow', 'ui', '--backend-store-uri', tracking_uri, module='mlflow')}")
+    base = tracking_uri if server else "http://127.0.0.1:5000"
+    url = L.trials_view_url(base, experiment_id) if experiment_id else base
+    print(f"{'browse:  open' if server else '   then open'} {url}" + ("  (the trials, best first)" if experiment_id else ""))
+    if server:
+        print("         (on a cluster: ray attach cluster.yaml -p 5000 first)")
     export = L.script_command("export.py", "--experiment", experiment, "--out", L.EXPORT_ARTIFACT, "--tracking-uri", tracking_uri)
     print(f"export:  {export}")
     if optuna_storage is not None:

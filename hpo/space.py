@@ -18,12 +18,10 @@ The sampled names are the dotted keys themselves: Ray Tune only splits nested-co
 
 from __future__ import annotations
 
-import difflib
-import functools
 import itertools
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, cast, get_args
 
@@ -33,6 +31,7 @@ from pydantic.fields import FieldInfo
 
 from hpo.values import is_finite
 from model.config import ConfigError, TrainConfig
+from model.dotted import KeyPathError, did_you_mean, dotted_path, error_message, field_at, get_dotted, unknown_key
 from model.report_keys import METRIC_MODES, VAL_WIDER_KEYS
 
 if TYPE_CHECKING:
@@ -97,8 +96,7 @@ class _Strict(BaseModel):
         if isinstance(data, Mapping):
             for key in data:
                 if key not in cls.model_fields:
-                    hint = _did_you_mean(str(key), cls.model_fields)
-                    raise _Issue(str(key), f"unknown key{hint}; allowed keys here: {', '.join(cls.model_fields)}")
+                    raise _Issue(str(key), unknown_key(str(key), cls.model_fields))
         return data
 
 
@@ -448,7 +446,10 @@ class SearchSpace(_Strict):
             for key in getattr(self, section):
                 if key == "epochs":
                     raise _Issue((section, key), "is set by budget.max_epochs")
-                _config_field(key, (section, key))
+                try:
+                    field_at(TrainConfig, key)
+                except KeyPathError as exc:
+                    raise _Issue((section, key), str(exc)) from None
         for key in self.params:
             if key in self.fixed:
                 raise _Issue(("params", key), "is also in fixed: a key is either fixed or sampled")
@@ -468,7 +469,7 @@ class SearchSpace(_Strict):
     def _check_params(self, base: TrainConfig) -> None:
         """Each bound, choice and grid value must make a valid ``TrainConfig`` with ``fixed``."""
         for key, spec in self.params.items():
-            if isinstance(spec, (UniformParam, LogUniformParam)) and _is_int_field(_config_field(key, ("params", key))):
+            if isinstance(spec, (UniformParam, LogUniformParam)) and _is_int_field(field_at(TrainConfig, key)):
                 raise _Issue(("params", key, "distribution"), f"{key} is an integer setting: use distribution: int")
             for label, value in spec.probes():
                 _build({key: value}, ("params", key, label), key, base)
@@ -495,7 +496,7 @@ class SearchSpace(_Strict):
                 spec = self.params.get(key)
                 if spec is None:
                     fixed = key in self.fixed
-                    why = "is fixed, not sampled" if fixed else f"is not a sampled param{_did_you_mean(key, self.params)}"
+                    why = "is fixed, not sampled" if fixed else f"is not a sampled param{did_you_mean(key, self.params)}"
                     raise _Issue(("points_to_evaluate", i, key), why)
                 if not spec.contains(value):
                     message = f"{value!r} lies outside the param's {_describe(spec)}"
@@ -544,7 +545,7 @@ class SearchSpace(_Strict):
         with where it comes from."""
         if key in self.params:
             return [(v, f"params.{key}.{label}") for label, v in self.params[key].probes()]
-        value = functools.reduce(getattr, key.split("."), base)
+        value = get_dotted(base, key)
         return [(value, f"fixed.{key}" if key in self.fixed else f"the default {key}")]
 
     def _check_device(self, base: TrainConfig) -> None:
@@ -601,7 +602,7 @@ def _resolve(path_or_name: str | Path) -> Path:
     if not candidate.exists():
         names = available_spaces()
         raise SearchSpaceError(
-            f"{path_or_name}: no search space of that name in {SPACES_DIR}{_did_you_mean(str(path), names)}; "
+            f"{path_or_name}: no search space of that name in {SPACES_DIR}{did_you_mean(str(path), names)}; "
             f"available: {', '.join(names) or 'none'}"
         )
     return candidate
@@ -625,7 +626,7 @@ _Loader.add_implicit_resolver(
 def _check_metric(metric: str, mode: str) -> None:
     wanted = METRIC_MODES.get(metric)
     if wanted is None:
-        hint = _did_you_mean(metric, METRIC_MODES)
+        hint = did_you_mean(metric, METRIC_MODES)
         raise _Issue("metric", f"{metric!r} is not a metric a search can optimise{hint}; one of: {', '.join(METRIC_MODES)}")
     if mode != wanted:
         direction = "maximised" if wanted == "max" else "minimised"
@@ -663,37 +664,6 @@ def _describe(spec: _Sampled) -> str:
         kind = "integer " if isinstance(spec, IntParam) else ""
         return f"{kind}range [{spec.low}, {spec.high}]" + (f" in steps of {step}" if step not in (None, 1) else "")
     return f"choices {spec.choices}" if isinstance(spec, CategoricalParam) else f"values {spec.values}"
-
-
-def _did_you_mean(word: str, options: Iterable[str]) -> str:
-    options = list(options)
-    # A case slip or a truncated name first (val/AP, grace), then anything spelled alike.
-    close = [o for o in options if o.lower() == word.lower()] or [o for o in options if o.startswith(word)]
-    close = close or difflib.get_close_matches(word, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _config_field(key: str, path: tuple[str | int, ...]) -> FieldInfo:
-    """The ``TrainConfig`` field a dotted key names; a section or an unknown key is an error."""
-    section: type[BaseModel] = TrainConfig
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        field = section.model_fields.get(part)
-        where = ".".join(parts[:i]) or "the top level"
-        if field is None:
-            hint = _did_you_mean(part, section.model_fields)
-            keys = ", ".join(section.model_fields)
-            raise _Issue(path, f"not a TrainConfig key: {where} has no {part!r}{hint}; keys there: {keys}")
-        sub = field.annotation
-        is_section = isinstance(sub, type) and issubclass(sub, BaseModel)
-        if i < len(parts) - 1 and not is_section:
-            raise _Issue(path, f"not a TrainConfig key: {'.'.join(parts[: i + 1])} is a setting, not a section")
-        if i == len(parts) - 1 and is_section:
-            example = next(iter(cast("type[BaseModel]", sub).model_fields))  # is_section
-            raise _Issue(path, f"{key} is a section; name a key inside it, e.g. {key}.{example}")
-        if is_section:
-            section = cast("type[BaseModel]", sub)  # is_section
-    return cast(FieldInfo, field)  # the loop ran (a split has a part) and raised on a None field
 
 
 def _is_int_field(field: FieldInfo) -> bool:
@@ -749,9 +719,8 @@ def _explain(exc: ValidationError, raw: Any, source: str) -> str:
         elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):
             message = f"expected a mapping (got {err['input']!r})"
         else:
-            got = err.get("input")
-            message = err["msg"] + ("" if isinstance(got, (dict, list)) else f" (got {got!r})")
-        lines.append(f"{source}: {_join(path) or '<top level>'}: {message}")
+            message = error_message(err)
+        lines.append(f"{source}: {dotted_path(path) or '<top level>'}: {message}")
     return "\n".join(lines)
 
 
@@ -770,10 +739,3 @@ def _strip_tags(loc: tuple[str | int, ...], raw: Any) -> tuple[str | int, ...]:
         else:
             node = None
     return tuple(out)
-
-
-def _join(path: Iterable[str | int]) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from ray.tune import Result
     from ray.tune.experiment import Trial
 
-__all__ = ["TRIAL_METRICS", "MlflowTrialCallback", "finish_parent_run", "open_parent_run"]
+__all__ = ["TRIAL_METRICS", "MlflowTrialCallback", "finish_parent_run", "open_parent_run", "share_trials_view"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def open_parent_run(
     """Create the search's parent run, or re-open the one tagged with ``search_id``; its run id.
 
     A new run gets the layout's tags, params (metric, mode, num_samples, max_epochs, scheduler,
-    sampler) and the artifact ``search_space.yaml``. A re-opened one (``--resume``) is set back to
+    sampler) and the artifact ``search_space.yaml``. The experiment gets the runs table's trials
+    view of this space (:func:`share_trials_view`). A re-opened one (``--resume``) is set back to
     RUNNING with ``hpo.status`` removed; its params and artifact are left as they were. ``tags``
     (e.g. where the Optuna study is) go on the run either way. The experiment is created when
     missing, and opens in MLflow's model-training view (see :func:`_experiment_id`).
@@ -95,6 +96,7 @@ def open_parent_run(
     """
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = _experiment_id(client, tracking_uri, experiment)
+    share_trials_view(client, experiment_id, space)
     found = search_runs(client, [experiment_id], tag_filter({L.ROLE: L.PARENT, L.SEARCH_ID: search_id}))
     if found:
         run_id: str = found[0].info.run_id
@@ -492,9 +494,12 @@ class MlflowTrialCallback(tune.Callback):
         tags = {L.OUTCOME: end.outcome}
         if end.pruned_at is not None:
             tags[L.PRUNED_AT] = str(end.pruned_at)
-        # A recovered trial ran to its end: finished, not killed (its name and outcome say it recovered).
+        # MLflow has three end states, so its icons tell apart what ran to its end (completed, and a
+        # recovered trial: its name and outcome say it recovered), what the scheduler cut short
+        # (pruned: KILLED) and what failed (stopped by the health monitor, like an error: FAILED).
         ran_to_end = end.outcome == L.COMPLETED or end.outcome.startswith(L.RECOVERED)
-        self._end(trial, tags, RunStatus.FINISHED if ran_to_end else RunStatus.KILLED)
+        status = RunStatus.FINISHED if ran_to_end else RunStatus.FAILED if L.is_stopped(end.outcome) else RunStatus.KILLED
+        self._end(trial, tags, status)
 
     def _end(self, trial: _TrialView, tags: dict[str, str], status: int) -> None:
         run_id = self._run_id(trial)
@@ -668,6 +673,23 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, name: str) -> str:
     if L.EXPERIMENT_KIND not in experiment.tags:
         client.set_experiment_tag(experiment.experiment_id, L.EXPERIMENT_KIND, L.MODEL_TRAINING)
     return experiment.experiment_id
+
+
+def share_trials_view(client: MlflowClient, experiment_id: str, space: SearchSpace) -> None:
+    """Write the experiment's shared view ``L.TRIALS_VIEW`` (opened by :func:`hpo.layout.trials_view_url`):
+    the trials listed flat (a URL cannot expand the parent run), best ``space.metric`` first, with
+    their outcome, that metric and the sampled params as columns, sized to fit 1600 px."""
+    metric = f"metrics.`{space.metric}`"
+    columns = [f"tags.`{L.OUTCOME}`", metric, *(f"params.`{key}`" for key in sorted(space.params))]
+    state = {
+        "searchFilter": f"tags.`{L.ROLE}` = '{L.TRIAL}'",
+        "orderByKey": metric,
+        "orderByAsc": space.mode == "min",
+        "selectedColumns": columns,
+        "columnOrder": columns,
+        "columnWidths": {column: 105 for column in columns} | {columns[0]: 140},
+    }
+    client.set_experiment_tag(experiment_id, L.SHARED_VIEW_PREFIX + L.TRIALS_VIEW, json.dumps(state))
 
 
 def _artifact_location(tracking_uri: str) -> str | None:

@@ -259,7 +259,8 @@ def _draw_detections(trainer: Trainer, path: Path) -> None:
     """The epoch's sample detections, beside the checkpoint (the tracking callback logs the last)."""
     try:
         save_sample_detections(
-            trainer.model, trainer.val_set, path, trainer.device, postprocess=trainer.cfg.postprocess.model_dump()
+            trainer.model, trainer.val_set, path, trainer.device, postprocess=trainer.cfg.postprocess.model_dump(),
+            min_score=trainer.cfg.eval.score_threshold,
         )
     except Exception as exc:  # noqa: BLE001 - a picture must never end a trial
         _LOG.warning("no sample detections this epoch: %s: %s", type(exc).__name__, exc)

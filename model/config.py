@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from model.dotted import KeyPathError, dotted_path, error_message, get_dotted, set_dotted, unknown_key
 from model.health import HealthConfig
 
 #: Where the generated mini dataset lives unless the config says otherwise (relative to the CWD).
@@ -224,14 +225,10 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     """Return a deep copy of ``raw`` with dotted keys set; an unknown section names the key."""
     out = copy.deepcopy(raw)
     for dotted, value in overrides.items():
-        node = out
-        *parents, leaf = dotted.split(".")
-        for i, part in enumerate(parents):
-            child = node.get(part) if isinstance(node, dict) else None
-            if not isinstance(child, dict):
-                raise ConfigError(f"{dotted}: '{'.'.join(parents[: i + 1])}' is not a config section")
-            node = child
-        node[leaf] = value
+        try:
+            set_dotted(out, dotted, value)
+        except KeyPathError as exc:
+            raise ConfigError(f"{dotted}: '{exc}' is not a config section") from None
     return out
 
 
@@ -260,24 +257,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
 def _explain(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        loc = err["loc"]
+        message = error_message(err)
         if err["type"] == "extra_forbidden":
-            section = _section_at(err["loc"][:-1])
-            allowed = ", ".join(section.model_fields) if section else "?"
-            lines.append(f"{key}: unknown key; allowed keys here: {allowed}")
-        else:
-            got = err.get("input")
-            got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{key}: {err['msg']}{got_text}")
+            try:  # the keys of the section the bad key is in: the default config has them all
+                allowed = list(type(get_dotted(TrainConfig(), [str(p) for p in loc[:-1]])).model_fields)
+            except AttributeError:  # in a dict of models (health.interventions)
+                allowed = ["?"]
+            message = unknown_key(str(loc[-1]), allowed)
+        lines.append(f"{dotted_path(loc) or '<root>'}: {message}")
     return f"{source}: invalid configuration:\n  " + "\n  ".join(lines)
-
-
-def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    section: type[BaseModel] = TrainConfig
-    for part in loc:
-        field = section.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        section = annotation
-    return section

@@ -29,6 +29,7 @@ from model import run_files
 from model.callbacks import Callback, Checkpointing, History
 from model.config import ConfigError, TrainConfig, config_from_dict, load_config
 from model.checkpoint import load_checkpoint
+from model.dotted import flatten
 from model.predict import find_ground_truth, predict_split
 from model.samples import DETECTIONS_FILE, save_sample_detections
 from model.trainer import Trainer
@@ -38,17 +39,6 @@ EXIT_STOPPED = 3
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 #: The official easy / medium / hard AP of a finished run, beside its checkpoints.
 OFFICIAL_FILE = "wider_ap.json"
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"loss": {"box_weight": 1}}`` → ``{"loss.box_weight": 1}`` (the search's key format)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 class MlflowLogging(Callback):
@@ -245,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     artifacts = [args.out / "config.yaml", args.out / "metrics.json", history_file]
     artifacts.append(
         save_sample_detections(
-            trainer.model, trainer.val_set, args.out / DETECTIONS_FILE, trainer.device, postprocess=cfg.postprocess.model_dump()
+            trainer.model,
+            trainer.val_set,
+            args.out / DETECTIONS_FILE,
+            trainer.device,
+            postprocess=cfg.postprocess.model_dump(),
+            min_score=cfg.eval.score_threshold,
         )
     )
     official = None if verdict.stop else official_numbers(trainer, args.out, progress=not args.no_progress)

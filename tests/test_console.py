@@ -52,9 +52,12 @@ def test_the_search_summary_prints_runnable_commands(venv: Path, capsys) -> None
 
     rows = [{"trial_id": "a1", "outcome": "completed", "epochs": 3, "val/ap": 0.5, "optim.lr": 0.01}]
     storage = f"sqlite:///{venv / 'ray_results' / 'cpu-mini' / 'optuna.db'}"
-    print_summary(rows, load_space("cpu-mini"), "ray_results/cpu-mini", "sqlite:///mlflow.db", "cpu-mini", optuna_storage=storage)
+    space = load_space("cpu-mini")
+    print_summary(rows, space, "ray_results/cpu-mini", "sqlite:///mlflow.db", "cpu-mini", optuna_storage=storage, experiment_id="3")
     lines = capsys.readouterr().out.splitlines()
-    assert "browse:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db" in lines
+    browse = lines.index("browse:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db")
+    view = "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=trials"
+    assert lines[browse + 1] == f"   then open {view}  (the trials, best first)"
     export = f".venv/bin/python {REPO / 'hpo' / 'export.py'} --experiment cpu-mini --out best.yaml"
     assert f"export:  {export} --tracking-uri sqlite:///mlflow.db" in lines
     dashboard = next(line for line in lines if line.startswith("optuna:"))

@@ -1,5 +1,6 @@
 """``hpo/search.py`` end to end: real Ray Tune, Optuna and MLflow (SQLite) on the mini set."""
 
+import json
 import os
 import signal
 import subprocess
@@ -102,6 +103,10 @@ def test_search_stops_the_failures_with_their_diagnoses_and_tracks_every_trial_o
     assert len(trials) == 4
     assert all(t.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for t in trials)
     assert len({t.data.tags["hpo.trial_id"] for t in trials}) == 4
+    # The runs table's shared view (what the printed URL opens) lists exactly these trials.
+    view = json.loads(experiment.tags["mlflow.sharedViewState.trials"])
+    in_view = client.search_runs([experiment.experiment_id], view["searchFilter"], order_by=[view["orderByKey"] + " DESC"])
+    assert {t.info.run_id for t in in_view} == {t.info.run_id for t in trials}
     by_point = {tuple(_point(t).values()): t for t in trials}
 
     diverged = by_point[tuple(DIVERGING.values())]

@@ -205,6 +205,26 @@ def test_the_experiment_opens_in_the_model_training_view_unless_its_kind_was_cho
     assert client.get_run(parent).data.tags[L.OPTUNA_STUDY] == "study"
 
 
+def test_the_experiment_shares_a_view_of_its_trials(tmp_path: Path) -> None:
+    """The runs table's columns cannot be set in a URL: the experiment's shared view brings them,
+    the trials best first with their outcome, metric and sampled params; its filter is one MLflow
+    takes and the URL the search prints names it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    space = load_space("cpu-mini")
+    parent = open_parent_run(uri, "viewed", "s1", space)
+    experiment = client.get_experiment_by_name("viewed")
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{L.TRIALS_VIEW}"])
+    assert view["selectedColumns"][:2] == ["tags.`hpo.outcome`", "metrics.`val/ap`"]
+    assert {f"params.`{key}`" for key in space.params} == set(view["selectedColumns"][2:])
+    assert view["columnOrder"] == view["selectedColumns"] and view["orderByAsc"] is False
+    client.create_run(experiment.experiment_id, tags={L.ROLE: L.TRIAL})
+    found = client.search_runs([experiment.experiment_id], view["searchFilter"], order_by=[view["orderByKey"] + " DESC"])
+    assert parent not in {run.info.run_id for run in found} and len(found) == 1
+    url = L.trials_view_url("http://127.0.0.1:5000", experiment.experiment_id)
+    assert url.endswith(f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=trials")
+
+
 def test_one_parent_with_the_search_tags_params_and_space(search) -> None:
     client, space = search["client"], search["space"]
     experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -233,7 +253,7 @@ def test_one_child_per_trial_with_its_outcome(search) -> None:
     assert {r["trial_id"] for r in rows} == {t.trial_id for t in search["trials"]}
     fate = by_lr(rows)
     assert fate[COMPLETED]["outcome"] == "completed" and fate[COMPLETED]["status"] == "FINISHED"
-    assert fate[DIVERGED]["outcome"] == "stopped:diverged" and fate[DIVERGED]["status"] == "KILLED"
+    assert fate[DIVERGED]["outcome"] == "stopped:diverged" and fate[DIVERGED]["status"] == "FAILED"
     assert fate[DIVERGED]["diagnosis"] == "diverged" and fate[COMPLETED]["diagnosis"] == "healthy"
     assert fate[PRUNED]["outcome"] == "pruned" and fate[PRUNED]["pruned_at_epoch"] == 2
     assert fate[PRUNED]["status"] == "KILLED" and fate[COMPLETED]["pruned_at_epoch"] is None
