@@ -285,7 +285,7 @@ def describe(event: dict[str, Any]) -> str:
     """One line: ``diverged at step 5 (epoch 1) -> rollback to epoch 0 (step 0): optim.lr 1 -> 0.1, ...``."""
     where = f"step {event['failed_step']} (epoch {event['failed_epoch']})" if event["failed_step"] is not None else f"epoch {event['failed_epoch']}"
     target = "best" if event["action"] == "restore_best" else "rollback to"
-    parts = [f"{key} {before} -> {after}" for key, (before, after) in event["changes"].items()]
+    parts = [f"{key} {_short(before)} -> {_short(after)}" for key, (before, after) in event["changes"].items()]
     if event["skipped_batches"]:
         parts.append(f"skip {len(event['skipped_batches'])} batches of epoch {event['skipped_batches'][0][0]}")
     change = ", ".join(parts) or ("stop" if event["action"] == "restore_best" else "no change")
@@ -293,3 +293,8 @@ def describe(event: dict[str, Any]) -> str:
         f"{event['diagnosis']} at {where} -> {target} epoch {event['snapshot_epoch']} (step {event['snapshot_step']}):"
         f" {change} [{event['verdict']}]"
     )
+
+
+def _short(value: Any) -> Any:
+    """A float without its product's rounding noise (0.1 x 0.1 is shown 0.01, not 0.010000000000000002)."""
+    return float(f"{value:.12g}") if isinstance(value, float) else value

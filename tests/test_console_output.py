@@ -192,7 +192,8 @@ def test_a_search_prints_one_end_line_per_trial_and_the_table_without_tunes_boxe
         outcome = outcomes[line.split()[0]]
         assert line.split()[1].rstrip(":") == outcome.split(":")[0], (line, outcome)
         if outcome == "stopped:diverged":  # the monitor's evidence: the loss against its reference
-            assert re.search(r"stopped: diverged at step \d+ \(epoch 1\): .*loss", line), line
+            # (whichever trial diverged: the sampled one may be a high lr that explodes later than lr 5)
+            assert re.search(r"stopped: diverged at step \d+ \(epoch [1-3]\): loss explosion: .*loss", line), line
         if outcome == "completed":
             assert re.search(r"completed: val/ap \d\.\d{4} after 3 epochs", line), line
 

@@ -27,7 +27,7 @@ def test_a_diverging_run_is_rolled_back_and_continues_with_a_finite_loss(mini_ro
     failed, *after = reports
     assert failed["health/diagnosis"] == "diverged" and failed["health/stop"] == 0.0  # recovered, not stopped
     assert failed["health/recoveries"] == 1.0 and "rollback to epoch 0" in failed["health/recovery"]
-    assert "optim.lr 5.0 -> 0.5" in failed["health/recovery"]
+    assert "optim.lr 5.0 -> 0.05" in failed["health/recovery"]
     assert any(line.startswith("recovery 1/2: diverged") for line in lines)
     assert [r["epoch"] for r in after] == [1, 2] and not trainer.stopped  # epoch 1 replayed from the snapshot
     assert all(math.isfinite(r["train/loss"]) and r["health/recovery"] == "" for r in after)
@@ -36,7 +36,7 @@ def test_a_diverging_run_is_rolled_back_and_continues_with_a_finite_loss(mini_ro
     assert event["snapshot_step"] == 0 and event["failed_epoch"] == 1 and event["skipped_batches"]
     # The effective config (a restart with the fix) and the events are saved beside last.pt.
     saved = TrainConfig.model_validate(__import__("yaml").safe_load((tmp_path / "effective_config.yaml").read_text()))
-    assert saved.optim.lr == 0.5 and saved.schedule.warmup_epochs == 1.0
+    assert saved.optim.lr == 0.05 and saved.schedule.warmup_epochs == 1.0
     assert json.loads((tmp_path / "recoveries.json").read_text()) == [event]
     assert torch.load(tmp_path / "last.pt", weights_only=False)["config"]["optim"]["lr"] == 5.0  # what was started
 
@@ -74,7 +74,7 @@ def test_a_run_checkpointed_after_a_recovery_resumes_exactly(
 
     resumed = quiet(cfg)  # built from the start config, as `model.train --resume` does
     resumed.load_checkpoint(tmp_path / "last.pt")
-    assert resumed.effective_config().optim.lr == 0.5
+    assert resumed.effective_config().optim.lr == 0.05
     last = resumed.fit()[-1]
     for key in ("train/loss", "train/loss_cls", "train/grad_norm", "train/lr", "val/ap", "step", "health/recoveries"):
         assert last[key] == expected[key], key

@@ -237,7 +237,7 @@ def test_report_marks_a_recovered_trial(tmp_path: Path) -> None:
     trials = [  # (trial id, outcome, diagnosis, lr, last val/ap or None)
         ("t_ok", L.COMPLETED, L.HEALTHY, 0.01, 0.3),
         ("t_div", L.stopped("diverged"), "diverged", 0.9, None),
-        ("t_rec", L.recovered("diverged"), L.HEALTHY, 0.5, 0.4),  # measured after lr x0.1
+        ("t_rec", L.recovered("diverged"), L.HEALTHY, 0.5, 0.4),  # measured after lr x0.01
     ]
     for trial_id, outcome, diagnosis, lr, ap in trials:
         tags = {L.ROLE: L.TRIAL, L.SEARCH_ID: "s1", L.TRIAL_ID: trial_id, L.OUTCOME: outcome, L.DIAGNOSIS: diagnosis}
