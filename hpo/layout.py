@@ -10,7 +10,8 @@ The search writes, and the report and the export read back, this layout:
 * one child run per trial (``mlflow.parentRunId``), found again by (``hpo.search_id``,
   ``hpo.trial_id``): tags ``hpo.role=trial``, ``hpo.outcome`` (``running``, ``completed``,
   ``pruned`` with ``hpo.pruned_at_epoch``, ``stopped:<diagnosis>``, ``error``, ``interrupted``
-  until ``--resume`` goes on with it), ``hpo.diagnosis`` (the health monitor's latest);
+  until ``--resume`` goes on with it), ``hpo.diagnosis`` (the health monitor's latest) and, when
+  its last report had one, ``hpo.health_message`` (that diagnosis with its evidence);
   params = the sampled dotted keys; artifacts ``trial_config.yaml`` and, once it ended,
   ``learning_curves.png`` and the sample detections of its last checkpoint (an errored trial's
   only if that checkpoint holds one, see :func:`hpo.trainable.last_chance_epochs`); a trial that
@@ -52,6 +53,9 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ROLE, SEARCH_ID, TRIAL_ID = "hpo.role", "hpo.search_id", "hpo.trial_id"
 SPACE, METRIC, MODE, STATUS = "hpo.space", "hpo.metric", "hpo.mode", "hpo.status"
 OUTCOME, DIAGNOSIS, PRUNED_AT = "hpo.outcome", "hpo.diagnosis", "hpo.pruned_at_epoch"
+#: On a trial whose last report had one: the health monitor's message, its diagnosis with the
+#: evidence ("loss explosion: loss 4.4e+03 > 100 x its early median 26.2"): why it was stopped.
+HEALTH_MESSAGE = "hpo.health_message"
 EXPORTED_TRIAL, EXPORTED_RUN = "hpo.exported_trial", "hpo.exported_run"
 PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own: the UI nests the child under its parent
 DESCRIPTION = "mlflow.note.content"  # MLflow's own: the run page's description

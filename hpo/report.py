@@ -114,6 +114,7 @@ def build_report(
             meta=_meta(search),
             failure_diagnoses=FAILURE_DIAGNOSES,
             outcomes=_outcomes(search),
+            why=_why(search),
             best=_best(search, top),
             curves=_curves(search, figures),
             sweep=_sweep(search, figures) if search.grid_keys() else None,
@@ -185,6 +186,12 @@ def _outcomes(search: SearchRecord) -> dict[str, Any]:
         "failed": sum(t.failed for t in search.trials),
         "recovered": sum(t.recovered for t in search.trials),
     }
+
+
+def _why(search: SearchRecord) -> dict[str, Any]:
+    """Each trial the health monitor stopped, recovered or warned about, with its evidence."""
+    rows = [[t.trial_id, t.outcome, str(t.epochs), t.message] for t in search.trials if t.message]
+    return _table(["trial", "outcome", "epochs", "the health monitor's evidence"], rows)
 
 
 def _best(search: SearchRecord, top: int) -> dict[str, Any]:

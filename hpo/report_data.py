@@ -62,6 +62,8 @@ class TrialRecord:
     value: float | None
     """The last real value of the search metric (``None``: none logged, e.g. stopped at epoch 1);
     a recovered trial's is what it measured with its interventions applied (Optuna had the penalty)."""
+    message: str = ""
+    """The health monitor's diagnosis with its evidence at the trial's last report (``""``: none)."""
 
     @property
     def category(self) -> str:
@@ -230,7 +232,9 @@ def load_search(tracking_uri: str, experiment: str, search_id: str | None = None
         last = sorted(history.get(metric, []))
         value = last[-1][1] if last and math.isfinite(last[-1][1]) else None
         trials.append(
-            TrialRecord(row["trial_id"], row["run_id"], row["outcome"], row["diagnosis"], row["params"], history, value)
+            TrialRecord(
+                row["trial_id"], row["run_id"], row["outcome"], row["diagnosis"], row["params"], history, value, row["message"]
+            )
         )
     status = tags.get(L.STATUS, L.RUNNING)
     study, study_note = load_study(tags.get(L.OPTUNA_STORAGE), tags.get(L.OPTUNA_STUDY))

@@ -57,7 +57,8 @@ def find_parent(tracking_uri: str, experiment: str, search_id: str | None) -> tu
 def trial_outcomes(tracking_uri: str, search_id: str) -> list[dict[str, Any]]:
     """Every child run of the search, in the order the trials started.
 
-    Each row: ``trial_id``, ``run_id``, ``status`` (MLflow's), ``outcome``, ``diagnosis``,
+    Each row: ``trial_id``, ``run_id``, ``status`` (MLflow's), ``outcome``, ``diagnosis``, ``message``
+    (the health monitor's evidence, ``""`` without one),
     ``pruned_at_epoch`` (int or ``None``), ``params`` (``{dotted key: value}``, numbers and
     booleans parsed back from MLflow's strings) and ``metrics`` (the last value of each).
     """
@@ -77,6 +78,7 @@ def trial_outcomes(tracking_uri: str, search_id: str) -> list[dict[str, Any]]:
                 "status": run.info.status,
                 "outcome": tags.get(L.OUTCOME, L.RUNNING),
                 "diagnosis": tags.get(L.DIAGNOSIS, L.HEALTHY),
+                "message": tags.get(L.HEALTH_MESSAGE, ""),
                 "pruned_at_epoch": int(pruned_at) if pruned_at is not None else None,
                 "params": {k: _parse_param(v) for k, v in sorted(run.data.params.items())},
                 "metrics": dict(run.data.metrics),

@@ -73,6 +73,7 @@ BACKGROUND_WRITES = True
 #: Seconds between attempts to write the journal to a tracking server that did not answer.
 RETRY_S = 30.0
 _MAX_PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
+_MAX_TAG_CHARS = 5000  # below MLflow's limit on a tag value (8000 in MLflow 3)
 
 
 # -- the parent run --------------------------------------------------------------------------------
@@ -505,6 +506,8 @@ class MlflowTrialCallback(tune.Callback):
         run_id = self._run_id(trial)
         note = _description(trial.trial_id, tags[L.OUTCOME], trial.last_result, self._recovery.get(trial.trial_id))
         tags = {**tags, L.DESCRIPTION: note}
+        if trial.last_result.get(K.HEALTH_MESSAGE):
+            tags[L.HEALTH_MESSAGE] = str(trial.last_result[K.HEALTH_MESSAGE])[:_MAX_TAG_CHARS]
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.update_run(run_id, name=_run_name(trial.trial_id, tags[L.OUTCOME], tags.get(L.PRUNED_AT)))
         self.client.set_terminated(run_id, RunStatus.to_string(status), end_time=trial.at_ms)

@@ -2,6 +2,7 @@
 MLflow on SQLite, the trainer on the mini set), and the figures and importances on hand-built data."""
 
 import random
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from model import report_keys as K
 
 DIVERGING = {"optim.lr": 5.0, "schedule.warmup_epochs": 0.0, "loss.box_weight": 1.0, "loss.class_weight": 1.0}
 HEALTHY = {"optim.lr": 0.01, "schedule.warmup_epochs": 0.5, "loss.box_weight": 1.0, "loss.class_weight": 1.0}
-SECTIONS = ("outcomes", "best-trials", "learning-curves", "failure-atlas", "importances", "trials")
+SECTIONS = ("outcomes", "why", "best-trials", "learning-curves", "failure-atlas", "importances", "trials")
 
 
 class Page(HTMLParser):
@@ -138,6 +139,11 @@ def test_report_of_a_real_search(finished_search: str, tmp_path: Path, capsys) -
     assert len(search.trials) == 3
     outcomes = {t.params["optim.lr"]: t.outcome for t in search.trials}
     assert outcomes[5.0] == "stopped:diverged"
+    # Why it stopped: the monitor's evidence, read back from its run (the loss against its reference).
+    diverged = next(t for t in search.trials if t.params["optim.lr"] == 5.0)
+    assert [diverged.trial_id, "stopped:diverged"] in [r[:2] for r in page.rows("why")]
+    why = {r[0]: r[3] for r in page.rows("why")}
+    assert re.match(r"diverged at step \d+ \(epoch \d\): .*loss", why[diverged.trial_id]), why
     # The all-trials table: id, outcome, diagnosis in one row.
     assert sorted(r[:3] for r in page.rows("trials")) == sorted([t.trial_id, t.outcome, t.diagnosis] for t in search.trials)
     assert "curves_stopped_diverged.png" in {p.name for p in out.glob("*.png")}  # the diverged example's curves
@@ -214,6 +220,8 @@ def test_report_escapes_what_mlflow_holds(tmp_path: Path) -> None:
     exp_id = client.get_experiment_by_name(experiment).experiment_id
     for i, (outcome, diagnosis) in enumerate([(L.COMPLETED, L.HEALTHY), (L.stopped("diverged"), "diverged")]):
         tags = {L.ROLE: L.TRIAL, L.SEARCH_ID: "s1", L.TRIAL_ID: f"t{i}<b>", L.OUTCOME: outcome, L.DIAGNOSIS: diagnosis}
+        if diagnosis != L.HEALTHY:
+            tags[L.HEALTH_MESSAGE] = "loss explosion: loss 3e+04 > 100 x <blink>its</blink> early median 2"
         run_id = client.create_run(exp_id, tags=tags).info.run_id
         client.log_param(run_id, "optim.lr", 0.01 * (i + 1))
         for epoch in (1, 2):
@@ -224,6 +232,8 @@ def test_report_escapes_what_mlflow_holds(tmp_path: Path) -> None:
     assert "script" not in page.tags and "b" not in page.tags
     assert sorted(r[:3] for r in page.rows("trials")) == [["t0<b>", "completed", "healthy"], ["t1<b>", "stopped:diverged", "diverged"]]
     assert [r[0] for r in page.rows("outcomes")] == ["healthy", "stopped:diverged"]
+    assert page.rows("why") == [["t1<b>", "stopped:diverged", "2", "loss explosion: loss 3e+04 > 100 x <blink>its</blink> early median 2"]]
+    assert "blink" not in page.tags
     assert "Not computed: too few trials to rank parameters" in page.sections["importances"]["text"]
 
 

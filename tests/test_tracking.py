@@ -255,6 +255,7 @@ def test_one_child_per_trial_with_its_outcome(search) -> None:
     assert fate[COMPLETED]["outcome"] == "completed" and fate[COMPLETED]["status"] == "FINISHED"
     assert fate[DIVERGED]["outcome"] == "stopped:diverged" and fate[DIVERGED]["status"] == "FAILED"
     assert fate[DIVERGED]["diagnosis"] == "diverged" and fate[COMPLETED]["diagnosis"] == "healthy"
+    assert fate[DIVERGED]["message"] == "loss exploded (made up)" and fate[COMPLETED]["message"] == ""
     assert fate[PRUNED]["outcome"] == "pruned" and fate[PRUNED]["pruned_at_epoch"] == 2
     assert fate[PRUNED]["status"] == "KILLED" and fate[COMPLETED]["pruned_at_epoch"] is None
     assert fate[FAILED]["outcome"] == "error" and fate[FAILED]["status"] == "FAILED"
