@@ -50,15 +50,15 @@ from model.health import LABELS
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 # -- tags ------------------------------------------------------------------------------------------
-ROLE, SEARCH_ID, TRIAL_ID = "hpo.role", "hpo.search_id", "hpo.trial_id"
+ROLE, SEARCH_ID, TRIAL_ID = run_files.ROLE_TAG, "hpo.search_id", "hpo.trial_id"
 SPACE, METRIC, MODE, STATUS = "hpo.space", "hpo.metric", "hpo.mode", "hpo.status"
-OUTCOME, DIAGNOSIS, PRUNED_AT = "hpo.outcome", "hpo.diagnosis", "hpo.pruned_at_epoch"
+OUTCOME, DIAGNOSIS, PRUNED_AT = run_files.OUTCOME_TAG, run_files.DIAGNOSIS_TAG, "hpo.pruned_at_epoch"
 #: On a trial whose last report had one: the health monitor's message, its diagnosis with the
 #: evidence ("loss explosion: loss 4.4e+03 > 100 x its early median 26.2"): why it was stopped.
-HEALTH_MESSAGE = "hpo.health_message"
+HEALTH_MESSAGE = run_files.HEALTH_MESSAGE_TAG
 EXPORTED_TRIAL, EXPORTED_RUN = "hpo.exported_trial", "hpo.exported_run"
 PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own: the UI nests the child under its parent
-DESCRIPTION = "mlflow.note.content"  # MLflow's own: the run page's description
+DESCRIPTION = run_files.DESCRIPTION_TAG  # MLflow's own: the run page's description
 BEST_TRIAL = "hpo.best_trial"  #: on the parent: the id of the best completed trial
 #: On the parent of a search with an Optuna study (TPE): its storage's URL (``sqlite:///...``) and
 #: the study's name in it, for ``optuna.load_study`` and ``optuna-dashboard``. (The study's trials

@@ -42,7 +42,11 @@ OFFICIAL_FILE = "wider_ap.json"
 
 
 class MlflowLogging(Callback):
-    """Params once, one metrics row per epoch, the outcome as a tag; resumes into the same run."""
+    """Params once, one metrics row per epoch, the outcome as a tag; resumes into the same run.
+
+    Its tags are a search trial's (``model/run_files.py``, re-exported by ``hpo/layout.py``) with the
+    role ``production``: ``hpo.outcome``, ``hpo.diagnosis``, the health monitor's message, a
+    description; a stopped run ends FAILED, as a stopped trial does."""
 
     def __init__(self, tracking_uri: str | None, experiment: str, cfg: TrainConfig, out_dir: Path) -> None:
         import mlflow  # imported here: plain training must not pay for it
@@ -60,22 +64,30 @@ class MlflowLogging(Callback):
         id_file.write_text(self.run.info.run_id)
         if run_id is None:
             mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(cfg.model_dump(mode="json")).items()})
-            mlflow.set_tag("kind", "production")
+            mlflow.set_tag(run_files.ROLE_TAG, run_files.PRODUCTION_ROLE)
 
     def on_epoch_end(self, trainer: Trainer, report: dict[str, Any]) -> None:
         metrics = {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and math.isfinite(v) and k != K.EPOCH}
         self.mlflow.log_metrics(metrics, step=int(report[K.EPOCH]))
-        self.mlflow.set_tag("health.diagnosis", report[K.HEALTH_DIAGNOSIS])
+        self.mlflow.set_tag(run_files.DIAGNOSIS_TAG, report[K.HEALTH_DIAGNOSIS])
 
-    def finish(self, outcome: str, files: list[Path], metrics: dict[str, float] | None = None, step: int = 0) -> None:
+    def finish(
+        self, outcome: str, files: list[Path], metrics: dict[str, float] | None = None, step: int = 0, message: str = ""
+    ) -> None:
+        """Log the outcome, the monitor's ``message`` (its diagnosis with the evidence) and ``files``; end the run."""
         if metrics:
             # At the last epoch's step, logged last: the run's value of these keys (with
             # eval.wider_ap the epochs' own, on the last model, are in the history before it).
             self.mlflow.log_metrics(metrics, step=step)
-        self.mlflow.set_tag("outcome", outcome)
+        description = [f"Production training: {outcome} after epoch {step}."]
+        tags = {run_files.OUTCOME_TAG: outcome}
+        if message:
+            tags[run_files.HEALTH_MESSAGE_TAG] = message
+            description.append(f"Health monitor: {message}")
+        self.mlflow.set_tags({**tags, run_files.DESCRIPTION_TAG: "\n\n".join(description)})
         for path in files:
             self.mlflow.log_artifact(str(path))
-        self.mlflow.end_run(status="FINISHED" if outcome == "completed" else "KILLED")
+        self.mlflow.end_run(status="FINISHED" if outcome == "completed" else "FAILED")
 
 
 def official_numbers(trainer: Trainer, out: Path, *, progress: bool) -> dict[str, float] | None:
@@ -247,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     if official is not None:
         artifacts.append(args.out / OFFICIAL_FILE)
     if tracking:
-        tracking.finish(outcome, artifacts, metrics=official, step=trainer.epoch)
+        message = str(final.get(K.HEALTH_MESSAGE) or "")  # the last report's, as a trial's run keeps it
+        tracking.finish(outcome, artifacts, metrics=official, step=trainer.epoch, message=message)
     if verdict.stop:
         print(f"training stopped: {verdict.message()}", file=sys.stderr)
         return EXIT_STOPPED

@@ -27,11 +27,13 @@ TAGS_AND_ARTIFACTS = {
     v for n, v in vars(L).items() if n.isupper() and isinstance(v, str) and v.startswith(("hpo.", "mlflow."))
 } | {v for n, v in vars(L).items() if n.endswith("_ARTIFACT")}
 #: Names whose home is not the layout: the trainer writes those files, production training sets that
-#: experiment tag too (model/ cannot import hpo/); the layout re-exports them.
+#: experiment tag and the run tags it shares with trials too (model/ cannot import hpo/); the layout
+#: re-exports them.
 ARTIFACT_HOMES = {
     L.EFFECTIVE_CONFIG_ARTIFACT: "model/run_files.py",
     L.RECOVERIES_ARTIFACT: "model/run_files.py",
     L.EXPERIMENT_KIND: "model/run_files.py",
+    **dict.fromkeys((L.ROLE, L.OUTCOME, L.DIAGNOSIS, L.HEALTH_MESSAGE, L.DESCRIPTION), "model/run_files.py"),
 }
 #: Tag values: ordinary words outside hpo/ (a data cache's "error"), so checked in hpo/ only, the one
 #: package that can import the layout.

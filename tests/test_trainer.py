@@ -140,7 +140,9 @@ def test_cli_logs_to_mlflow_and_resumes_into_the_same_run(mini_root: Path, tmp_p
     runs = client.search_runs([client.get_experiment_by_name("prod").experiment_id])
     assert len(runs) == 1  # the resumed run kept writing to the same MLflow run
     run = runs[0]
-    assert run.data.tags["outcome"] == "completed"
+    assert run.data.tags["hpo.role"] == "production" and run.data.tags["hpo.outcome"] == "completed"
+    assert run.data.tags["hpo.diagnosis"] == "healthy" and "hpo.health_message" not in run.data.tags
+    assert run.data.tags["mlflow.note.content"] == "Production training: completed after epoch 2."
     assert run.data.params["loss.box_weight"] == "1.0"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/ap")] == [1, 2]
     lines = (out / "history.jsonl").read_text().splitlines()
