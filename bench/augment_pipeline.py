@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rates: dict[str, list[float]] = {name: [] for name in loaders}
     renders: list[float] = []
     for r in range(args.rounds):
-        names = list(loaders)[r % len(loaders):] + list(loaders)[: r % len(loaders)]
+        names = list(loaders)[r % len(loaders) :] + list(loaders)[: r % len(loaders)]
         for name in names:
             rates[name].append(round(loader_rate(loaders[name], args.seconds), 1))
         renders.append(round(render_ms_per_image(args), 2))

@@ -37,7 +37,9 @@ from model.loss import weighted_loss  # noqa: E402
 VARIANTS = {"eager": None, "compile": "default", "compile-max-autotune": "max-autotune-no-cudagraphs"}
 
 
-def synthetic_batch(cfg: TrainConfig, device: torch.device, gen: torch.Generator) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+def synthetic_batch(
+    cfg: TrainConfig, device: torch.device, gen: torch.Generator
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     size, n = cfg.model.input_size, cfg.batch_size
     images = torch.rand(n, 3, size, size, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
     targets = []
@@ -45,7 +47,9 @@ def synthetic_batch(cfg: TrainConfig, device: torch.device, gen: torch.Generator
         k = int(torch.randint(1, 12, (1,), generator=gen))
         xy = torch.rand(k, 2, generator=gen) * (size - 40)
         wh = 8 + torch.rand(k, 2, generator=gen) * 30
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(device), "labels": torch.ones(k, dtype=torch.int64, device=device)})
+        targets.append(
+            {"boxes": torch.cat([xy, xy + wh], 1).to(device), "labels": torch.ones(k, dtype=torch.int64, device=device)}
+        )
     return images, targets
 
 
@@ -87,7 +91,12 @@ def time_steps(step: Step, batch: tuple[Any, Any], n: int, device: torch.device)
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     cfg = TrainConfig().with_overrides(
-        {"model.backbone": args.backbone, "model.input_size": args.input_size, "batch_size": args.batch_size, "device": args.device}
+        {
+            "model.backbone": args.backbone,
+            "model.input_size": args.input_size,
+            "batch_size": args.batch_size,
+            "device": args.device,
+        }
     )
     batch = synthetic_batch(cfg, device, torch.Generator().manual_seed(0))
     steps, compile_s = {}, {}
@@ -112,7 +121,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def to_markdown(r: dict[str, Any]) -> str:
-    rows = [f"| {k} | {r['step_ms_median'][k]} | {r['images_per_s'][k]} | {r['speedup_vs_eager'][k]}x | {r['first_steps_s'][k]} |" for k in VARIANTS]
+    rows = [
+        f"| {k} | {r['step_ms_median'][k]} | {r['images_per_s'][k]} | {r['speedup_vs_eager'][k]}x | {r['first_steps_s'][k]} |"
+        for k in VARIANTS
+    ]
     return "\n".join([
         "# torch.compile for the training step (bench/compile_step.py)", "",
         f"Machine: {r['machine']}", f"Settings: {r['settings']}", "",

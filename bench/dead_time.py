@@ -315,7 +315,10 @@ PARTS = (
     ("report", "`tune.report`: checkpoint persisted, result to the driver and back (until the next epoch may start)"),
     ("setup", "trial function entered -> first epoch (config, data sets, model, checkpoint restore)"),
     ("spawn", "actor asked for -> its worker process started (new process only)"),
-    ("worker_init", "worker process started (or cached actor asked for) -> trial function entered (Ray worker, imports, actor set-up, reset)"),
+    (
+        "worker_init",
+        "worker process started (or cached actor asked for) -> trial function entered (Ray worker, imports, actor set-up, reset)",
+    ),
     ("between_trials", "previous trial ended -> next trial's actor asked for (Tune's loop: searcher, bookkeeping)"),
     ("other", "the rest inside a trial (tune_metrics, Tune's bookkeeping between results)"),
 )
@@ -529,7 +532,9 @@ def markdown(out: dict[str, Any]) -> str:
               "| part | " + " | ".join(f"run {i} ({r['variant']})" for i, r in enumerate(out["runs"], 1)) + " |",
               "|---|" + "---|" * len(out["runs"])]  # fmt: skip
     for key, label in PARTS:
-        cells = [f"{r['parts_s_per_trial'][key]:.2f} ({r['parts_s_per_trial'][key] / r['slot_s_per_trial']:.1%})" for r in out["runs"]]
+        cells = [
+            f"{r['parts_s_per_trial'][key]:.2f} ({r['parts_s_per_trial'][key] / r['slot_s_per_trial']:.1%})" for r in out["runs"]
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "The driver's work (s in all; on Tune's loop, i.e. the main thread, / anywhere; calls):", "",
               "| driver step | " + " | ".join(f"run {i}" for i in range(1, len(out["runs"]) + 1)) + " |",

@@ -163,9 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cli_seconds": {k: _stats(v["cli"]) for k, v in wall.items()},
         "cli_cpu_seconds": {k: _stats(v) for k, v in cpu.items()},
         "import_only_seconds": {k: _stats(v["import"]) for k, v in wall.items()},
-        "phases_seconds_median": {
-            k: {p: statistics.median(ph[p] for ph in v) for p in phase_names} for k, v in phases.items()
-        },
+        "phases_seconds_median": {k: {p: statistics.median(ph[p] for ph in v) for p in phase_names} for k, v in phases.items()},
         "torch_imported": {k: v[0]["torch_imported"] for k, v in phases.items()},
         "modules_loaded": {k: v[0]["modules"] for k, v in phases.items()},
     }
@@ -182,9 +180,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def to_markdown(res: dict[str, Any]) -> str:
     m, s = res["machine"], res["settings"]
-    cli, imp, ph, share = res["cli_seconds"], res["import_only_seconds"], res["phases_seconds_median"], res[
-        "evaluation_share_of_process"
-    ]
+    cli, imp, ph, share = (
+        res["cli_seconds"],
+        res["import_only_seconds"],
+        res["phases_seconds_median"],
+        res["evaluation_share_of_process"],
+    )
 
     def span(x: dict[str, Any]) -> str:
         return f"{x['median']:.2f} ({x['min']:.2f}-{x['max']:.2f})"

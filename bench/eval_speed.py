@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:  # run as a script (bench/ is not an installed pac
     sys.path.insert(0, str(REPO))
 from bench import widerface_reference as reference  # noqa: E402
 from bench.machine import machine_info  # noqa: E402
+
 DEFAULT_GT = REPO.parent / "shared" / "data" / "widerface_val_gt"
 DEFAULT_OUT = REPO / "bench" / "results"
 TOLERANCE = 1e-6
@@ -117,9 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     results["speedup"] = round(results["median_seconds"]["reference"] / results["median_seconds"]["ours"], 2)
     if args.python_overlaps:
-        slow_aps, slow_times = _time(
-            lambda: reference.evaluation(nested, ref_gt, overlaps_fn=reference.bbox_overlaps_loop), 1
-        )
+        slow_aps, slow_times = _time(lambda: reference.evaluation(nested, ref_gt, overlaps_fn=reference.bbox_overlaps_loop), 1)
         slow = dict(zip(SETTINGS, slow_aps, strict=True))
         print(f"reference, Python IoU loops: {slow_times[0]:.3f} s  {slow}", flush=True)
         results["reference_python_overlaps"] = {

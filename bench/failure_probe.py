@@ -77,9 +77,7 @@ RUNS: dict[str, ProbeRun] = {
         epochs=3,
         note="loss x130-x270 at step 1, x1e6 by step 3-4, non-finite at step 22 / 69",
     ),
-    "stalled_lr1e-5": ProbeRun(
-        {"optim.lr": 1e-5}, "stalled", epochs=6, note="loss parts fall < 10 % in 150 steps, AP 0"
-    ),
+    "stalled_lr1e-5": ProbeRun({"optim.lr": 1e-5}, "stalled", epochs=6, note="loss parts fall < 10 % in 150 steps, AP 0"),
     "collapse_bw10_neg30_nowarm": ProbeRun(
         {"loss.box_weight": 10.0, "loss.neg_pos_ratio": 30.0, "schedule.warmup_iters": 0},
         "background-collapse",

@@ -139,26 +139,53 @@ DEFAULT_RUNS = list(ZOO)
 #: a recall falling while AP does not rise: on the mini set a model with more detections also
 #: ranks better, so none of these shows either pattern.
 TRIED: dict[str, tuple[str, dict[str, Any], str]] = {
-    "fp_neg0.5": ("fp-surge", {"loss.neg_pos_ratio": 0.5},
-                  "false positives saturate at once (40 -> 120-140 per image by epoch 3) and stay there; AP rises to 0.08"),
-    "fp_neg0.25": ("fp-surge", {"loss.neg_pos_ratio": 0.25},
-                   "the same, from epoch 1 (134 per image); precision ~0.015 throughout, AP rises to 0.09"),
-    "fp_cwfade_thr0.2": ("fp-surge", {"loss.class_weight": 0.05, "schedule.class_weight_start_factor": 20.0,
-                                      "schedule.loss_ramp_epochs": 8.0, "eval.score_threshold": 0.2},
-                         "class weight fading 1 -> 0.05: 20-60 false positives per image with no trend, AP rises to 0.10"),
-    "fp_bwramp_thr0.3": ("fp-surge", {"loss.box_weight": 10.0, "schedule.box_weight_start_factor": 0.01,
-                                      "schedule.loss_ramp_epochs": 8.0, "eval.score_threshold": 0.3},
-                         "box weight rising 0.1 -> 10: false positives fall (35 -> 0.4 per image), AP rises to 0.09"),
-    "rd_prior0.9_lr1e-4": ("recall-decline", {"model.prior_prob": 0.9, "optim.lr": 1e-4, "schedule.warmup_iters": 0},
-                           "recall 0.29 -> 0 by epoch 7, but AP rises 0.003 -> 0.013: the score calibration moving, "
-                           "which the monitor rightly does not call recall-decline"),
-    "rd_warm3_lr0.1_thr0.3": ("recall-decline", {"optim.lr": 0.1, "schedule.warmup_epochs": 3.0, "schedule.decay": "none",
-                                                 "eval.score_threshold": 0.3},
-                              "learns during the warm-up, then the top face score falls 1.0 -> 0.25 with AP ~0.005: "
-                              "the monitor calls it background-collapse at epoch 8 (right: nothing is left to recall)"),
-    "rd_cw_fade": ("recall-decline", {"loss.class_weight": 0.02, "schedule.class_weight_start_factor": 50.0,
-                                      "schedule.loss_ramp_epochs": 10.0},
-                   "class weight fading 1 -> 0.02: nothing declines, AP reaches 0.14 (better than the defaults)"),
+    "fp_neg0.5": (
+        "fp-surge",
+        {"loss.neg_pos_ratio": 0.5},
+        "false positives saturate at once (40 -> 120-140 per image by epoch 3) and stay there; AP rises to 0.08",
+    ),
+    "fp_neg0.25": (
+        "fp-surge",
+        {"loss.neg_pos_ratio": 0.25},
+        "the same, from epoch 1 (134 per image); precision ~0.015 throughout, AP rises to 0.09",
+    ),
+    "fp_cwfade_thr0.2": (
+        "fp-surge",
+        {
+            "loss.class_weight": 0.05,
+            "schedule.class_weight_start_factor": 20.0,
+            "schedule.loss_ramp_epochs": 8.0,
+            "eval.score_threshold": 0.2,
+        },
+        "class weight fading 1 -> 0.05: 20-60 false positives per image with no trend, AP rises to 0.10",
+    ),
+    "fp_bwramp_thr0.3": (
+        "fp-surge",
+        {
+            "loss.box_weight": 10.0,
+            "schedule.box_weight_start_factor": 0.01,
+            "schedule.loss_ramp_epochs": 8.0,
+            "eval.score_threshold": 0.3,
+        },
+        "box weight rising 0.1 -> 10: false positives fall (35 -> 0.4 per image), AP rises to 0.09",
+    ),
+    "rd_prior0.9_lr1e-4": (
+        "recall-decline",
+        {"model.prior_prob": 0.9, "optim.lr": 1e-4, "schedule.warmup_iters": 0},
+        "recall 0.29 -> 0 by epoch 7, but AP rises 0.003 -> 0.013: the score calibration moving, "
+        "which the monitor rightly does not call recall-decline",
+    ),
+    "rd_warm3_lr0.1_thr0.3": (
+        "recall-decline",
+        {"optim.lr": 0.1, "schedule.warmup_epochs": 3.0, "schedule.decay": "none", "eval.score_threshold": 0.3},
+        "learns during the warm-up, then the top face score falls 1.0 -> 0.25 with AP ~0.005: "
+        "the monitor calls it background-collapse at epoch 8 (right: nothing is left to recall)",
+    ),
+    "rd_cw_fade": (
+        "recall-decline",
+        {"loss.class_weight": 0.02, "schedule.class_weight_start_factor": 50.0, "schedule.loss_ramp_epochs": 10.0},
+        "class weight fading 1 -> 0.02: nothing declines, AP reaches 0.14 (better than the defaults)",
+    ),
 }
 
 
@@ -203,10 +230,12 @@ def train_one(name: str, entry: ZooEntry, seed: int, data_root: Path, epochs: in
             ended = f"epoch {trainer.epoch} raised {type(exc).__name__}: {exc}"[:300]
             break
         reports.append({k: v for k, v in report.items() if isinstance(v, (int, float, str))})
-        print(f"[{name} s{seed}] epoch {report['epoch']}: loss {report['train/loss']:.4g} "
-              f"AP {report['val/ap']:.4f} top {report['val/top_score']:.3f} (spread {report['val/top_score_spread']:.2g}) "
-              f"-> {report['health/diagnosis']}",
-              flush=True)
+        print(
+            f"[{name} s{seed}] epoch {report['epoch']}: loss {report['train/loss']:.4g} "
+            f"AP {report['val/ap']:.4f} top {report['val/top_score']:.3f} (spread {report['val/top_score_spread']:.2g}) "
+            f"-> {report['health/diagnosis']}",
+            flush=True,
+        )
         if not math.isfinite(report["train/loss"]):
             ended = f"non-finite training loss in epoch {trainer.epoch}: nothing more to measure"
             break
@@ -299,8 +328,11 @@ def onset(label: str, steps: list[dict[str, Any]], reports: list[dict[str, Any]]
         for i in range(len(fp) - 1):
             tail = fp[i:]
             rising = all(b >= a for a, b in zip(tail, tail[1:]))
-            if rising and tail[-1] >= 1.5 * tail[0] and tail[-1] - tail[0] >= 1 and (
-                reports[-1]["val/precision"] < reports[i]["val/precision"]
+            if (
+                rising
+                and tail[-1] >= 1.5 * tail[0]
+                and tail[-1] - tail[0] >= 1
+                and (reports[-1]["val/precision"] < reports[i]["val/precision"])
             ):
                 found = epochs[i]
                 break
@@ -351,8 +383,11 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         runs = [r for r in counted if r["label"] == kind]
         if not runs:
             candidates = [r for r in records if r["candidate"] and r["label"] == kind]
-            said = ", ".join(f"{r['name']} s{r['seed']}: monitor {r['score']['first_diagnosis']}, "
-                             f"curves {'show it' if r['onset'] else 'do not show it'}" for r in candidates)
+            said = ", ".join(
+                f"{r['name']} s{r['seed']}: monitor {r['score']['first_diagnosis']}, "
+                f"curves {'show it' if r['onset'] else 'do not show it'}"
+                for r in candidates
+            )
             also = "; ".join(f"{name}: {what}" for name, (label, _, what) in TRIED.items() if label == kind)
             note = "no reliable configuration in this zoo" + (f" (candidates: {said})" if said else "")
             note += f"; also tried: {also}" if also else ""
@@ -382,16 +417,21 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     fast = [r for r in diverged if r["score"]["latency"] and r["score"]["latency"]["steps"] <= DIVERGED_MAX_STEPS]
     targets = {
         "diverged_caught_within_steps": {
-            "value": share(len(fast), len(diverged)), "target": 1.0, "max_steps": DIVERGED_MAX_STEPS,
+            "value": share(len(fast), len(diverged)),
+            "target": 1.0,
+            "max_steps": DIVERGED_MAX_STEPS,
         },
         "other_failures_caught": {
-            "value": share(sum(r["score"]["caught"] for r in others), len(others)), "target": 0.9,
+            "value": share(sum(r["score"]["caught"] for r in others), len(others)),
+            "target": 0.9,
         },
         "other_failures_right_label": {
-            "value": share(sum(r["score"]["right_label"] for r in others), len(others)), "target": 0.7,
+            "value": share(sum(r["score"]["right_label"] for r in others), len(others)),
+            "target": 0.7,
         },
         "healthy_false_stops": {
-            "value": share(sum(r["score"]["would_stop"] for r in healthy), len(healthy)), "target_max": 0.05,
+            "value": share(sum(r["score"]["would_stop"] for r in healthy), len(healthy)),
+            "target_max": 0.05,
         },
     }
     for t in targets.values():
@@ -443,10 +483,14 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         lat = "-"
         if k["latency_median"] is not None:
             lat = f"{k['latency_median']:g} / {k['latency_max']:g} {k['latency_unit']}"
-        lines.append(f"| {kind} | {k['runs']} | {k['failed']} | {k['caught']} | {k['right_label']} | {k['would_stop']} | "
-                     f"{lat} |")
-    lines += ["", "## Runs", "", "| run | seed | label | hindsight | first verdict | at | onset | latency | "
-              "all diagnoses | final AP | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(f"| {kind} | {k['runs']} | {k['failed']} | {k['caught']} | {k['right_label']} | {k['would_stop']} | {lat} |")
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| run | seed | label | hindsight | first verdict | at | onset | latency | all diagnoses | final AP | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["runs"]:
         sc = r["score"]
         at = f"step {sc['first_step']}" if sc["first_step"] else f"epoch {sc['first_epoch']}"
@@ -455,12 +499,17 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         lat = "-" if sc["latency"] is None else ", ".join(f"{v:+d} {k}" for k, v in sc["latency"].items())
         ap = r["reports"][-1]["val/ap"] if r["reports"] else float("nan")
         label = r["label"] + (" (candidate)" if r["candidate"] else "")
-        lines.append(f"| {r['name']} | {r['seed']} | {label} | {r['hindsight']} | {sc['first_diagnosis']} | {at} | "
-                     f"{on} | {lat} | {', '.join(sc['diagnoses']) or '-'} | {ap:.3f} | {r['seconds']:.0f} |")
-    lines += ["", "Onset definitions: see `onset()` in `bench/failure_zoo.py`. `hindsight` is "
-              "`failure_probe.read_outcome` of the same run (a cross-check of the label, not the monitor). "
-              "The share of a search's final best trials that ASHA or the monitor would have cut is measured on "
-              "whole searches by `bench/search_efficiency.py` (replayed on its no-stopping search)."]
+        lines.append(
+            f"| {r['name']} | {r['seed']} | {label} | {r['hindsight']} | {sc['first_diagnosis']} | {at} | "
+            f"{on} | {lat} | {', '.join(sc['diagnoses']) or '-'} | {ap:.3f} | {r['seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "Onset definitions: see `onset()` in `bench/failure_zoo.py`. `hindsight` is "
+        "`failure_probe.read_outcome` of the same run (a cross-check of the label, not the monitor). "
+        "The share of a search's final best trials that ASHA or the monitor would have cut is measured on "
+        "whole searches by `bench/search_efficiency.py` (replayed on its no-stopping search).",
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -513,9 +562,12 @@ def main(argv: list[str] | None = None) -> int:
             rec = train_one(name, ZOO[name], seed, data_root, args.epochs)
             records.append(rec)
             sc = rec["score"]
-            print(f"== {name} seed {seed}: label {rec['label']}, monitor {sc['first_diagnosis']} "
-                  f"(step {sc['first_step']}, epoch {sc['first_epoch']}), onset {rec['onset']}, "
-                  f"hindsight {rec['hindsight']}, {rec['seconds']:.0f} s", flush=True)
+            print(
+                f"== {name} seed {seed}: label {rec['label']}, monitor {sc['first_diagnosis']} "
+                f"(step {sc['first_step']}, epoch {sc['first_epoch']}), onset {rec['onset']}, "
+                f"hindsight {rec['hindsight']}, {rec['seconds']:.0f} s",
+                flush=True,
+            )
             result = {
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "machine": {**machine, "load_average_at_end": load_average()},

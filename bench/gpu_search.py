@@ -142,8 +142,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"the search failed (exit {proc.returncode}, {len(trials)} trials with results)")
     return {
         "machine": machine_info(device=args.device),
-        "settings": {"space": str(SPACE.relative_to(REPO)), "smoke": args.smoke, "gpus_per_trial": args.gpus_per_trial,
-                     "cpus_per_trial": args.cpus_per_trial, "train_images": args.train_images},  # fmt: skip
+        "settings": {
+            "space": str(SPACE.relative_to(REPO)),
+            "smoke": args.smoke,
+            "gpus_per_trial": args.gpus_per_trial,
+            "cpus_per_trial": args.cpus_per_trial,
+            "train_images": args.train_images,
+        },  # fmt: skip
         "search_wall_s": round(wall, 1),
         "summary": summarise(trials, sampler.samples if sampler else []),
         "search_output_tail": proc.stdout.splitlines()[-25:],

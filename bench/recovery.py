@@ -219,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         for name in args.cases.split(","):
             record = run_case(name, data_root, seed, args.epochs)
-            print(f"seed {seed} {name}: {record['outcome']} final AP {record['final_ap']:.4f} best {record['best_ap']:.4f} "
-                  f"recoveries {record['recoveries']} {record['wall_s']} s", flush=True)
+            print(
+                f"seed {seed} {name}: {record['outcome']} final AP {record['final_ap']:.4f} best {record['best_ap']:.4f} "
+                f"recoveries {record['recoveries']} {record['wall_s']} s",
+                flush=True,
+            )
             result["runs"].append(record)
     result["summary"] = summarise(result["runs"])
     result["snapshot_bytes"] = snapshot_costs()

@@ -102,7 +102,9 @@ def trial_times(tracking_uri: str, experiment: str) -> dict[str, tuple[float, fl
     return {r.data.tags["hpo.trial_id"]: (r.info.start_time / 1e3, r.info.end_time / 1e3) for r in runs}
 
 
-def analyse(work: Path, name: str, nodes: int, cpus: int, wall: float, node_ids: list[str], trials: int, epochs: int) -> dict[str, Any]:
+def analyse(
+    work: Path, name: str, nodes: int, cpus: int, wall: float, node_ids: list[str], trials: int, epochs: int
+) -> dict[str, Any]:
     per_trial = []
     found = read_trials(work / "ray" / name)
     times = trial_times(f"sqlite:///{work / (name + '.db')}", name)
@@ -119,7 +121,10 @@ def analyse(work: Path, name: str, nodes: int, cpus: int, wall: float, node_ids:
         raise SystemExit(f"expected {trials} trials x {epochs} epochs, found {[(t['trial_id'], t['epochs']) for t in per_trial]}")
     first = min(t["start"] for t in per_trial)
     last = max(t["end"] for t in per_trial)
-    med = {k: statistics.median(t[k] for t in per_trial) for k in ("wall_s", "train_s", "overhead_s", "overhead_inside_s", "overhead_outside_s")}
+    med = {
+        k: statistics.median(t[k] for t in per_trial)
+        for k in ("wall_s", "train_s", "overhead_s", "overhead_inside_s", "overhead_outside_s")
+    }
     return {
         "nodes": nodes,
         "cpus_per_node": cpus,

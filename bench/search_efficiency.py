@@ -189,8 +189,9 @@ def replay_cuts(search_dir: Path, max_epochs: int, grace: int, reduction_factor:
     best = sorted(final, key=final.__getitem__, reverse=True)[:top]
     return {
         "rungs": rungs,
-        "best": [{"trial_id": tid, "last_ap": final[tid], "cut": "@".join(map(str, cut[tid])) if tid in cut else None}
-                 for tid in best],
+        "best": [
+            {"trial_id": tid, "last_ap": final[tid], "cut": "@".join(map(str, cut[tid])) if tid in cut else None} for tid in best
+        ],
         "best_cut_share": sum(tid in cut for tid in best) / len(best) if best else None,
         "cut_trials": len(cut),
         "trials": len(trials),
@@ -225,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-points", action="store_true", help="drop cpu-mini's points_to_evaluate: every trial sampled")
     p.add_argument("--top", type=int, default=3, help="best trials of search c checked against the replayed cuts")
     p.add_argument("--keep", type=Path, help="keep the searches' results here (default: a temporary directory)")
-    p.add_argument("--reanalyse", action="store_true", help="do not search: analyse the searches kept in --keep again "
-                   "(wall times from the previous results JSON)")
+    p.add_argument(
+        "--reanalyse",
+        action="store_true",
+        help="do not search: analyse the searches kept in --keep again (wall times from the previous results JSON)",
+    )
     args = p.parse_args(argv)
     if "c" not in args.variants:
         p.error("the targets are the best AP of the no-stopping search: include variant c")
@@ -244,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         runs[seed] = {}
         for variant in args.variants:
             name = f"eff-s{seed}-{variant}"
-            space = space_file(work, name, trials=args.trials, epochs=args.epochs, seed=seed, variant=variant,
-                               points=not args.no_points)
+            space = space_file(
+                work, name, trials=args.trials, epochs=args.epochs, seed=seed, variant=variant, points=not args.no_points
+            )
             print(f"seed {seed}, {variant}: {VARIANTS[variant]} ...", flush=True)
             if args.reanalyse:
                 wall = previous["runs"][str(seed)][variant]["wall_s"]
@@ -261,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
             res["to_reach"] = {f"{f:g}": spent_to_reach(res["best_ap_curve"], f * ref) for f in TARGET_FRACTIONS}
         runs[seed]["c_budget"] = runs[seed]["c"]["trial_epochs"]
         asha = load_space("cpu-mini").scheduler
-        runs[seed]["c_replay"] = replay_cuts(work / "ray" / f"eff-s{seed}-c", args.epochs, asha.grace_period,
-                                             asha.reduction_factor, args.top)
+        runs[seed]["c_replay"] = replay_cuts(
+            work / "ray" / f"eff-s{seed}-c", args.epochs, asha.grace_period, asha.reduction_factor, args.top
+        )
     if not args.reanalyse:
         machine["load_average_at_end"] = load_average()
     settings = {"space": "cpu-mini (search_spaces/cpu-mini.yaml)", "trials": args.trials, "max_epochs": args.epochs,
@@ -306,7 +312,10 @@ def markdown(out: dict[str, Any]) -> str:
         for v, res in by_variant.items():
             if v not in VARIANTS:
                 continue
-            lines.append(f"- seed {seed}, {v}: " + "; ".join(f"{t['trial_id'][-5:]} {t['outcome']} {t['epochs']} ep AP {t['best_ap']:.4f}" for t in res["trials"]))
+            lines.append(
+                f"- seed {seed}, {v}: "
+                + "; ".join(f"{t['trial_id'][-5:]} {t['outcome']} {t['epochs']} ep AP {t['best_ap']:.4f}" for t in res["trials"])
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -333,7 +342,9 @@ def summary_lines(out: dict[str, Any]) -> list[str]:
                   "| seed | ASHA rungs | c's best trials by last AP (cut by) | best cut | trials cut |", "|---|---|---|---|---|"]  # fmt: skip
         for seed, rep in replays.items():
             best = "; ".join(f"{b['trial_id'][-5:]} {b['last_ap']:.4f} ({b['cut'] or 'kept'})" for b in rep["best"])
-            lines.append(f"| {seed} | {rep['rungs']} | {best} | {rep['best_cut_share']:.0%} | {rep['cut_trials']}/{rep['trials']} |")
+            lines.append(
+                f"| {seed} | {rep['rungs']} | {best} | {rep['best_cut_share']:.0%} | {rep['cut_trials']}/{rep['trials']} |"
+            )
         cut = sum(sum(b["cut"] is not None for b in rep["best"]) for rep in replays.values())
         total = sum(len(rep["best"]) for rep in replays.values())
         lines += ["", f"Share of the final best trials that ASHA or the monitor would have cut: {cut}/{total} "

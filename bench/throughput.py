@@ -357,7 +357,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     per_round: list[dict[str, Any]] = []
     for r in range(args.rounds):
-        order = LOOPS[r % len(LOOPS):] + LOOPS[: r % len(LOOPS)]
+        order = LOOPS[r % len(LOOPS) :] + LOOPS[: r % len(LOOPS)]
         row: dict[str, Any] = {"round": r + 1, "order": list(order)}
         for name in order:
             images, seconds, cpu_seconds = one_pass(name, r + 1)
@@ -381,7 +381,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, loop in [*((name, loops[name]) for name in LOOPS), ("ours_cached_batches", cached)]:
             utilisation[name] = gpu_utilisation(loop, args.util_seconds, device)
             log(f"GPU utilisation, {name} alone: {utilisation[name]}")
-        bounds["loader_images_per_s"] = round(loader_rate(build_loaders(cfg, ours.train_set, ours.val_set)[0], args.util_seconds), 1)
+        bounds["loader_images_per_s"] = round(
+            loader_rate(build_loaders(cfg, ours.train_set, ours.val_set)[0], args.util_seconds), 1
+        )
         log(f"the training loader alone: {bounds['loader_images_per_s']} images/s")
     if args.loader_workers:
         # How the input pipeline scales with the CPUs a trial gets (its loader workers).
@@ -397,7 +399,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "training throughput: model.trainer.Trainer vs a torchvision references/detection loop",
         "machine": machine_info(
-            torchvision=torchvision.__version__, device=str(device),
+            torchvision=torchvision.__version__,
+            device=str(device),
             **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         ),
         "settings": {
@@ -452,8 +455,7 @@ def summarise(per_round: list[dict[str, Any]], metric: str, batch_size: int) -> 
     rates = {name: _rates(per_round, name, metric, batch_size) for name in LOOPS}
     if metric == "images_per_s_median_step":
         medians = {
-            name: batch_size / statistics.median(t for row in per_round for t in row[name]["step_seconds"])
-            for name in LOOPS
+            name: batch_size / statistics.median(t for row in per_round for t in row[name]["step_seconds"]) for name in LOOPS
         }
     else:
         medians = {name: statistics.median(rates[name]) for name in LOOPS}
@@ -482,7 +484,11 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"Settings: {s['backbone']} SSD, {s['input_size']} px, batch {s['batch_size']}, {s['steps_per_round']} steps "
         f"per round, {s['rounds']} rounds after {s['warmup_rounds']} warm-up round, {s['num_workers']} loader workers, "
         f"pin_memory {s.get('pin_memory')}, "
-        + ("batched augmentation rendered on the device (the reference: per-sample in its loader), " if s.get("augment_pipeline") == "batched" else "")
+        + (
+            "batched augmentation rendered on the device (the reference: per-sample in its loader), "
+            if s.get("augment_pipeline") == "batched"
+            else ""
+        )
         + ("**every loop replays the same batches from memory (no image loading)**, " if s.get("cached_batches") else "")
         + f"AMP {'on' if s['amp'] else 'off'}, health checks every {s['health_check_every_steps']} steps, data {s['data']}.",
         "",
@@ -500,7 +506,9 @@ def to_markdown(res: dict[str, Any]) -> str:
 
     for row in res["per_round"]:
         order = " ".join({"ours": "A", "ours_nomonitor": "C", "reference": "B"}[n] for n in row["order"])
-        lines.append(f"| {row['round']} | {order} | {cell(row['ours'])} | {cell(row['reference'])} | {cell(row['ours_nomonitor'])} |")
+        lines.append(
+            f"| {row['round']} | {order} | {cell(row['ours'])} | {cell(row['reference'])} | {cell(row['ours_nomonitor'])} |"
+        )
     med = {name: {metric: res["summary"][metric]["median"][name] for metric in METRICS} for name in LOOPS}
     lines += [
         f"| **median** | | **{cell(med['ours'])}** | **{cell(med['reference'])}** | **{cell(med['ours_nomonitor'])}** |",
@@ -556,19 +564,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only), for both loops")
-    parser.add_argument("--backbone", choices=("tiny", "mobilenet_v3", "vgg16"), default="tiny",
-                        help="the SSD's backbone, untrained (default tiny; mobilenet_v3 at 320 px is the GPU space's)")
+    parser.add_argument(
+        "--backbone",
+        choices=("tiny", "mobilenet_v3", "vgg16"),
+        default="tiny",
+        help="the SSD's backbone, untrained (default tiny; mobilenet_v3 at 320 px is the GPU space's)",
+    )
     parser.add_argument("--input-size", type=int, default=256, help="input size in pixels (default 256)")
-    parser.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
-                        help="the loader's pin_memory (default: the config's, on for CUDA)")
-    parser.add_argument("--pipeline", choices=["auto", "batched", "per_sample"], default="auto",
-                        help="augment.pipeline of our loop (the reference keeps torchvision's per-sample transforms)")
+    parser.add_argument(
+        "--pin-memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the loader's pin_memory (default: the config's, on for CUDA)",
+    )
+    parser.add_argument(
+        "--pipeline",
+        choices=["auto", "batched", "per_sample"],
+        default="auto",
+        help="augment.pipeline of our loop (the reference keeps torchvision's per-sample transforms)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0, the config default)")
-    parser.add_argument("--cached", action="store_true",
-                        help="every loop replays --iters batches held in memory: the training steps alone, no loading")
-    parser.add_argument("--loader-workers", type=int, nargs="*", default=[], metavar="N",
-                        help="also time the training loader alone with each of these worker counts (10 s each)")
+    parser.add_argument(
+        "--cached",
+        action="store_true",
+        help="every loop replays --iters batches held in memory: the training steps alone, no loading",
+    )
+    parser.add_argument(
+        "--loader-workers",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="also time the training loader alone with each of these worker counts (10 s each)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the mini set (generated if missing)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the results folder (default bench/results)")

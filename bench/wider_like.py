@@ -210,9 +210,7 @@ def _generate(root: Path, params: dict[str, Any], workers: int) -> dict[str, Any
         for split_index, split in enumerate(SPLITS):
             jobs = [(root, params["seed"], split, split_index, i) for i in range(params[f"num_{split}"])]
             results = list(pool.map(_write_image, jobs, chunksize=4) if pool else map(_write_image, jobs))
-            mini._write_annotations(
-                root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt", [r[:3] for r in results]
-            )
+            mini._write_annotations(root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt", [r[:3] for r in results])
             faces = [f for r in results for f in r[2]]
             per_image = [len(r[2]) for r in results]
             counts = SplitSummary(

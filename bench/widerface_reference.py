@@ -119,9 +119,7 @@ def image_eval(
     return pred_recall, proposal_list
 
 
-def img_pr_info(
-    thresh_num: int, pred_info: np.ndarray, proposal_list: np.ndarray, pred_recall: np.ndarray
-) -> np.ndarray:
+def img_pr_info(thresh_num: int, pred_info: np.ndarray, proposal_list: np.ndarray, pred_recall: np.ndarray) -> np.ndarray:
     """(thresh_num, 2): proposals and recalled faces above each threshold, for one image."""
     pr_info = np.zeros((thresh_num, 2)).astype("float")
     for t in range(thresh_num):

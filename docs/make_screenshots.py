@@ -117,7 +117,9 @@ def run_search(workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"running the CPU demo search in {workdir} (1-4 minutes; its output goes to {log})")
     with log.open("w") as output:
-        done = subprocess.run([sys.executable, str(REPO / "hpo" / "search.py")], cwd=workdir, stdout=output, stderr=subprocess.STDOUT)
+        done = subprocess.run(
+            [sys.executable, str(REPO / "hpo" / "search.py")], cwd=workdir, stdout=output, stderr=subprocess.STDOUT
+        )
     report = report_of(log)
     if done.returncode != 0 or report is None:
         sys.exit(f"the search failed (exit {done.returncode}): see {log}")
@@ -165,8 +167,22 @@ class MlflowUI:
         mlflow = Path(sys.executable).parent / "mlflow"
         command = [str(mlflow)] if mlflow.exists() else [sys.executable, "-m", "mlflow"]
         origin = f"{HOST}:{port}"
-        self.args = [*command, "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port),
-                     "--workers", "1", "--allowed-hosts", f"{origin},{HOST}", "--cors-allowed-origins", f"http://{origin}"]
+        self.args = [
+            *command,
+            "ui",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--allowed-hosts",
+            f"{origin},{HOST}",
+            "--cors-allowed-origins",
+            f"http://{origin}",
+        ]
         self.port = port
         self.log = db.parent / "mlflow-ui.log"
 
@@ -205,16 +221,30 @@ def screenshot(browser: str, url: str, path: Path, window: tuple[int, int], scal
     path.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
-            [browser, "--headless=new", "--no-sandbox", f"--user-data-dir={profile}", f"--screenshot={path}",
-             f"--window-size={window[0]},{window[1]}", f"--force-device-scale-factor={scale}",
-             f"--virtual-time-budget={BUDGET_MS}", "--hide-scrollbars", url],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180, check=False,
+            [
+                browser,
+                "--headless=new",
+                "--no-sandbox",
+                f"--user-data-dir={profile}",
+                f"--screenshot={path}",
+                f"--window-size={window[0]},{window[1]}",
+                f"--force-device-scale-factor={scale}",
+                f"--virtual-time-budget={BUDGET_MS}",
+                "--hide-scrollbars",
+                url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=180,
+            check=False,
         )
     if not path.exists():
         sys.exit(f"chromium wrote no screenshot of {url}")
     if path.stat().st_size > MAX_BYTES:
         with Image.open(path) as image:
-            image.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, optimize=True)
+            image.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
+                path, optimize=True
+            )
     print(f"{path.name}: {path.stat().st_size // 1000} KB  <- {url}")
 
 

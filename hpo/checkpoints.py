@@ -61,7 +61,9 @@ def refill_removed(search_dir: str) -> int:
             path = f"{trial.path}/{_PREFIX}{index:06d}"
             fs.create_dir(path)
             with fs.open_output_stream(f"{path}/{REFILLED_NAME}") as out:
-                out.write(b"Tune removed this checkpoint for a newer one; put back empty so that a saved state naming it resumes\n")
+                out.write(
+                    b"Tune removed this checkpoint for a newer one; put back empty so that a saved state naming it resumes\n"
+                )
             refilled += 1
     if refilled:
         _LOG.info("%d checkpoint folder(s) Tune removed put back empty in %s", refilled, search_dir)

@@ -135,7 +135,9 @@ def one_line_error(text: str) -> str:
     return joined if len(joined) <= _ERROR_CHARS else joined[: _ERROR_CHARS - 3] + "..."
 
 
-def error_line(trial_id: str, error: str, epoch: int | None, *, retry: tuple[int, int] | None = None, details: str | None = None) -> str:
+def error_line(
+    trial_id: str, error: str, epoch: int | None, *, retry: tuple[int, int] | None = None, details: str | None = None
+) -> str:
     """The line of a trial that errored (``retry``: (failure, of max failures), Tune retries it
     from its last checkpoint) or that errored for good; ``details``: where the traceback is."""
     where = f" after epoch {epoch}" if epoch is not None else " before its first epoch"

@@ -193,7 +193,9 @@ def _no_candidate_message(
     if not trials:
         return f"{where} has no trial runs"
     outcomes = Counter(
-        outcome if not (outcome == L.COMPLETED or L.is_recovered(outcome)) else f"{outcome}/{r.data.tags.get(L.DIAGNOSIS, L.HEALTHY)}"
+        outcome
+        if not (outcome == L.COMPLETED or L.is_recovered(outcome))
+        else f"{outcome}/{r.data.tags.get(L.DIAGNOSIS, L.HEALTHY)}"
         for r in trials
         for outcome in [_outcome(r)]
     )
@@ -211,7 +213,9 @@ def _trial_config(client: MlflowClient, run: Run, trial_id: str, epochs: int | N
         try:
             local = client.download_artifacts(run.info.run_id, L.TRIAL_CONFIG_ARTIFACT, dst_path=tmp)
         except Exception as exc:  # MLflow raises different types per artifact store
-            raise ExportError(f"trial {trial_id} (run {run.info.run_id}) has no {L.TRIAL_CONFIG_ARTIFACT} artifact: {exc}") from None
+            raise ExportError(
+                f"trial {trial_id} (run {run.info.run_id}) has no {L.TRIAL_CONFIG_ARTIFACT} artifact: {exc}"
+            ) from None
         overrides = {} if epochs is None else {"epochs": epochs}
         try:
             return load_config(local, overrides)
@@ -290,7 +294,9 @@ def _pair(change: object) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python hpo/export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python hpo/export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--experiment", required=True, help="the search's MLflow experiment name")
     parser.add_argument("--out", type=Path, required=True, help="where to write the YAML config")
     parser.add_argument("--tracking-uri", default=L.DEFAULT_TRACKING_URI, help="MLflow tracking URI (default: %(default)s)")
@@ -299,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", help="rank trials by this metric (default: the search's hpo.metric)")
     parser.add_argument("--mode", choices=["max", "min"], help="default: the search's hpo.mode")
     parser.add_argument(
-        "--no-recovered", action="store_true", help="completed trials only: recovered trials (and their effective configs) do not compete"
+        "--no-recovered",
+        action="store_true",
+        help="completed trials only: recovered trials (and their effective configs) do not compete",
     )
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
@@ -330,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if L.is_recovered(result.outcome):
         listed = f"{len(result.interventions)} listed in the file's header" if result.interventions else "not logged"
-        print(f"  a recovered trial ({result.outcome}): exported its effective config, the sampled one with its recoveries' changes ({listed})")
+        print(
+            f"  a recovered trial ({result.outcome}): exported its effective config, the sampled one with its recoveries' changes ({listed})"
+        )
     return 0
 
 

@@ -70,13 +70,31 @@ _SKIP_KEYS = {K.VAL_NUM_IMAGES, K.VAL_NUM_GT, K.TRAIN_IMAGES, K.EPOCH}
 _COLORS: dict[str, str] = {
     L.HEALTHY: "#2ca02c",
     **{f"{L.COMPLETED}:{d}": c for d, c in (("fp-surge", "#bcbd22"), ("recall-decline", "#17becf"), ("overfitting", "#ff7f0e"))},
-    **{L.recovered(d): c for d, c in (("diverged", "#ff9896"), ("background-collapse", "#6baed6"), ("stalled", "#c49c94"),
-                                      ("no-positives", "#f7b6d2"), ("fp-surge", "#dbdb8d"), ("recall-decline", "#9edae5"),
-                                      ("overfitting", "#ffbb78"))},  # fmt: skip
+    **{
+        L.recovered(d): c
+        for d, c in (
+            ("diverged", "#ff9896"),
+            ("background-collapse", "#6baed6"),
+            ("stalled", "#c49c94"),
+            ("no-positives", "#f7b6d2"),
+            ("fp-surge", "#dbdb8d"),
+            ("recall-decline", "#9edae5"),
+            ("overfitting", "#ffbb78"),
+        )
+    },  # fmt: skip
     L.PRUNED: "#8c8c8c",
-    **{L.stopped(d): c for d, c in (("diverged", "#d62728"), ("background-collapse", "#1f77b4"), ("stalled", "#8c564b"),
-                                    ("no-positives", "#e377c2"), ("fp-surge", "#9a9a00"), ("recall-decline", "#0f8c99"),
-                                    ("overfitting", "#c85a00"))},  # fmt: skip
+    **{
+        L.stopped(d): c
+        for d, c in (
+            ("diverged", "#d62728"),
+            ("background-collapse", "#1f77b4"),
+            ("stalled", "#8c564b"),
+            ("no-positives", "#e377c2"),
+            ("fp-surge", "#9a9a00"),
+            ("recall-decline", "#0f8c99"),
+            ("overfitting", "#c85a00"),
+        )
+    },  # fmt: skip
     L.ERROR: "#000000",
     L.INTERRUPTED: "#aec7e8",
     L.RUNNING: "#c7c7c7",
@@ -475,7 +493,12 @@ def setting_curves(rows: Sequence[SettingRow], title: str | None = None) -> Figu
                 ax.set_title(name, fontsize=9)
             if c == 0:
                 ax.set_ylabel(f"{row.label}\n{row.category}", fontsize=8)
-    handles = [Line2D([], [], color=f"C{k}", linewidth=1.5, label=key) for name, keys in columns for k, key in enumerate(keys) if len(keys) > 1]
+    handles = [
+        Line2D([], [], color=f"C{k}", linewidth=1.5, label=key)
+        for name, keys in columns
+        for k, key in enumerate(keys)
+        if len(keys) > 1
+    ]
     handles += [Line2D([], [], color=color, linewidth=6, alpha=0.35, label=stage) for stage, color in STAGE_COLORS.items()]
     diagnoses = sorted({d for row in rows for _, d in row.verdicts})
     handles += [Line2D([], [], color=category_color(L.stopped(d)), linestyle="--", label=f"monitor: {d}") for d in diagnoses]
@@ -518,7 +541,9 @@ def sweep_summary(
     ax.set_ylabel(metric, fontsize=9)
     ax.grid(True, alpha=0.3, which="both")
     counts = Counter(p[3] for p in points)
-    handles = [Line2D([], [], linestyle="", marker=category_marker(c), color=category_color(c), label=c) for c in category_order(counts)]
+    handles = [
+        Line2D([], [], linestyle="", marker=category_marker(c), color=category_color(c), label=c) for c in category_order(counts)
+    ]
     handles += [
         Line2D([], [], linestyle="", marker="o", color="#444444", label=f"best {metric}"),
         Line2D([], [], linestyle="", marker="o", markerfacecolor="none", color="#444444", label=f"last {metric}"),

@@ -106,7 +106,9 @@ def build_report(
     out = Path(out) if out is not None else Path("reports") / f"{experiment}-{search.search_id[:8]}"
     out.mkdir(parents=True, exist_ok=True)
     figures = _Figures(out)
-    env = Environment(loader=PackageLoader("hpo"), autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=PackageLoader("hpo"), autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
     page = out / "report.html"
     page.write_text(
         env.get_template("report.html.j2").render(
@@ -168,7 +170,9 @@ def _meta(search: SearchRecord) -> list[tuple[str, str]]:
     if search.study is not None:
         states = ", ".join(f"{n} {state}" for state, n in sorted(search.study.states.items()))
         study = search.study
-        meta.append(("Optuna study", f"{study.name} in {study.storage} ({states}); open it with optuna-dashboard {study.storage}"))
+        meta.append(
+            ("Optuna study", f"{study.name} in {study.storage} ({states}); open it with optuna-dashboard {study.storage}")
+        )
     elif search.study_note:
         meta.append(("Optuna study", search.study_note))
     return [*meta, ("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))]
@@ -201,7 +205,14 @@ def _best(search: SearchRecord, top: int) -> dict[str, Any]:
     # which failed; the export writes its effective config).
     outcome = ["outcome"] if any(t.recovered for t in shown) else []
     rows = [
-        [str(i + 1), t.trial_id, *([t.outcome] if outcome else []), _num(t.value), str(t.epochs), *(_num(t.params.get(k)) for k in keys)]
+        [
+            str(i + 1),
+            t.trial_id,
+            *([t.outcome] if outcome else []),
+            _num(t.value),
+            str(t.epochs),
+            *(_num(t.params.get(k)) for k in keys),
+        ]
         for i, t in enumerate(shown)
     ]
     return {**_table(["rank", "trial", *outcome, search.metric, "epochs", *keys], rows), "recovered": bool(outcome)}
@@ -284,7 +295,9 @@ def _sweep(search: SearchRecord, figures: _Figures) -> dict[str, Any]:
         fig = plots.sweep_summary(keys[0], points, log=keys[0] in search.log_keys(), metric=metric)
         out["summary"] = figures.add(fig, "sweep_summary", f"best and last {metric} per setting")
     curves = [
-        plots.SettingRow(setting, t.category, t.history, [(s.name, s.first, s.last) for s in stages[t.trial_id]], verdicts[t.trial_id])
+        plots.SettingRow(
+            setting, t.category, t.history, [(s.name, s.first, s.last) for s in stages[t.trial_id]], verdicts[t.trial_id]
+        )
         for t, setting in zip(shown, settings)
     ]
     try:
@@ -305,7 +318,9 @@ def _atlas(search: SearchRecord, figures: _Figures) -> dict[str, Any] | None:
         return None
     points = [plots.AtlasPoint(t.trial_id, t.category, {**t.params, search.metric: t.value}) for t in search.trials]
     recovered = sorted({t.category for t in search.trials if t.recovered})
-    title = "Failure atlas: each trial at its sampled params, coloured by outcome" + ("; diamonds: recovered" if recovered else "")
+    title = "Failure atlas: each trial at its sampled params, coloured by outcome" + (
+        "; diamonds: recovered" if recovered else ""
+    )
     fig = plots.failure_atlas(points, pairs, log_axes=search.log_keys(), limits=search.limits(), title=title)
     return {
         "views": "; ".join(f"{x} × {y}" for x, y in pairs),

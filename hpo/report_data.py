@@ -238,9 +238,7 @@ def load_search(tracking_uri: str, experiment: str, search_id: str | None = None
         )
     status = tags.get(L.STATUS, L.RUNNING)
     study, study_note = load_study(tags.get(L.OPTUNA_STORAGE), tags.get(L.OPTUNA_STUDY))
-    return SearchRecord(
-        experiment, sid, parent.info.run_id, status, metric, mode, space, space_note, trials, study, study_note
-    )
+    return SearchRecord(experiment, sid, parent.info.run_id, status, metric, mode, space, space_note, trials, study, study_note)
 
 
 def load_study(storage: str | None, name: str | None) -> tuple[StoredStudy | None, str]:

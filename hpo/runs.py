@@ -51,7 +51,9 @@ def find_parent(tracking_uri: str, experiment: str, search_id: str | None) -> tu
             f"experiment {experiment!r} has no parent run (tag {L.ROLE}={L.PARENT}): no search has logged to it"
         )
     known = [r.data.tags.get(L.SEARCH_ID, "?") for r in search_runs(client, [experiment_id], tag_filter({L.ROLE: L.PARENT}))]
-    raise SearchLookupError(f"experiment {experiment!r} has no search {search_id!r} (searches there: {', '.join(known) or 'none'})")
+    raise SearchLookupError(
+        f"experiment {experiment!r} has no search {search_id!r} (searches there: {', '.join(known) or 'none'})"
+    )
 
 
 def trial_outcomes(tracking_uri: str, search_id: str) -> list[dict[str, Any]]:

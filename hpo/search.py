@@ -88,14 +88,18 @@ REMOTE_OPTUNA_DIR = Path("~/.cache/ssd-face-hpo/optuna")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python hpo/search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python hpo/search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--space", default="cpu-mini", help="a search_spaces/ name or a YAML path (default: %(default)s)")
     p.add_argument("--data", type=Path, help="dataset root (default: the space's data.root; the mini set is generated there)")
     p.add_argument("--num-trials", type=int, help="overrides budget.num_samples")
     p.add_argument("--address", help="Ray cluster address ('auto' on a cluster; default: start a local Ray)")
     p.add_argument("--cpus-per-trial", type=float, help="overrides resources.cpu")
     p.add_argument("--gpus-per-trial", type=float, help="overrides resources.gpu (fractions share a GPU)")
-    p.add_argument("--storage-path", default=str(DEFAULT_STORAGE), help="Tune results: local, NFS or s3:// (default: %(default)s)")
+    p.add_argument(
+        "--storage-path", default=str(DEFAULT_STORAGE), help="Tune results: local, NFS or s3:// (default: %(default)s)"
+    )
     p.add_argument(
         "--cache-dir",
         help=f"decoded-image cache, one per node (default: <data root>/.cache; with --address {CLUSTER_CACHE_DIR}, "
@@ -189,7 +193,9 @@ def run_search(args: argparse.Namespace) -> int:
     trials = expected_trials(space) or f"up to {space.budget.num_samples}"  # 0: a time budget may end it sooner
     print(f"search {name!r}: space {space.source}, {trials} trials x up to {space.budget.max_epochs} epochs")
     cache = cache_dir(args, root)
-    print(f"  data {root}: {checked} (image cache {cache})\n  results {search_dir}\n  MLflow {args.tracking_uri} (experiment {experiment!r}, parent run {parent})")
+    print(
+        f"  data {root}: {checked} (image cache {cache})\n  results {search_dir}\n  MLflow {args.tracking_uri} (experiment {experiment!r}, parent run {parent})"
+    )
     if storage_url:
         print(f"  Optuna {storage_url} (study {name!r})")
 
@@ -275,7 +281,14 @@ def run_search(args: argparse.Namespace) -> int:
     stored = stored_study(storage_url, name, finished=not interrupted) if storage_url else None
     dashboard = storage_url if stored is not None else None
     print_summary(
-        rows, space, search_dir, args.tracking_uri, experiment, interrupted=interrupted, optuna_storage=dashboard, experiment_id=experiment_id
+        rows,
+        space,
+        search_dir,
+        args.tracking_uri,
+        experiment,
+        interrupted=interrupted,
+        optuna_storage=dashboard,
+        experiment_id=experiment_id,
     )
     if not interrupted and not args.no_report:
         write_report(args.tracking_uri, experiment, search_id, search_dir)
@@ -314,7 +327,9 @@ def write_report(tracking_uri: str, experiment: str, search_id: str, search_dir:
     try:
         result = build_report(tracking_uri, experiment, out=out, search_id=search_id)
     except Exception as exc:  # noqa: BLE001
-        again = L.script_command("report.py", "--experiment", experiment, "--search-id", search_id, "--tracking-uri", tracking_uri)
+        again = L.script_command(
+            "report.py", "--experiment", experiment, "--search-id", search_id, "--tracking-uri", tracking_uri
+        )
         print(f"warning: no report ({type(exc).__name__}: {exc}); build it with: {again}")
         return
     print(f"report:  {result.html}  (also on the parent run under report/)")

@@ -381,9 +381,7 @@ class SearchSpace(_Strict):
         """``{dotted key: optuna distribution}``, the ``space`` argument of ``OptunaSearch``."""
         grid = [k for k, p in self.params.items() if isinstance(p, GridParam)]
         if grid:
-            raise SearchSpaceError(
-                f"{self.source}: params.{grid[0]}: a grid param has no Optuna distribution; use grid()"
-            )
+            raise SearchSpaceError(f"{self.source}: params.{grid[0]}: a grid param has no Optuna distribution; use grid()")
         # No grid param left (above): each is one with an Optuna distribution.
         sampled = cast("dict[str, UniformParam | LogUniformParam | IntParam | CategoricalParam]", self.params)
         return {key: spec.to_optuna() for key, spec in sampled.items()}

@@ -100,7 +100,9 @@ def _avoidance(series: dict[str, dict[int, float]], epochs: list[int], cfg: Heal
         end += 1
     first, last = scored[start], scored[end]
     ongoing = end == len(scored) - 1
-    parts = [f"detections/image {dets[scored[0]]:.3g} at epoch {scored[0]} -> {min(dets[e] for e in scored[start : end + 1]):.3g}"]
+    parts = [
+        f"detections/image {dets[scored[0]]:.3g} at epoch {scored[0]} -> {min(dets[e] for e in scored[start : end + 1]):.3g}"
+    ]
     top = series.get(K.VAL_TOP_SCORE, {})
     if scored[0] in top and last in top:
         parts.append(f"top face score {top[scored[0]]:.3g} -> {top[last]:.3g}")

@@ -331,7 +331,9 @@ class MlflowTrialCallback(tune.Callback):
         if self.journaled and not self.replay_journal():
             _LOG.warning(
                 "%d MLflow writes could not be made (%s did not answer); they are kept in %s and written by --resume",
-                self.journaled, self.tracking_uri, self.journal.path if self.journal else "?",
+                self.journaled,
+                self.tracking_uri,
+                self.journal.path if self.journal else "?",
             )
 
     def flush(self) -> None:
@@ -569,7 +571,9 @@ class MlflowTrialCallback(tune.Callback):
             L.OUTCOME: L.RUNNING,
             L.DIAGNOSIS: L.HEALTHY,
         }
-        run = self.client.create_run(self._experiment(), start_time=trial.at_ms, tags=tags, run_name=_run_name(trial.trial_id, L.RUNNING))
+        run = self.client.create_run(
+            self._experiment(), start_time=trial.at_ms, tags=tags, run_name=_run_name(trial.trial_id, L.RUNNING)
+        )
         self._describe(run.info.run_id, trial)
         return cast(str, run.info.run_id)
 
@@ -589,6 +593,7 @@ class MlflowTrialCallback(tune.Callback):
 
     def _logged_until(self, run_id: str) -> tuple[int, int, int]:
         """(recoveries, epoch, validated) of the last report an existing child run holds."""
+
         def last(key: str) -> Metric | None:
             return max(self.client.get_metric_history(run_id, key), key=lambda m: (m.timestamp, m.step), default=None)
 

@@ -115,9 +115,7 @@ def tune_metrics(report: Mapping[str, Any], metric: str, mode: Literal["max", "m
     return out
 
 
-def train_trial(
-    sampled: dict[str, Any], *, space: dict[str, Any], data_root: str, cache_dir: str | None = None
-) -> None:
+def train_trial(sampled: dict[str, Any], *, space: dict[str, Any], data_root: str, cache_dir: str | None = None) -> None:
     """A Ray Tune function trainable: train the sampled configuration, reporting every epoch.
 
     Args:
@@ -152,7 +150,9 @@ def train_trial(
     given = tune.get_checkpoint()
     stored = stored_checkpoints(given, CHECKPOINT_NAME)
     if given is not None and not stored:
-        raise FileNotFoundError(f"no stored checkpoint of this trial holds {CHECKPOINT_NAME} (Tune restores it from {given.path})")
+        raise FileNotFoundError(
+            f"no stored checkpoint of this trial holds {CHECKPOINT_NAME} (Tune restores it from {given.path})"
+        )
     final = next((c for c in stored if _is_final(c)), None)
     if final is not None:
         # This trial ran to its end before (a driver killed before it recorded that): its final
@@ -259,7 +259,11 @@ def _draw_detections(trainer: Trainer, path: Path) -> None:
     """The epoch's sample detections, beside the checkpoint (the tracking callback logs the last)."""
     try:
         save_sample_detections(
-            trainer.model, trainer.val_set, path, trainer.device, postprocess=trainer.cfg.postprocess.model_dump(),
+            trainer.model,
+            trainer.val_set,
+            path,
+            trainer.device,
+            postprocess=trainer.cfg.postprocess.model_dump(),
             min_score=trainer.cfg.eval.score_threshold,
         )
     except Exception as exc:  # noqa: BLE001 - a picture must never end a trial

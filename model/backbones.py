@@ -142,8 +142,7 @@ def _trainable_layers(name: str, pretrained: bool, trainable_layers: int | None)
     if not pretrained:
         if trainable_layers is not None:
             warnings.warn(
-                f"trainable_layers={trainable_layers} has no effect without a pretrained backbone; "
-                "all layers are trained",
+                f"trainable_layers={trainable_layers} has no effect without a pretrained backbone; all layers are trained",
                 stacklevel=3,
             )
         return max_layers

@@ -105,7 +105,12 @@ class TrainStatistics(Callback):
 
     def on_train_step_end(self, trainer: Trainer, step: StepResult) -> None:
         losses, num_pos = step.losses, step.losses["num_pos"].float()
-        parts = [losses["loss"].detach(), losses["loss_cls"].detach(), losses["loss_box"].detach(), step.grad_norm.detach().float()]
+        parts = [
+            losses["loss"].detach(),
+            losses["loss_cls"].detach(),
+            losses["loss_box"].detach(),
+            step.grad_norm.detach().float(),
+        ]
         self.sums += torch.stack([*parts, num_pos, (num_pos == 0).float()])
         self.steps += 1
         self.images += step.images

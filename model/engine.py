@@ -100,9 +100,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[WiderFaceDataset, WiderFaceDataset
     )
     augment = DrawSSDAugmentation(size, **parts) if batched_augmentation(cfg) else build_train_transforms(size, **parts)
     train = WiderFaceDataset(data.root, "train", transform=augment, max_images=data.max_train_images, **common)
-    val = WiderFaceDataset(
-        data.root, "val", transform=build_eval_transforms(size), max_images=data.max_val_images, **common
-    )
+    val = WiderFaceDataset(data.root, "val", transform=build_eval_transforms(size), max_images=data.max_val_images, **common)
     return train, val
 
 
@@ -153,7 +151,9 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=o.lr)
 
 
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, iters_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-iteration schedule: linear warm-up, then cosine or step decay (or constant) to the end."""
     s = cfg.schedule
     total = max(1, cfg.epochs * iters_per_epoch)
@@ -257,9 +257,7 @@ def evaluate_model(
             input_size = tuple(batch_images.shape[-2:])
             for d, t in zip(detections, batch_targets):
                 official[t["image_id"]] = in_original_frame(d, input_size, t["orig_size"])
-    result = evaluate(
-        predictions, targets, iou_threshold=cfg.eval.iou_threshold, score_threshold=cfg.eval.score_threshold
-    )
+    result = evaluate(predictions, targets, iou_threshold=cfg.eval.iou_threshold, score_threshold=cfg.eval.score_threshold)
     report: dict[str, float | None] = {f"val/{k}": float(v) for k, v in result.items()}  # metrics.evaluate's names, under val/
     report[K.VAL_TOP_SCORE_SPREAD] = top_score_spread(predictions)
     if wider is None:

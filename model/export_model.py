@@ -178,11 +178,19 @@ def export(model: FaceSSD, cfg: TrainConfig, fmt: str, out: str | Path, *, hard_
         "format": fmt,
         "source": source,
         "backbone": cfg.model.backbone,
-        "input": {"name": "images", "shape": ["B", 3, model.input_size, model.input_size], "dtype": "float32",
-                  "range": [0.0, 1.0], "channels": "RGB",
-                  "preprocess": "resize to input_size x input_size (aspect ratio not kept, bilinear, antialiased), /255"},
-        "outputs": {"boxes": "float32 (B, D, 4) xyxy in input pixels", "scores": "float32 (B, D) descending",
-                    "num_detections": "int64 (B,): rows from it on are zero padding"},
+        "input": {
+            "name": "images",
+            "shape": ["B", 3, model.input_size, model.input_size],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "channels": "RGB",
+            "preprocess": "resize to input_size x input_size (aspect ratio not kept, bilinear, antialiased), /255",
+        },
+        "outputs": {
+            "boxes": "float32 (B, D, 4) xyxy in input pixels",
+            "scores": "float32 (B, D) descending",
+            "num_detections": "int64 (B,): rows from it on are zero padding",
+        },
         "to_original_frame": "x * W / input_size, y * H / input_size",
         "max_detections": post.max_detections,
         "postprocess": post.model_dump(mode="json"),
@@ -232,8 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     size = cfg.model.input_size
-    print(f"exported {cfg.model.backbone} SSD ({args.format}) to {path}: images (B, 3, {size}, {size}) in [0, 1] -> "
-          f"{', '.join(OUTPUT_NAMES)}; contract in {path.name}.json")
+    print(
+        f"exported {cfg.model.backbone} SSD ({args.format}) to {path}: images (B, 3, {size}, {size}) in [0, 1] -> "
+        f"{', '.join(OUTPUT_NAMES)}; contract in {path.name}.json"
+    )
     return 0
 
 

@@ -43,7 +43,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from model import report_keys as K
 
-__all__ = ["DEFAULT_INTERVENTIONS", "LABELS", "MIN_IMAGES_FOR_SPREAD", "HealthConfig", "Intervention", "HealthMonitor", "Verdict", "constant_predictor_cls_loss"]
+__all__ = [
+    "DEFAULT_INTERVENTIONS",
+    "LABELS",
+    "MIN_IMAGES_FOR_SPREAD",
+    "HealthConfig",
+    "Intervention",
+    "HealthMonitor",
+    "Verdict",
+    "constant_predictor_cls_loss",
+]
 
 Problem = Literal[
     "diverged",
@@ -355,8 +364,7 @@ _TEMPLATES: dict[str, str] = {
         " AP {ap_start:.4f} -> {ap_end:.4f} over {evaluations} evaluations"
     ),
     "recall falling from its best": (
-        "recall (running median) {recall:.3f} below its best {best_recall:.3f} (epoch {best_epoch}) for"
-        " {evaluations} evaluations"
+        "recall (running median) {recall:.3f} below its best {best_recall:.3f} (epoch {best_epoch}) for {evaluations} evaluations"
     ),
     "val AP falling while train loss falls": (
         "AP (running median) {ap:.4f} below its best {best_ap:.4f} (epoch {best_epoch}) for {evaluations}"
@@ -445,9 +453,7 @@ class HealthMonitor:
         prior_cls_loss: float | None = None,
     ) -> None:
         if warmup_iters < 0 or iters_per_epoch < 0:
-            raise ValueError(
-                f"warmup_iters and iters_per_epoch must be >= 0, got {warmup_iters} and {iters_per_epoch}"
-            )
+            raise ValueError(f"warmup_iters and iters_per_epoch must be >= 0, got {warmup_iters} and {iters_per_epoch}")
         self.cfg = cfg
         self.eval_score_threshold = eval_score_threshold
         self.prior_cls_loss = prior_cls_loss

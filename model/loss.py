@@ -34,7 +34,11 @@ if TYPE_CHECKING:
 
 CLS_LOSSES: tuple[str, ...] = get_args(ClsLoss)
 BOX_LOSSES: tuple[str, ...] = get_args(BoxLoss)
-_IOU_LOSSES: dict[str, Callable[..., Tensor]] = {"giou": generalized_box_iou_loss, "diou": distance_box_iou_loss, "ciou": complete_box_iou_loss}
+_IOU_LOSSES: dict[str, Callable[..., Tensor]] = {
+    "giou": generalized_box_iou_loss,
+    "diou": distance_box_iou_loss,
+    "ciou": complete_box_iou_loss,
+}
 
 
 class AnchorMatch(NamedTuple):
@@ -174,9 +178,7 @@ class MultiBoxLoss(nn.Module):
         self.empty_image_negatives = empty_image_negatives
         self.box_coder = box_coder if box_coder is not None else BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
 
-    def forward(
-        self, head_outputs: HeadOutputs, anchors: Tensor, targets: list[dict[str, Tensor]]
-    ) -> dict[str, Tensor]:
+    def forward(self, head_outputs: HeadOutputs, anchors: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Loss and counters for a batch: ``loss_fn(model(images), model.anchors(device), targets)``.
 
         Args:
@@ -202,9 +204,9 @@ class MultiBoxLoss(nn.Module):
 
         logits = cls_logits.float()  # losses in fp32 even under autocast
         if self.cls_loss == "ce":
-            per_anchor = F.cross_entropy(
-                logits.reshape(-1, 2), positive.reshape(-1).long(), reduction="none"
-            ).view(batch, num_anchors)
+            per_anchor = F.cross_entropy(logits.reshape(-1, 2), positive.reshape(-1).long(), reduction="none").view(
+                batch, num_anchors
+            )
             negative = self._mine(per_anchor.detach(), negative, pos_per_image)
         else:
             per_anchor = sigmoid_focal_loss(
@@ -286,9 +288,7 @@ def _check_shapes(
         raise ValueError(f"cls_logits must be (B, A, 2), got {tuple(cls_logits.shape)}")
     batch, num_anchors, _ = cls_logits.shape
     if bbox_regression.shape != (batch, num_anchors, 4):
-        raise ValueError(
-            f"bbox_regression must be (B, A, 4) = ({batch}, {num_anchors}, 4), got {tuple(bbox_regression.shape)}"
-        )
+        raise ValueError(f"bbox_regression must be (B, A, 4) = ({batch}, {num_anchors}, 4), got {tuple(bbox_regression.shape)}")
     if anchors.shape != (num_anchors, 4):
         raise ValueError(f"anchors must be (A, 4) = ({num_anchors}, 4), got {tuple(anchors.shape)}")
     if len(targets) != batch:

@@ -98,8 +98,7 @@ def _validated(prediction: Any, target: Any, index: int) -> tuple[np.ndarray, np
         scores = scores.reshape(0)
     if scores.ndim != 1 or len(scores) != len(boxes):
         raise ValueError(
-            f"image {index}: prediction scores must have shape ({len(boxes)},) to match the boxes, "
-            f"got {tuple(scores.shape)}"
+            f"image {index}: prediction scores must have shape ({len(boxes)},) to match the boxes, got {tuple(scores.shape)}"
         )
     scores = scores.astype(np.float64)
     if not np.isfinite(scores).all():
@@ -113,8 +112,7 @@ def _validated(prediction: Any, target: Any, index: int) -> tuple[np.ndarray, np
             ignore = np.zeros(0, dtype=bool)
         if ignore.shape != (len(gt),):
             raise ValueError(
-                f"image {index}: target ignore must have shape ({len(gt)},) to match the boxes, "
-                f"got {tuple(ignore.shape)}"
+                f"image {index}: target ignore must have shape ({len(gt)},) to match the boxes, got {tuple(ignore.shape)}"
             )
         ignore = ignore.astype(bool)
     return boxes, scores, gt, ignore

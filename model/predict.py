@@ -274,9 +274,7 @@ def predict_images(
     max_side = cfg.data.cache_max_side if max(sizes) <= cfg.data.cache_max_side else None
     dataset = _SplitImages(Path(images_dir), relpaths, sizes, max_side)
     workers = cfg.data.num_workers if num_workers is None else num_workers
-    loader = DataLoader(
-        dataset, batch_size=batch_size or cfg.batch_size, num_workers=workers, collate_fn=_collate, shuffle=False
-    )
+    loader = DataLoader(dataset, batch_size=batch_size or cfg.batch_size, num_workers=workers, collate_fn=_collate, shuffle=False)
     result = Predictions(image_ids=[], detections=[])
     with tqdm(total=len(dataset), desc="predict", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for batch in loader:

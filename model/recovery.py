@@ -283,7 +283,11 @@ def _rewarmed(base: Callable[[int], float], rewarms: list[tuple[int, int, float]
 
 def describe(event: dict[str, Any]) -> str:
     """One line: ``diverged at step 5 (epoch 1) -> rollback to epoch 0 (step 0): optim.lr 1 -> 0.1, ...``."""
-    where = f"step {event['failed_step']} (epoch {event['failed_epoch']})" if event["failed_step"] is not None else f"epoch {event['failed_epoch']}"
+    where = (
+        f"step {event['failed_step']} (epoch {event['failed_epoch']})"
+        if event["failed_step"] is not None
+        else f"epoch {event['failed_epoch']}"
+    )
     target = "best" if event["action"] == "restore_best" else "rollback to"
     parts = [f"{key} {_short(before)} -> {_short(after)}" for key, (before, after) in event["changes"].items()]
     if event["skipped_batches"]:

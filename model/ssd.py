@@ -101,9 +101,7 @@ class FaceSSD(nn.Module):
     def forward(self, images: Tensor) -> HeadOutputs:
         """Head outputs for a batch ``(B, 3, S, S)`` of float images in [0, 1]."""
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.input_size,) * 2:
-            raise ValueError(
-                f"expected images of shape (B, 3, {self.input_size}, {self.input_size}), got {tuple(images.shape)}"
-            )
+            raise ValueError(f"expected images of shape (B, 3, {self.input_size}, {self.input_size}), got {tuple(images.shape)}")
         x = (images - self.image_mean) / self.image_std
         features = list(self.backbone(x).values())
         out = self.head(features)
@@ -208,9 +206,7 @@ def build_ssd(
     else:
         ratios = [list(r) for r in aspect_ratios]
         if len(ratios) != levels:
-            raise ValueError(
-                f"aspect_ratios has {len(ratios)} lists but backbone {backbone!r} has {levels} feature levels"
-            )
+            raise ValueError(f"aspect_ratios has {len(ratios)} lists but backbone {backbone!r} has {levels} feature levels")
         if any(r <= 0 for level in ratios for r in level):
             raise ValueError(f"aspect_ratios must all be > 0, got {ratios}")
     if anchor_scales is None:

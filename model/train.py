@@ -63,7 +63,9 @@ class MlflowLogging(Callback):
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else out_dir.name)
         id_file.write_text(self.run.info.run_id)
         if run_id is None:
-            mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(cfg.model_dump(mode="json")).items()})
+            mlflow.log_params(
+                {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(cfg.model_dump(mode="json")).items()}
+            )
             mlflow.set_tag(run_files.ROLE_TAG, run_files.PRODUCTION_ROLE)
 
     def on_epoch_end(self, trainer: Trainer, report: dict[str, Any]) -> None:
@@ -105,7 +107,15 @@ def official_numbers(trainer: Trainer, out: Path, *, progress: bool) -> dict[str
     if best.exists():  # the weights an export would take, not the last epoch's
         trainer.model.load_state_dict(load_checkpoint(best)["model"])
     summary = predict_split(
-        trainer.model, trainer.cfg, root, "val", out / "predictions", gt_dir=gt, overwrite=True, device=trainer.device, progress=progress
+        trainer.model,
+        trainer.cfg,
+        root,
+        "val",
+        out / "predictions",
+        gt_dir=gt,
+        overwrite=True,
+        device=trainer.device,
+        progress=progress,
     )
     print(summary.format())
     assert summary.aps is not None  # ground truth was given
@@ -194,7 +204,9 @@ def _check_resumable(cfg: TrainConfig, saved: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m model.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, help="YAML training config (default: tiny SSD on the mini set)")
     parser.add_argument("--data", type=Path, help="dataset root (overrides data.root)")
     parser.add_argument("--epochs", type=int, help="overrides epochs")

@@ -192,7 +192,9 @@ class Trainer:
             with autocast:
                 outputs = model(batch_images)
             losses = self.loss_fn(outputs, anchors, targets)
-            class_weight, box_weight = self.loss_weighting.weights(losses, *loss_weights_at(cfg, self.global_step, self.iters_per_epoch))
+            class_weight, box_weight = self.loss_weighting.weights(
+                losses, *loss_weights_at(cfg, self.global_step, self.iters_per_epoch)
+            )
             losses["loss"] = weighted_loss(losses, class_weight, box_weight)
             regulariser = self.loss_weighting.regulariser()
             objective = losses["loss"] + regulariser if isinstance(regulariser, torch.Tensor) else losses["loss"]
@@ -210,7 +212,9 @@ class Trainer:
             self.global_step += 1
             self.steps_this_epoch += 1
             images += batch_images.shape[0]
-            step = StepResult(self.global_step, self.epoch, batch_images.shape[0], outputs, losses, grad_norm, lr, class_weight, box_weight)
+            step = StepResult(
+                self.global_step, self.epoch, batch_images.shape[0], outputs, losses, grad_norm, lr, class_weight, box_weight
+            )
             self._call("on_train_step_end", step)
             if self.should_stop:
                 break

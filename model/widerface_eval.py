@@ -166,8 +166,7 @@ def load_ground_truth(gt_dir: str | Path) -> WiderGroundTruth:
     missing = [name for name in _GT_FILES if not (gt_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"WIDER FACE ground-truth directory {gt_dir} lacks {', '.join(missing)} "
-            "(the official eval_tools ground truth)"
+            f"WIDER FACE ground-truth directory {gt_dir} lacks {', '.join(missing)} (the official eval_tools ground truth)"
         )
     face_path = gt_dir / _GT_FILES[0]
     face_mat = loadmat(face_path)
@@ -243,9 +242,7 @@ def _parse_prediction_file(path: Path) -> np.ndarray:
         except ValueError:
             row = []
         if len(row) != 5 or not all(math.isfinite(v) for v in row):
-            raise ValueError(
-                f"{path}, line {number}: expected 5 finite numbers 'x y w h score', got '{line.strip()}'"
-            )
+            raise ValueError(f"{path}, line {number}: expected 5 finite numbers 'x y w h score', got '{line.strip()}'")
         rows.append(row)
     return np.array(rows, dtype=np.float64)
 
@@ -321,9 +318,7 @@ def write_predictions(out_dir: str | Path, image_id: str, boxes_xyxy: Any, score
     return path
 
 
-def write_all_predictions(
-    out_dir: str | Path, image_ids: Sequence[str], predictions: Sequence[Mapping[str, Any]]
-) -> list[Path]:
+def write_all_predictions(out_dir: str | Path, image_ids: Sequence[str], predictions: Sequence[Mapping[str, Any]]) -> list[Path]:
     """Write a whole prediction list (``{"boxes", "scores"}`` per image) with :func:`write_predictions`."""
     if len(image_ids) != len(predictions):
         raise ValueError(f"got {len(image_ids)} image ids but {len(predictions)} predictions")
@@ -331,17 +326,14 @@ def write_all_predictions(
     return [write_predictions(out_dir, image_id, p["boxes"], p["scores"]) for image_id, p in pairs]
 
 
-def to_wider_predictions(
-    image_ids: Sequence[str], predictions: Sequence[Mapping[str, Any]]
-) -> dict[tuple[str, str], np.ndarray]:
+def to_wider_predictions(image_ids: Sequence[str], predictions: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], np.ndarray]:
     """The in-memory equivalent of writing then reading the files: ``{(event, name): (N, 5)}``."""
     if len(image_ids) != len(predictions):
         raise ValueError(f"got {len(image_ids)} image ids but {len(predictions)} predictions")
     if len(set(image_ids)) != len(image_ids):
         raise ValueError("image_ids contain duplicates: one prediction per image")
     return {
-        _split_image_id(i): _xyxy_to_xywh_scores(p["boxes"], p["scores"], i)
-        for i, p in zip(image_ids, predictions, strict=True)
+        _split_image_id(i): _xyxy_to_xywh_scores(p["boxes"], p["scores"], i) for i, p in zip(image_ids, predictions, strict=True)
     }
 
 
@@ -449,8 +441,7 @@ def widerface_pr_curves(
     unknown = [f"{e}/{n}" for e, n in predictions if (e, n) not in known]
     if unknown:
         warnings.warn(
-            f"{len(unknown)} prediction images are not in the ground truth and are ignored "
-            f"(first: {', '.join(unknown[:3])})",
+            f"{len(unknown)} prediction images are not in the ground truth and are ignored (first: {', '.join(unknown[:3])})",
             stacklevel=3,
         )
     counts = gt.face_counts()
@@ -474,9 +465,7 @@ def widerface_pr_curves(
     return curves
 
 
-def evaluate_widerface(
-    predictions: PredictionSet, gt: WiderGroundTruth, iou_threshold: float = 0.5
-) -> dict[str, float]:
+def evaluate_widerface(predictions: PredictionSet, gt: WiderGroundTruth, iou_threshold: float = 0.5) -> dict[str, float]:
     """Official easy / medium / hard AP.
 
     Args:

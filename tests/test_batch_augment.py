@@ -137,8 +137,11 @@ def test_collate_pads_with_the_zoom_out_colour_and_keeps_each_image() -> None:
 
 def test_a_window_outside_the_image_renders_the_mean_colour() -> None:
     image = torch.full((3, 10, 10), 255, dtype=torch.uint8)
-    target = {WINDOW_KEY: torch.tensor([20.0, 20.0, 40.0, 40.0], dtype=torch.float64), FLIP_KEY: False,
-              COLOUR_KEY: torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 2.0])}
+    target = {
+        WINDOW_KEY: torch.tensor([20.0, 20.0, 40.0, 40.0], dtype=torch.float64),
+        FLIP_KEY: False,
+        COLOUR_KEY: torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 2.0]),
+    }
     out = render_batch(*collate_canvas([(image, target)]), 8)[0]
     assert torch.allclose(out, torch.tensor(IMAGENET_MEAN_UINT8, dtype=torch.float32).view(3, 1, 1) / 255, atol=1e-6)
 

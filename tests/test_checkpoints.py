@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 # checkpoint stored_checkpoints gives, as hpo.trainable's does). "kill": the driver SIGKILLs
 # itself once Tune has registered the second checkpoint (deleting the first), before it saves its
 # state in that step; "resume": Tune restores the search; "refill-and-resume": refill_removed first.
-_DRIVER = textwrap.dedent('''
+_DRIVER = textwrap.dedent("""
     import os, signal, sys, tempfile
     from pathlib import Path
     import ray
@@ -73,7 +73,7 @@ _DRIVER = textwrap.dedent('''
         tuner = tune.Tuner.restore(os.path.join(storage, "ckpt"), trainable=trainable, resume_errored=True)
     results = tuner.fit()
     print("errors", len(results.errors), "last", results[0].metrics.get("epoch"))
-''')
+""")
 
 
 def _driver(tmp_path: Path, mode: str) -> subprocess.CompletedProcess[str]:

@@ -53,7 +53,9 @@ def test_the_search_summary_prints_runnable_commands(venv: Path, capsys) -> None
     rows = [{"trial_id": "a1", "outcome": "completed", "epochs": 3, "val/ap": 0.5, "optim.lr": 0.01}]
     storage = f"sqlite:///{venv / 'ray_results' / 'cpu-mini' / 'optuna.db'}"
     space = load_space("cpu-mini")
-    print_summary(rows, space, "ray_results/cpu-mini", "sqlite:///mlflow.db", "cpu-mini", optuna_storage=storage, experiment_id="3")
+    print_summary(
+        rows, space, "ray_results/cpu-mini", "sqlite:///mlflow.db", "cpu-mini", optuna_storage=storage, experiment_id="3"
+    )
     lines = capsys.readouterr().out.splitlines()
     browse = lines.index("browse:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db")
     view = "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=trials"

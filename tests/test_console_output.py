@@ -38,7 +38,9 @@ def _reports(root: Path, epochs: int, **overrides: Any) -> list[dict[str, Any]]:
         {"data.root": str(root), "data.cache_dir": str(root.parent / "cache"), "epochs": epochs, **SMALL, **overrides}
     )
     reports = Trainer(cfg, log=lambda _: None).fit()
-    return [{**tune_metrics(r, "val/ap", "max"), "trial_id": "a46ff7ca", "training_iteration": i + 1} for i, r in enumerate(reports)]
+    return [
+        {**tune_metrics(r, "val/ap", "max"), "trial_id": "a46ff7ca", "training_iteration": i + 1} for i, r in enumerate(reports)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +131,9 @@ def test_the_table_shows_status_epoch_measured_metric_best_and_outcome(healthy, 
     assert lines[3].split() == ["7a26c4d2", "ended", "1", "-", "-", "stopped:diverged"]  # never the penalty
     assert lines[5].split() == ["70af5f40", "pending", "-", "-", "-"]
     column = lines[1].index("outcome")  # aligned columns
-    assert [line.rindex(word) for line, word in zip(lines[2:5], ["completed", "stopped:diverged", "healthy"], strict=True)] == [column] * 3
+    assert [line.rindex(word) for line, word in zip(lines[2:5], ["completed", "stopped:diverged", "healthy"], strict=True)] == [
+        column
+    ] * 3
     # A long search: the trials not ended and the best ended ones, the rest counted.
     many = [Row(f"t{i:02d}", "ended", 2, i / 100, i / 100, "completed") for i in range(30)] + rows[2:3]
     table = progress_table(many, "val/ap", "max", 0.0).splitlines()
@@ -234,7 +238,10 @@ def test_a_failing_trial_prints_its_retries_and_one_error_line(tmp_path: Path, c
             _flaky,
             param_space={"fail": tune.grid_search([False, True])},
             run_config=tune.RunConfig(
-                name="flaky", storage_path=str(tmp_path), callbacks=[SearchConsole("val/ap", "max", 3)], verbose=0,
+                name="flaky",
+                storage_path=str(tmp_path),
+                callbacks=[SearchConsole("val/ap", "max", 3)],
+                verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
             ),
         )

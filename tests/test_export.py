@@ -38,8 +38,18 @@ def _trial_config(store: Store, **overrides) -> TrainConfig:
     return TrainConfig().with_overrides({**base, **overrides})
 
 
-def _child(store: Store, exp_id: str, parent_id: str, search_id: str, trial_id: str, outcome: str, diagnosis: str,
-           val_ap: list[float], train_loss: list[float], overrides: dict) -> str:
+def _child(
+    store: Store,
+    exp_id: str,
+    parent_id: str,
+    search_id: str,
+    trial_id: str,
+    outcome: str,
+    diagnosis: str,
+    val_ap: list[float],
+    train_loss: list[float],
+    overrides: dict,
+) -> str:
     tags = {
         "mlflow.parentRunId": parent_id,
         "hpo.role": "trial",
@@ -117,7 +127,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
 
     # A search with recovery: the recovered trials' metric is their measured value (raw/<metric>).
     rec = s.parents[s.rec_search]
-    fixed = _child(s, exp_id, rec, s.rec_search, "r_fixed", "recovered:diverged", "healthy", [0.1, 0.6], [3.0, 1.0], {"optim.lr": 0.5})
+    fixed = _child(
+        s, exp_id, rec, s.rec_search, "r_fixed", "recovered:diverged", "healthy", [0.1, 0.6], [3.0, 1.0], {"optim.lr": 0.5}
+    )
     _recovery_record(s, fixed, "r_fixed", _trial_config(s, **{"optim.lr": 0.05, "schedule.warmup_epochs": 1.0}), [DIVERGED_EVENT])
     # Better, but logged without its effective config (a search from before it was logged): skipped.
     bare = _child(s, exp_id, rec, s.rec_search, "r_bare", "recovered:background-collapse", "healthy", [0.3, 0.8], [3.0, 2.0], {})
@@ -125,7 +137,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     # Best of all, but it ended with a warning: not healthy, never exported.
     sick = _child(s, exp_id, rec, s.rec_search, "r_sick", "recovered:stalled", "overfitting", [0.2, 0.9], [3.0, 0.5], {})
     _recovery_record(s, sick, "r_sick", _trial_config(s, **{"optim.lr": 0.1}), None)
-    s.children["r_ok"] = _child(s, exp_id, rec, s.rec_search, "r_ok", "completed", "healthy", [0.2, 0.4], [3.0, 1.0], {"loss.box_weight": 0.5})
+    s.children["r_ok"] = _child(
+        s, exp_id, rec, s.rec_search, "r_ok", "completed", "healthy", [0.2, 0.4], [3.0, 1.0], {"loss.box_weight": 0.5}
+    )
     s.children.update(r_fixed=fixed, r_bare=bare, r_sick=sick)
     return s
 
@@ -168,8 +182,20 @@ def test_metric_and_mode_can_be_overridden_and_epochs_default_to_the_trial(store
 
 def test_cli_runs_as_a_script(store: Store, tmp_path: Path) -> None:
     out = tmp_path / "cli.yaml"
-    cmd = [sys.executable, "hpo/export.py", "--experiment", EXPERIMENT, "--out", str(out), "--tracking-uri", store.uri,
-           "--search-id", store.new_search, "--epochs", "3"]
+    cmd = [
+        sys.executable,
+        "hpo/export.py",
+        "--experiment",
+        EXPERIMENT,
+        "--out",
+        str(out),
+        "--tracking-uri",
+        store.uri,
+        "--search-id",
+        store.new_search,
+        "--epochs",
+        "3",
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "t_best" in done.stdout
@@ -235,14 +261,18 @@ def test_a_recovered_trial_is_exported_with_its_effective_config_when_it_is_the_
     )
     assert f"#   {result.interventions[0]}" in header
     parent = store.client.get_run(store.parents[store.rec_search])
-    assert parent.data.tags["hpo.exported_trial"] == "r_fixed" and parent.data.tags["hpo.exported_run"] == store.children["r_fixed"]
+    assert (
+        parent.data.tags["hpo.exported_trial"] == "r_fixed" and parent.data.tags["hpo.exported_run"] == store.children["r_fixed"]
+    )
     logged = Path(store.client.download_artifacts(parent.info.run_id, "best.yaml", dst_path=str(tmp_path)))
     assert logged.read_text() == out.read_text()  # the header too
 
 
 def test_recovered_trials_lose_ties_and_can_be_left_out(store: Store, tmp_path: Path) -> None:
     # train/loss: r_fixed and r_ok both end at 1.0; r_fixed started first, the completed one wins.
-    result = export_best(store.uri, EXPERIMENT, tmp_path / "tie.yaml", search_id=store.rec_search, metric="train/loss", mode="min")
+    result = export_best(
+        store.uri, EXPERIMENT, tmp_path / "tie.yaml", search_id=store.rec_search, metric="train/loss", mode="min"
+    )
     assert (result.trial_id, result.outcome) == ("r_ok", "completed")
     assert not (tmp_path / "tie.yaml").read_text().startswith("#")  # no header for a completed trial
     result = export_best(store.uri, EXPERIMENT, tmp_path / "only.yaml", search_id=store.rec_search, recovered=False)

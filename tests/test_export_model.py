@@ -26,9 +26,17 @@ def checkpoint(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig().with_overrides(
         {
-            "data.root": str(mini_root), "data.cache": False, "data.max_train_images": 32, "data.max_val_images": 8,
-            "device": "cpu", "epochs": 1, "batch_size": 16, "model.input_size": SIZE, "model.prior_prob": 0.1,
-            "optim.lr": 0.01, "schedule.warmup_iters": 2,
+            "data.root": str(mini_root),
+            "data.cache": False,
+            "data.max_train_images": 32,
+            "data.max_val_images": 8,
+            "device": "cpu",
+            "epochs": 1,
+            "batch_size": 16,
+            "model.input_size": SIZE,
+            "model.prior_prob": 0.1,
+            "optim.lr": 0.01,
+            "schedule.warmup_iters": 2,
         }
     )
     trainer = Trainer(cfg, log=lambda _: None)
@@ -87,7 +95,9 @@ def test_torchscript_export_gives_the_eager_detections(checkpoint: Path, val_bat
             exported(torch.rand(1, 3, SIZE + 32, SIZE))
 
 
-def test_exported_detections_mapped_back_are_model_predicts(checkpoint: Path, val_batch, mini_root: Path, tmp_path: Path, one_thread) -> None:
+def test_exported_detections_mapped_back_are_model_predicts(
+    checkpoint: Path, val_batch, mini_root: Path, tmp_path: Path, one_thread
+) -> None:
     model, cfg = model_from_checkpoint(checkpoint)
     exported = _load_torchscript(export(model, cfg, "torchscript", tmp_path / "m.ts"))
     relpaths, images, sizes = val_batch

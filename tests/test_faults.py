@@ -109,7 +109,9 @@ def _space(tmp_path: Path) -> Path:
         params={"optim.lr": {"distribution": "loguniform", "low": 5e-3, "high": 2e-2}},
         points_to_evaluate=[],
     )
-    raw["fixed"].update({"data.max_train_images": 96, "data.max_val_images": 16, "model.input_size": 128, "schedule.warmup_epochs": 0.5})
+    raw["fixed"].update(
+        {"data.max_train_images": 96, "data.max_val_images": 16, "model.input_size": 128, "schedule.warmup_epochs": 0.5}
+    )
     path = tmp_path / "faults.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -224,8 +226,13 @@ def test_writes_are_replayed_when_the_server_answers_again(server: MlflowServer,
         tuner = tune.Tuner(
             _slow_trainable,
             param_space={"i": tune.grid_search([0, 1, 2]), "flag": str(flag), "optim.lr": 0.01},
-            run_config=tune.RunConfig(name="reconnect", storage_path=str(tmp_path / "ray"), stop=HealthStopper(),
-                                      callbacks=[_KillOnFirstResult(server, flag), callback], verbose=0),  # fmt: skip
+            run_config=tune.RunConfig(
+                name="reconnect",
+                storage_path=str(tmp_path / "ray"),
+                stop=HealthStopper(),
+                callbacks=[_KillOnFirstResult(server, flag), callback],
+                verbose=0,
+            ),  # fmt: skip
         )
         with caplog.at_level("WARNING", logger="hpo.tracking"):
             results = tuner.fit()

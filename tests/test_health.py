@@ -292,9 +292,7 @@ def test_healthy_run_with_noisy_operating_point_is_never_flagged() -> None:
         precision = recall * 500 / (recall * 500 + fp * 100) if recall else 0.0
         loss = 8.0 * math.exp(-e / 15) + 2.0
         top = min(0.95, 0.2 + 0.05 * e)
-        reports.append(
-            epoch_metrics(ap, top, precision=precision, recall=recall, fp_per_image=fp, loss=loss, loss_cls=loss / 2)
-        )
+        reports.append(epoch_metrics(ap, top, precision=precision, recall=recall, fp_per_image=fp, loss=loss, loss_cls=loss / 2))
     mon = monitor()
     assert [v.diagnosis for v in feed_epochs(mon, reports)] == ["healthy"] * 30
 
@@ -318,9 +316,7 @@ def test_background_collapse_is_labelled_once_warm_up_and_grace_are_over() -> No
     assert message.startswith("background-collapse at epoch 7:") and "top face score 0.040" in message
 
 
-@pytest.mark.parametrize(
-    ("warmup_epochs", "grace", "expected"), [(0, 0, 2), (0, 3, 5), (0, 6, 8), (3, 0, 5), (3, 2, 7)]
-)
+@pytest.mark.parametrize(("warmup_epochs", "grace", "expected"), [(0, 0, 2), (0, 3, 5), (0, 6, 8), (3, 0, 5), (3, 2, 7)])
 def test_warm_up_and_grace_delay_epoch_verdicts(warmup_epochs: int, grace: int, expected: int) -> None:
     """A run that never predicts a face from epoch 1, collapse patience 2: the patience counts
     only evaluations after the warm-up (2.5 epochs ends in epoch 3) and the grace."""
@@ -437,9 +433,7 @@ def good_then(tail: list[dict[str, float]]) -> list[dict[str, float]]:
     return head + tail
 
 
-def late(
-    ap: float, *, precision: float = 0.6, recall: float = 0.42, fp: float = 1.0, loss: float = 5.0
-) -> dict[str, float]:
+def late(ap: float, *, precision: float = 0.6, recall: float = 0.42, fp: float = 1.0, loss: float = 5.0) -> dict[str, float]:
     """A validation after the good start (top score 0.9, classification loss 2.5)."""
     return epoch_metrics(ap, 0.9, precision=precision, recall=recall, fp_per_image=fp, loss=loss, loss_cls=2.5)
 
@@ -511,9 +505,7 @@ def test_missing_metrics_skip_their_checks() -> None:
         assert mon.check_epoch(epoch + 100, {}).diagnosis == "healthy"
 
 
-@pytest.mark.parametrize(
-    ("loss", "signal"), [(math.inf, "non-finite training loss"), (3.8e6, "training loss above its ceiling")]
-)
+@pytest.mark.parametrize(("loss", "signal"), [(math.inf, "non-finite training loss"), (3.8e6, "training loss above its ceiling")])
 def test_a_diverged_epoch_mean_is_caught_even_during_warm_up(loss: float, signal: str) -> None:
     """An epoch shorter than check_every_steps has no step check: its mean loss still counts."""
     v = monitor().check_epoch(1, {**epoch_metrics(0.0, 0.1), "train/loss": loss})
@@ -567,22 +559,83 @@ REAL_COLLAPSE = [
 ]
 #: The healthy run's classification loss over its first 25 steps (the start the stall check compares with).
 REAL_HEALTHY_START_CLS = [
-    4.598, 4.608, 4.55, 4.558, 4.496, 4.406, 4.36, 4.249, 4.264, 3.975, 3.852, 3.855, 3.821,
-    3.402, 3.324, 3.222, 3.27, 3.072, 3.058, 3.187, 2.825, 2.976, 3.106, 3.028, 3.055,
+    4.598,
+    4.608,
+    4.55,
+    4.558,
+    4.496,
+    4.406,
+    4.36,
+    4.249,
+    4.264,
+    3.975,
+    3.852,
+    3.855,
+    3.821,
+    3.402,
+    3.324,
+    3.222,
+    3.27,
+    3.072,
+    3.058,
+    3.187,
+    2.825,
+    2.976,
+    3.106,
+    3.028,
+    3.055,
 ]
 #: AP and train loss of a noisy but still improving run (32 images, no augmentation, constant lr), epochs 30-60.
 REAL_NOISY_PLATEAU = [
-    (0.0764, 3.197), (0.0819, 3.08), (0.1054, 2.954), (0.1105, 2.783), (0.1054, 2.689), (0.1221, 2.599),
-    (0.1117, 2.501), (0.1155, 2.639), (0.1254, 2.527), (0.1356, 2.39), (0.1215, 2.329), (0.1198, 2.301),
-    (0.1166, 2.393), (0.1019, 2.219), (0.1072, 2.301), (0.0971, 2.19), (0.0905, 2.304), (0.1128, 2.255),
-    (0.1074, 2.048), (0.1139, 1.988), (0.112, 1.968), (0.0952, 1.886), (0.1383, 1.781), (0.1349, 1.705),
-    (0.1006, 1.734), (0.1392, 1.569), (0.1466, 1.551), (0.1209, 1.397), (0.1694, 1.552), (0.1584, 1.443),
+    (0.0764, 3.197),
+    (0.0819, 3.08),
+    (0.1054, 2.954),
+    (0.1105, 2.783),
+    (0.1054, 2.689),
+    (0.1221, 2.599),
+    (0.1117, 2.501),
+    (0.1155, 2.639),
+    (0.1254, 2.527),
+    (0.1356, 2.39),
+    (0.1215, 2.329),
+    (0.1198, 2.301),
+    (0.1166, 2.393),
+    (0.1019, 2.219),
+    (0.1072, 2.301),
+    (0.0971, 2.19),
+    (0.0905, 2.304),
+    (0.1128, 2.255),
+    (0.1074, 2.048),
+    (0.1139, 1.988),
+    (0.112, 1.968),
+    (0.0952, 1.886),
+    (0.1383, 1.781),
+    (0.1349, 1.705),
+    (0.1006, 1.734),
+    (0.1392, 1.569),
+    (0.1466, 1.551),
+    (0.1209, 1.397),
+    (0.1694, 1.552),
+    (0.1584, 1.443),
     (0.114, 1.338),
 ]
 #: lr 1 without warm-up: the loss per step (the first check, at step 5, already sees 483).
 REAL_DIVERGING_LOSS = [
-    8.8, 491.5, 3100.8, 27317.1, 483.2, 8243.8, 2865.1, 414.2,
-    447.1, 33420.5, 1856.8, 14999.9, 35747.6, 93299.4, 1338041.2,
+    8.8,
+    491.5,
+    3100.8,
+    27317.1,
+    483.2,
+    8243.8,
+    2865.1,
+    414.2,
+    447.1,
+    33420.5,
+    1856.8,
+    14999.9,
+    35747.6,
+    93299.4,
+    1338041.2,
 ]
 
 
@@ -1049,9 +1102,7 @@ def test_a_stopping_diagnosis_wins_over_a_warning() -> None:
     predicting faces (collapse, stopping): the stop is reported, the warning is named too."""
     good = [epoch_metrics(0.011, 0.5, loss=6.0) for _ in range(3)]
     gone = [epoch_metrics(0.0, 0.02, loss=5.0 - 0.2 * i, loss_cls=2.5 - 0.2 * i) for i in range(4)]
-    mon = monitor(
-        warmup_iters=0, overfit_min_best_ap=0.01, overfit_min_drop=0.005, overfit_patience=2, smooth_evaluations=1
-    )
+    mon = monitor(warmup_iters=0, overfit_min_best_ap=0.01, overfit_min_drop=0.005, overfit_patience=2, smooth_evaluations=1)
     verdict = feed_epochs(mon, good + gone)[-1]
     assert verdict.diagnosis == "background-collapse" and verdict.stop
     assert verdict.evidence["also"] == ["overfitting"] and "also: overfitting" in verdict.message()
@@ -1097,9 +1148,7 @@ def mixed_run() -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
     return curves, good_then(tail) + [epoch_metrics(0.3, 0.9, precision=0.5, recall=0.42, fp_per_image=1.0)] * 3
 
 
-def play(
-    mon: HealthMonitor, curves: dict[str, np.ndarray], reports: list[dict[str, float]], epochs: range
-) -> list[dict]:
+def play(mon: HealthMonitor, curves: dict[str, np.ndarray], reports: list[dict[str, float]], epochs: range) -> list[dict]:
     """Steps then validation, epoch by epoch, as the trainer does; every verdict as a dict."""
     out = []
     for epoch in epochs:

@@ -47,7 +47,9 @@ def test_uncertainty_weights_are_learnt_and_reported(mini_root: Path) -> None:
 
 def test_the_loss_ratio_controller_holds_the_weighted_parts_at_the_target(mini_root: Path) -> None:
     parts = WeightedParts()
-    cfg = small_cfg(mini_root, epochs=2, **{"weighting.method": "loss_ratio", "loss.box_weight": 3.0, "weighting.ratio_momentum": 0.5})
+    cfg = small_cfg(
+        mini_root, epochs=2, **{"weighting.method": "loss_ratio", "loss.box_weight": 3.0, "weighting.ratio_momentum": 0.5}
+    )
     report = Trainer(cfg, log=lambda _: None, callbacks=[parts]).fit()[-1]
     assert parts.ratios[0] == pytest.approx(3.0)  # the first step sets the running means
     assert statistics.median(parts.ratios) == pytest.approx(3.0, rel=0.25)

@@ -36,9 +36,16 @@ def run_dir(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig().with_overrides(
         {
-            "data.root": str(mini_root), "data.cache": False, "data.max_train_images": 32, "device": "cpu",
-            "epochs": 1, "batch_size": 16, "model.input_size": SIZE, "model.prior_prob": 0.1,
-            "optim.lr": 0.01, "schedule.warmup_iters": 2,
+            "data.root": str(mini_root),
+            "data.cache": False,
+            "data.max_train_images": 32,
+            "device": "cpu",
+            "epochs": 1,
+            "batch_size": 16,
+            "model.input_size": SIZE,
+            "model.prior_prob": 0.1,
+            "optim.lr": 0.01,
+            "schedule.warmup_iters": 2,
         }
     )
     trainer = Trainer(cfg, log=lambda _: None)

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from hpo import search_record
-from hpo.preflight import PreflightError, check_data, check_ground_truth, check_name, check_ray_address, check_stored_search, check_tracking
+from hpo.preflight import (
+    PreflightError,
+    check_data,
+    check_ground_truth,
+    check_name,
+    check_ray_address,
+    check_stored_search,
+    check_tracking,
+)
 from hpo.search import main as search_main
 
 #: Well above the checks' own 5 s timeouts: the bound the issue asks for, with room for a loaded machine.
@@ -138,6 +146,8 @@ def test_a_space_scored_on_the_official_ap_needs_its_ground_truth(mini_root: Pat
     check_ground_truth(root, "wider")  # the mini set's .mat files came along
     for mat in (root / "wider_face_split").glob("*.mat"):
         mat.unlink()
-    with pytest.raises(PreflightError, match=r"^eval.wider_ap: no official WIDER FACE .mat ground truth under .*wider_face_split/"):
+    with pytest.raises(
+        PreflightError, match=r"^eval.wider_ap: no official WIDER FACE .mat ground truth under .*wider_face_split/"
+    ):
         check_ground_truth(root, "wider")
     check_ground_truth(tmp_path / "not-generated-yet", "mini")  # generated with its ground truth

@@ -84,7 +84,10 @@ def test_a_run_checkpointed_after_a_recovery_resumes_exactly(
 
 @pytest.mark.parametrize(
     ("overrides", "key"),
-    [({"health.interventions": {"exploded": {}}}, "health.interventions.exploded"), ({"health.max_recoveries": -1}, "health.max_recoveries")],
+    [
+        ({"health.interventions": {"exploded": {}}}, "health.interventions.exploded"),
+        ({"health.max_recoveries": -1}, "health.max_recoveries"),
+    ],
 )
 def test_a_bad_recovery_config_names_the_key(overrides: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

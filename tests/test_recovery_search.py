@@ -37,7 +37,9 @@ def test_a_recovered_trial_is_kept_and_optuna_is_told_it_failed(full_mini: Path,
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("recover")
-    runs = {float(r.data.params["optim.lr"]): r for r in client.search_runs([experiment.experiment_id], "tags.`hpo.role` = 'trial'")}
+    runs = {
+        float(r.data.params["optim.lr"]): r for r in client.search_runs([experiment.experiment_id], "tags.`hpo.role` = 'trial'")
+    }
     recovered, healthy = runs[1.0], runs[0.01]
     assert healthy.data.tags["hpo.outcome"] == "completed"
     assert recovered.data.tags["hpo.outcome"] == "recovered:diverged", recovered.data.tags
@@ -51,7 +53,9 @@ def test_a_recovered_trial_is_kept_and_optuna_is_told_it_failed(full_mini: Path,
     # Its effective config and recovery events are on the run, for the export (the healthy run has none).
     assert {"effective_config.yaml", "recoveries.json"} <= {a.path for a in client.list_artifacts(recovered.info.run_id)}
     assert not {"effective_config.yaml", "recoveries.json"} & {a.path for a in client.list_artifacts(healthy.info.run_id)}
-    effective = yaml.safe_load(Path(client.download_artifacts(recovered.info.run_id, "effective_config.yaml", str(tmp_path))).read_text())
+    effective = yaml.safe_load(
+        Path(client.download_artifacts(recovered.info.run_id, "effective_config.yaml", str(tmp_path))).read_text()
+    )
     assert effective["optim"]["lr"] == pytest.approx(0.01) and effective["data"]["root"] == str(full_mini)
 
     # Optuna: the sampled configuration failed (its penalty), the healthy one has its real value.

@@ -230,9 +230,14 @@ def test_report_escapes_what_mlflow_holds(tmp_path: Path) -> None:
     page = Page(result.html.read_text())
     assert page.title == f"Search report: {experiment}"
     assert "script" not in page.tags and "b" not in page.tags
-    assert sorted(r[:3] for r in page.rows("trials")) == [["t0<b>", "completed", "healthy"], ["t1<b>", "stopped:diverged", "diverged"]]
+    assert sorted(r[:3] for r in page.rows("trials")) == [
+        ["t0<b>", "completed", "healthy"],
+        ["t1<b>", "stopped:diverged", "diverged"],
+    ]
     assert [r[0] for r in page.rows("outcomes")] == ["healthy", "stopped:diverged"]
-    assert page.rows("why") == [["t1<b>", "stopped:diverged", "2", "loss explosion: loss 3e+04 > 100 x <blink>its</blink> early median 2"]]
+    assert page.rows("why") == [
+        ["t1<b>", "stopped:diverged", "2", "loss explosion: loss 3e+04 > 100 x <blink>its</blink> early median 2"]
+    ]
     assert "blink" not in page.tags
     assert "Not computed: too few trials to rank parameters" in page.sections["importances"]["text"]
 
@@ -252,7 +257,12 @@ def test_report_marks_a_recovered_trial(tmp_path: Path) -> None:
     for trial_id, outcome, diagnosis, lr, ap in trials:
         tags = {L.ROLE: L.TRIAL, L.SEARCH_ID: "s1", L.TRIAL_ID: trial_id, L.OUTCOME: outcome, L.DIAGNOSIS: diagnosis}
         run_id = client.create_run(exp_id, tags=tags).info.run_id
-        for key, value in {"optim.lr": lr, "schedule.warmup_epochs": 0.0, "loss.box_weight": 1.0, "loss.class_weight": 1.0}.items():
+        for key, value in {
+            "optim.lr": lr,
+            "schedule.warmup_epochs": 0.0,
+            "loss.box_weight": 1.0,
+            "loss.class_weight": 1.0,
+        }.items():
             client.log_param(run_id, key, value)
         for epoch in (1, 2):
             client.log_metric(run_id, K.TRAIN_LOSS, 3.0 / epoch, step=epoch)

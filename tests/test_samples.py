@@ -23,7 +23,9 @@ class _FixedDetector:
 
 
 def _val_set(root: Path):
-    cfg = TrainConfig().with_overrides({"data.root": str(root), "data.cache": False, "model.input_size": 96, "data.max_val_images": 3})
+    cfg = TrainConfig().with_overrides(
+        {"data.root": str(root), "data.cache": False, "model.input_size": 96, "data.max_val_images": 3}
+    )
     return cfg, build_datasets(cfg)[1]
 
 

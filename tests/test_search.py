@@ -197,9 +197,15 @@ def test_optuna_records_stopped_trials_with_their_penalty(e2e) -> None:
 def test_resuming_a_finished_search_reruns_nothing_and_export_writes_a_trainable_config(e2e, capsys) -> None:
     client = mlflow.MlflowClient(e2e["uri"])
     experiment = client.get_experiment_by_name("e2e")
-    before = {t.info.run_id: [m.step for m in client.get_metric_history(t.info.run_id, "val/ap")] for t in _trial_runs(client, experiment.experiment_id)}
+    before = {
+        t.info.run_id: [m.step for m in client.get_metric_history(t.info.run_id, "val/ap")]
+        for t in _trial_runs(client, experiment.experiment_id)
+    }
     assert search_main([*e2e["args"], "--resume"]) == 0
-    after = {t.info.run_id: [m.step for m in client.get_metric_history(t.info.run_id, "val/ap")] for t in _trial_runs(client, experiment.experiment_id)}
+    after = {
+        t.info.run_id: [m.step for m in client.get_metric_history(t.info.run_id, "val/ap")]
+        for t in _trial_runs(client, experiment.experiment_id)
+    }
     assert after == before
 
     outcomes = [t.data.tags["hpo.outcome"] for t in _trial_runs(client, experiment.experiment_id)]

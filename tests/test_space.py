@@ -494,9 +494,7 @@ def test_tpe_sampler_is_seeded_from_the_space(tmp_path: Path) -> None:
 
     def suggestions(seed: int) -> list[dict[str, Any]]:
         sampler = space.sampler.model_copy(update={"seed": seed}).build()
-        searcher = OptunaSearch(
-            space=space.optuna_distributions(), metric=space.metric, mode=space.mode, sampler=sampler
-        )
+        searcher = OptunaSearch(space=space.optuna_distributions(), metric=space.metric, mode=space.mode, sampler=sampler)
         out = []
         for i in range(4):
             out.append(searcher.suggest(f"t{i}"))

@@ -86,7 +86,9 @@ def test_sweep_figures() -> None:
     assert plots.png_bytes(fig)[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no setting logged"):
         plots.setting_curves([plots.SettingRow("x", "healthy", {"train/lr": [(1, 0.1)]})])
-    summary = plots.sweep_summary("loss.box_weight", [(0.01, 0.05, 0.04, "healthy"), (10.0, None, None, "stopped:diverged")], log=True)
+    summary = plots.sweep_summary(
+        "loss.box_weight", [(0.01, 0.05, 0.04, "healthy"), (10.0, None, None, "stopped:diverged")], log=True
+    )
     assert summary.axes[0].get_xscale() == "log"
     with pytest.raises(ValueError):
         plots.sweep_summary("loss.box_weight", [], log=False)

@@ -24,29 +24,57 @@ SPACE = load_space("cpu-mini")
 EPOCH_S = 2.0
 
 
-def make_run(cid: str, config: dict, aps: list[float], *, stop_epoch: int | None = None, kind: str = "epoch",
-             stop_s: float = 0.5, diagnosis: str = "stalled") -> Run:
+def make_run(
+    cid: str,
+    config: dict,
+    aps: list[float],
+    *,
+    stop_epoch: int | None = None,
+    kind: str = "epoch",
+    stop_s: float = 0.5,
+    diagnosis: str = "stalled",
+) -> Run:
     """A recorded run as the recorder writes it: one row per epoch, observe-mode verdicts."""
     rows = []
     for epoch, ap in enumerate(aps, start=1):
         stop = stop_epoch is not None and epoch == stop_epoch
-        rows.append({
-            "config_id": cid, "seed": 0, **config, "epoch": epoch, "step": 37 * epoch,
-            "train/loss": 5.0 / epoch, "train/loss_cls": 3.0, "train/loss_box": 2.0,
-            **dict.fromkeys(VAL_KEYS, 0.1), "val/ap": ap,
-            "health/diagnosis": diagnosis if stop_epoch is not None and epoch >= stop_epoch else "healthy",
-            "health/code": 0.0, "health/stop": 0.0, "health/message": "",
-            "health/default_stop": diagnosis if stop else "", "health/default_stop_kind": kind if stop else "",
-            "time/epoch_s": EPOCH_S + 0.1 * epoch, "time/epoch_cpu_s": EPOCH_S,
-            "time/to_default_stop_s": (stop_s if kind == "step" else EPOCH_S + 0.1 * epoch) if stop else None,
-            "time/to_default_stop_cpu_s": None, "ended": None,
-        })
+        rows.append(
+            {
+                "config_id": cid,
+                "seed": 0,
+                **config,
+                "epoch": epoch,
+                "step": 37 * epoch,
+                "train/loss": 5.0 / epoch,
+                "train/loss_cls": 3.0,
+                "train/loss_box": 2.0,
+                **dict.fromkeys(VAL_KEYS, 0.1),
+                "val/ap": ap,
+                "health/diagnosis": diagnosis if stop_epoch is not None and epoch >= stop_epoch else "healthy",
+                "health/code": 0.0,
+                "health/stop": 0.0,
+                "health/message": "",
+                "health/default_stop": diagnosis if stop else "",
+                "health/default_stop_kind": kind if stop else "",
+                "time/epoch_s": EPOCH_S + 0.1 * epoch,
+                "time/epoch_cpu_s": EPOCH_S,
+                "time/to_default_stop_s": (stop_s if kind == "step" else EPOCH_S + 0.1 * epoch) if stop else None,
+                "time/to_default_stop_cpu_s": None,
+                "ended": None,
+            }
+        )
     return Run(cid, 0, dict(config), rows)
 
 
 def config(lr: float, warmup: float = 1.0, box_loss: str = "smooth_l1") -> dict:
-    return {"optim.lr": lr, "schedule.warmup_epochs": warmup, "loss.class_weight": 1.0, "loss.box_weight": 1.0,
-            "loss.neg_pos_ratio": 3, "loss.box_loss": box_loss}
+    return {
+        "optim.lr": lr,
+        "schedule.warmup_epochs": warmup,
+        "loss.class_weight": 1.0,
+        "loss.box_weight": 1.0,
+        "loss.neg_pos_ratio": 3,
+        "loss.box_loss": box_loss,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +109,9 @@ def test_surrogate_answers_a_recorded_config_with_its_own_run(table):
 
 
 def test_health_rule_stops_at_the_recorded_verdict(table):
-    trace = replay(SPACE, NearestSurrogate(SPACE, table), Strategy("random", asha=False, health=True), seed=3,
-                   budget_s=200.0, workers=1)
+    trace = replay(
+        SPACE, NearestSurrogate(SPACE, table), Strategy("random", asha=False, health=True), seed=3, budget_s=200.0, workers=1
+    )
     by_run: dict[str, list] = {}
     for trial in trace.trials:
         by_run.setdefault(trial.run.config_id, []).append(trial)
@@ -105,8 +134,9 @@ def test_health_rule_stops_at_the_recorded_verdict(table):
 def test_asha_decisions_follow_the_rung_rule(table):
     """Sequential replay: each trial reaches epoch 2 after every earlier one ended, so ASHA's rung
     at 2 compares it with all earlier trials' epoch-2 values: stop iff below their 1 - 1/3 quantile."""
-    trace = replay(SPACE, NearestSurrogate(SPACE, table), Strategy("random", asha=True, health=False), seed=0,
-                   budget_s=300.0, workers=1)
+    trace = replay(
+        SPACE, NearestSurrogate(SPACE, table), Strategy("random", asha=True, health=False), seed=0, budget_s=300.0, workers=1
+    )
     rung: list[float] = []
     decided = 0
     for trial in trace.trials:
@@ -149,8 +179,11 @@ def test_compute_accounting_and_the_known_best(table):
             assert trial.cost == pytest.approx(trial.run.full_seconds())
     # The incumbent's compute is two slots' clock when the improving trial ended.
     for spent, ap, cid in trace.incumbent:
-        ended = [t for t in trace.trials if t.run.config_id == cid and t.outcome == "completed"
-                 and 2 * (t.start + t.cost) == pytest.approx(spent)]
+        ended = [
+            t
+            for t in trace.trials
+            if t.run.config_id == cid and t.outcome == "completed" and 2 * (t.start + t.cost) == pytest.approx(spent)
+        ]
         assert ended and ap == table[cid].final_ap
     assert trace.best_at(budget) == pytest.approx(0.15)  # the known best, b, was found and completed
     stats = trace_stats(trace, 0.15, "b")

@@ -150,7 +150,9 @@ def test_production_training_opens_its_experiment_in_the_model_training_view(tmp
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
-    client.create_experiment("chosen", artifact_location=(tmp_path / "mlruns").as_uri(), tags={"mlflow.experimentKind": "genai_development"})
+    client.create_experiment(
+        "chosen", artifact_location=(tmp_path / "mlruns").as_uri(), tags={"mlflow.experimentKind": "genai_development"}
+    )
     before = mlflow.get_tracking_uri()
     try:
         for experiment in ("production", "chosen"):

@@ -114,9 +114,7 @@ def test_a_healthy_report_passes_unchanged() -> None:
 @pytest.mark.parametrize("metric, mode", [("val/ap", "max"), ("val/fp", "min")])
 def test_a_stopped_trial_reports_a_penalty_worse_than_any_real_value(metric: str, mode: str) -> None:
     # What the trainer reports when the monitor stops a run: zeros for validation, NaN losses.
-    stopped = report(
-        **{"val/ap": 0.0, "val/fp": 0.0, "train/loss": math.nan, "health/stop": 1.0, "health/diagnosis": "diverged"}
-    )
+    stopped = report(**{"val/ap": 0.0, "val/fp": 0.0, "train/loss": math.nan, "health/stop": 1.0, "health/diagnosis": "diverged"})
     out = tune_metrics(stopped, metric, mode)
     best_or_worst = [tune_metrics(report(**{metric: v}), metric, mode)[metric] for v in (0.0, 1.0, 250_000.0)]
     if mode == "max":
@@ -222,7 +220,9 @@ def test_scheduler_and_searcher_follow_the_space() -> None:
     "grace, factor, brackets, max_epochs",
     [(1, 2, 1, 3), (1, 3, 1, 6), (2, 3, 1, 6), (1, 2.5, 2, 20), (1, 3, 3, 27), (3, 2, 1, 3)],
 )
-def test_detections_are_drawn_where_ashas_rungs_may_end_a_trial(grace: int, factor: float, brackets: int, max_epochs: int) -> None:
+def test_detections_are_drawn_where_ashas_rungs_may_end_a_trial(
+    grace: int, factor: float, brackets: int, max_epochs: int
+) -> None:
     """The epochs a trial draws its sample detections at (besides its last) are the rungs of the
     ASHA that build_scheduler makes, rounded up (a trial is judged at its first report past one)."""
     raw = tiny_space()
@@ -450,7 +450,9 @@ def test_a_reused_worker_starts_each_trial_from_its_own_config(reused, mini_root
     for key in ("train/loss", "train/loss_cls", "train/loss_box", "train/grad_norm"):
         assert second[key].iloc[0] == pytest.approx(fresh[key], rel=1e-4), key
     # Sample detections only where the trial may end (no scheduler: its last epoch).
-    drawn = {p.parent.name: p.exists() for p in (Path(c) / DETECTIONS_FILE for c in sorted(Path(healthy.path).glob("checkpoint_*")))}
+    drawn = {
+        p.parent.name: p.exists() for p in (Path(c) / DETECTIONS_FILE for c in sorted(Path(healthy.path).glob("checkpoint_*")))
+    }
     assert list(drawn.values()) == [False, True], drawn
 
 
@@ -466,6 +468,7 @@ def test_a_trial_counts_the_images_it_skipped(mini_root: Path, tmp_path: Path, o
 
     root = tmp_path / "data"
     shutil.copytree(mini_root, root)
+
     def first_image(split: str) -> Path:  # the annotation file's first record: inside max_*_images
         relpath = (root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt").read_text().splitlines()[0].strip()
         return root / f"WIDER_{split}" / "images" / relpath

@@ -58,7 +58,7 @@ def test_the_batched_pipeline_renders_on_the_device_what_the_loader_drew(mini_ro
     canvas, drawn = next(iter(trainer.train_loader))
     assert canvas.dtype == torch.uint8 and canvas.shape[-1] > 128  # decoded images, not yet resized
     trainer.train_loader = [(canvas, drawn)]  # the same batch through the trainer's own batch path
-    (images, targets), = list(trainer._batches(trainer._progress_bar()))
+    ((images, targets),) = list(trainer._batches(trainer._progress_bar()))
     assert images.dtype == torch.float32 and images.shape == (8, 3, 128, 128)
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
     assert set(targets[0]) == {"boxes", "labels", "ignore", "image_id", "orig_size"}  # render entries used up

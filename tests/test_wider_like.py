@@ -70,9 +70,10 @@ def test_seed_reproduces_bytes_with_any_worker_count(small: Path, tmp_path: Path
     assert _files(again) == _files(small) and len(_files(small)) == 8
     other = make_wider_like(tmp_path / "other", num_train=4, num_val=2, seed=1, workers=1)
     assert _files(other).keys() == _files(small).keys()
-    assert _files(other)["wider_face_split/wider_face_train_bbx_gt.txt"] != _files(small)[
-        "wider_face_split/wider_face_train_bbx_gt.txt"
-    ]
+    assert (
+        _files(other)["wider_face_split/wider_face_train_bbx_gt.txt"]
+        != _files(small)["wider_face_split/wider_face_train_bbx_gt.txt"]
+    )
 
 
 def test_a_complete_set_is_reused_and_other_parameters_regenerate(tmp_path: Path) -> None:

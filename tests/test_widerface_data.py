@@ -139,8 +139,17 @@ FACE = _face_line(1, 2, 3, 4)
         (f"a.jpg\n1\n{FACE}\nb.jpg", 4, "truncated"),
         (f"a.jpg\n1\n{FACE}\n{FACE}\nb.jpg\n0\n", 4, "expected an image path"),
     ],
-    ids=["word-count", "float-count", "negative-count", "columns", "non-numeric", "float-attribute",
-         "truncated-faces", "truncated-count", "extra-face-line"],
+    ids=[
+        "word-count",
+        "float-count",
+        "negative-count",
+        "columns",
+        "non-numeric",
+        "float-attribute",
+        "truncated-faces",
+        "truncated-count",
+        "extra-face-line",
+    ],
 )
 def test_malformed_annotations_name_the_file_and_line(tmp_path: Path, text: str, line: int, expected: str) -> None:
     path = tmp_path / "wider_face_train_bbx_gt.txt"
@@ -162,8 +171,13 @@ def test_missing_and_corrupt_images_are_skipped_counted_and_reported(root: Path,
     # The corrupt file never shows up: the cache skips it, lazy decoding substitutes the next image.
     assert set(ids) == {name.removesuffix(".jpg") for name in READABLE}
     if not cached:
-        assert ids == ["0--Parade/0_Parade_a", "0--Parade/0_Parade_empty", "1--Handshaking/1_Handshaking_gray",
-                       "1--Handshaking/1_Handshaking_gray", "2--Demonstration/2_Demonstration_b"]
+        assert ids == [
+            "0--Parade/0_Parade_a",
+            "0--Parade/0_Parade_empty",
+            "1--Handshaking/1_Handshaking_gray",
+            "1--Handshaking/1_Handshaking_gray",
+            "2--Demonstration/2_Demonstration_b",
+        ]
     report = ds.report()
     assert report.missing_files == sorted(MISSING) and report.corrupt_files == sorted(CORRUPT)
     assert report.images == len(READABLE) == 4
@@ -195,9 +209,7 @@ def test_min_face_size_is_measured_after_the_transform(root: Path) -> None:
 
 
 @pytest.mark.parametrize("max_side", [None, 90])
-def test_cache_round_trip_equals_decoding_and_resizing_directly(
-    root: Path, tmp_path: Path, max_side: int | None
-) -> None:
+def test_cache_round_trip_equals_decoding_and_resizing_directly(root: Path, tmp_path: Path, max_side: int | None) -> None:
     cached = WiderFaceDataset(root, "train", cache_dir=tmp_path / "c", cache_max_side=max_side)
     direct = WiderFaceDataset(root, "train", cache_max_side=max_side)
     assert len(cached) == len(READABLE)
@@ -211,8 +223,9 @@ def test_cache_round_trip_equals_decoding_and_resizing_directly(
         image, target = cached[i]
         assert torch.equal((image * 255).round().to(torch.uint8), expected)
         kept = [f for f in faces if f[2] > 0 and f[3] > 0]
-        boxes = torch.tensor([[x * new_w / w, y * new_h / h, min(x + fw, w) * new_w / w, min(y + fh, h) * new_h / h]
-                              for x, y, fw, fh, _ in kept]).reshape(-1, 4)
+        boxes = torch.tensor(
+            [[x * new_w / w, y * new_h / h, min(x + fw, w) * new_w / w, min(y + fh, h) * new_h / h] for x, y, fw, fh, _ in kept]
+        ).reshape(-1, 4)
         torch.testing.assert_close(target["boxes"], boxes)
         assert target["orig_size"].tolist() == [h, w]
         image2, target2 = direct[_index(direct, name)]

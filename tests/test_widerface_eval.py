@@ -72,8 +72,11 @@ def _hand_gt(tmp_path: Path) -> Path:
         {
             "0--Parade": [
                 # F1 counts everywhere, F2 from medium, F3 only in hard, F4 never.
-                ("a", np.array([[10, 10, 20, 20], [100, 100, 20, 20], [200, 200, 4, 4], [300, 300, 10, 10]]),
-                 {"easy": [1], "medium": [1, 2], "hard": [1, 2, 3]}),
+                (
+                    "a",
+                    np.array([[10, 10, 20, 20], [100, 100, 20, 20], [200, 200, 4, 4], [300, 300, 10, 10]]),
+                    {"easy": [1], "medium": [1, 2], "hard": [1, 2, 3]},
+                ),
             ],
             "1--Handshaking": [("b", np.array([[50, 50, 30, 30]]), every)],
         },
@@ -82,13 +85,15 @@ def _hand_gt(tmp_path: Path) -> Path:
 
 def _hand_predictions() -> dict[tuple[str, str], np.ndarray]:
     return {
-        ("0--Parade", "a"): np.array([
-            [10, 10, 20, 20, 0.9],  # F1
-            [300, 300, 10, 10, 0.8],  # F4: never counted
-            [12, 10, 20, 20, 0.7],  # a duplicate of F1 (IoU 399/483): a false positive
-            [100, 100, 20, 20, 0.3],  # F2: only counted from medium
-            [400, 400, 20, 20, 0.0],  # background: a false positive
-        ]),
+        ("0--Parade", "a"): np.array(
+            [
+                [10, 10, 20, 20, 0.9],  # F1
+                [300, 300, 10, 10, 0.8],  # F4: never counted
+                [12, 10, 20, 20, 0.7],  # a duplicate of F1 (IoU 399/483): a false positive
+                [100, 100, 20, 20, 0.3],  # F2: only counted from medium
+                [400, 400, 20, 20, 0.0],  # background: a false positive
+            ]
+        ),
         ("1--Handshaking", "b"): np.array([[50, 50, 30, 30, 1.0]]),  # G1
     }
 
@@ -104,8 +109,10 @@ def test_hand_worked_aps(tmp_path: Path) -> None:
 
 def test_argmax_over_all_faces_lets_an_ignored_face_swallow_a_prediction(tmp_path: Path) -> None:
     # K counts in every setting, I only in hard; the prediction is I exactly, IoU 399/483 with K.
-    gt_dir = _write_gt(tmp_path / "gt", {"0--Parade": [("a", np.array([[0, 0, 20, 20], [2, 0, 20, 20]]),
-                                                         {"easy": [1], "medium": [1], "hard": [1, 2]})]})
+    gt_dir = _write_gt(
+        tmp_path / "gt",
+        {"0--Parade": [("a", np.array([[0, 0, 20, 20], [2, 0, 20, 20]]), {"easy": [1], "medium": [1], "hard": [1, 2]})]},
+    )
     aps = evaluate_widerface({("0--Parade", "a"): np.array([[2, 0, 20, 20, 0.9]])}, load_ground_truth(gt_dir))
     assert aps == pytest.approx({"easy": 0.0, "medium": 0.0, "hard": 0.5}, abs=1e-12)
 
@@ -118,9 +125,7 @@ def test_loads_the_official_structure(tmp_path: Path) -> None:
     assert gt.face_counts() == {"easy": 2, "medium": 3, "hard": 4} and gt.num_faces == 5
 
 
-def _random_gt_and_predictions(
-    tmp_path: Path, seed: int, squeeze: bool
-) -> tuple[Path, dict[tuple[str, str], np.ndarray]]:
+def _random_gt_and_predictions(tmp_path: Path, seed: int, squeeze: bool) -> tuple[Path, dict[tuple[str, str], np.ndarray]]:
     rng = np.random.default_rng(seed)
     events: dict[str, list] = {}
     predictions: dict[tuple[str, str], np.ndarray] = {}

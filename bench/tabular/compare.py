@@ -73,12 +73,25 @@ VARIANTS = {
     "points": Variant(True, "wall", tuple(STRATEGIES), True, "the space as shipped: its 2 points first"),
     "nopoints": Variant(False, "wall", tuple(STRATEGIES), True, "no points_to_evaluate: every trial sampled"),
     "nopoints-cpu": Variant(False, "cpu", _ENDS, False, "no points, compute in process CPU seconds"),
-    "nopoints-rung3": Variant(False, "wall", _ASHA, False, "no points, ASHA's rung at epoch 3 (grace_period 3)",
-                              (("scheduler.grace_period", 3),)),
-    "nopoints-rf2": Variant(False, "wall", _ASHA, False, "no points, ASHA keeping half at epochs 2 and 4 (reduction_factor 2)",
-                            (("scheduler.reduction_factor", 2),)),
-    "nopoints-rf4": Variant(False, "wall", _ASHA, False, "no points, ASHA keeping a quarter at epoch 2 (reduction_factor 4)",
-                            (("scheduler.reduction_factor", 4),)),
+    "nopoints-rung3": Variant(
+        False, "wall", _ASHA, False, "no points, ASHA's rung at epoch 3 (grace_period 3)", (("scheduler.grace_period", 3),)
+    ),
+    "nopoints-rf2": Variant(
+        False,
+        "wall",
+        _ASHA,
+        False,
+        "no points, ASHA keeping half at epochs 2 and 4 (reduction_factor 2)",
+        (("scheduler.reduction_factor", 2),),
+    ),
+    "nopoints-rf4": Variant(
+        False,
+        "wall",
+        _ASHA,
+        False,
+        "no points, ASHA keeping a quarter at epoch 2 (reduction_factor 4)",
+        (("scheduler.reduction_factor", 4),),
+    ),
 }
 
 _STATE: dict[str, Any] = {}
@@ -91,15 +104,24 @@ def variant_space(raw: dict[str, Any], points: bool) -> SearchSpace:
     return space_from_dict(raw, source=f"{raw['name']} (replay)")
 
 
-def _init(table: str, raw: dict[str, Any], points: bool, cost: Cost, budget_s: float, workers: int | None,
-          grid: list[float]) -> None:
+def _init(
+    table: str, raw: dict[str, Any], points: bool, cost: Cost, budget_s: float, workers: int | None, grid: list[float]
+) -> None:
     """Per process: the variant's space, the surrogate over the primary runs, the table's best."""
     quiet()
     space = variant_space(raw, points)
     primary = primary_runs(load_runs(Path(table), space), space.fixed.get("seed", 0))
     best_id = max(primary, key=lambda c: primary[c].final_ap)
-    _STATE.update(space=space, surrogate=NearestSurrogate(space, primary), best_id=best_id,
-                  best=primary[best_id].final_ap, budget_s=budget_s, workers=workers, grid=grid, cost=cost)
+    _STATE.update(
+        space=space,
+        surrogate=NearestSurrogate(space, primary),
+        best_id=best_id,
+        best=primary[best_id].final_ap,
+        budget_s=budget_s,
+        workers=workers,
+        grid=grid,
+        cost=cost,
+    )
 
 
 def _one(job: tuple[str, int]) -> tuple[str, dict[str, Any], list[float], float]:
@@ -138,7 +160,9 @@ def compare(args: argparse.Namespace, raw: dict[str, Any], variant: Variant, nam
         default, nostop = f"{sampler}+health+asha", f"{sampler}+nostop"
         if default in stats and nostop in stats:
             comparisons[sampler] = {
-                f"paired_ratio_to_{int(f * 100)}": report.paired_ratios(stats[default], stats[nostop], f"compute_to_{int(f * 100)}", budget_s)
+                f"paired_ratio_to_{int(f * 100)}": report.paired_ratios(
+                    stats[default], stats[nostop], f"compute_to_{int(f * 100)}", budget_s
+                )
                 for f in report.TARGETS
             }
     return {
@@ -153,9 +177,12 @@ def compare(args: argparse.Namespace, raw: dict[str, Any], variant: Variant, nam
         "strategies": {n: report.summarise(stats[n]) for n in names},
         "comparisons": comparisons,
         "per_seed": {n: {k: [one[k] for one in rows] for k in rows[0]} for n, rows in stats.items()},  # columns: small
-        "anytime": {"grid_s": grid.tolist(),
-                    "curves": {n: {f"p{q}": np.percentile(np.array(curves[n]), q, axis=0).tolist()
-                                   for q in report.QUANTILES} for n in names}},
+        "anytime": {
+            "grid_s": grid.tolist(),
+            "curves": {
+                n: {f"p{q}": np.percentile(np.array(curves[n]), q, axis=0).tolist() for q in report.QUANTILES} for n in names
+            },
+        },
         "replay_s": {"total": time.perf_counter() - started, "per_strategy": seconds},
     }
 
@@ -179,12 +206,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated, of: " + ", ".join(STRATEGIES))
     parser.add_argument("--seeds", type=int, default=50, help="seeds 0..N-1 per strategy")
-    parser.add_argument("--budget-runs", type=float, default=200.0,
-                        help="compute per search, in full runs (the median recorded cost of one run to max_epochs)")
+    parser.add_argument(
+        "--budget-runs",
+        type=float,
+        default=200.0,
+        help="compute per search, in full runs (the median recorded cost of one run to max_epochs)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="trial slots (default: the space's max_concurrent_trials)")
     parser.add_argument("--jobs", type=int, default=1, help="replay processes")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override the space, e.g. scheduler.grace_period=3 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the space, e.g. scheduler.grace_period=3 (repeatable)",
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     parser.add_argument("--stem", default="tabular_replay")
     parser.add_argument("--rerender", action="store_true", help="only write the .md and .png again from the .json")
@@ -252,10 +288,14 @@ def write_report(result: dict[str, Any], out: Path, stem: str) -> None:
     """``<stem>.png`` and ``<stem>.md`` from the comparison's result (also re-made from its JSON)."""
     png = out / f"{stem}.png"
     figure = {k: v for k, v in result["variants"].items() if v["figure"]}
-    report.plot(figure, result["table"]["best_ap"], png,
-                f"{result.get('space', 'cpu-mini')}: {result['table']['configs']} recorded configurations, {result['seeds']} seeds per "
-                f"strategy, {result['workers']} trial slots" + (f", {', '.join(result['space_overrides'])}"
-                                                                if result["space_overrides"] else ""))
+    report.plot(
+        figure,
+        result["table"]["best_ap"],
+        png,
+        f"{result.get('space', 'cpu-mini')}: {result['table']['configs']} recorded configurations, {result['seeds']} seeds per "
+        f"strategy, {result['workers']} trial slots"
+        + (f", {', '.join(result['space_overrides'])}" if result["space_overrides"] else ""),
+    )
     markdown = report.markdown(result, machine_line(result["replay_machine"]), png.name)
     (out / f"{stem}.md").write_text(markdown)
     print(markdown)

@@ -128,31 +128,57 @@ def train_run(space: SearchSpace, config_id: str, config: dict[str, Any], seed: 
             [{"diagnosis": v.diagnosis, "also": v.evidence.get("also", []), "signal": v.signal, "step": v.step} for v in raised]
         )
         row["time/train_s"] = step_times[-1][0] - start if step_times else math.nan
-        row.update({"health/default_stop": "", "health/default_stop_kind": "", "health/default_stop_step": None,
-                    "time/to_default_stop_s": None, "time/to_default_stop_cpu_s": None})
+        row.update(
+            {
+                "health/default_stop": "",
+                "health/default_stop_kind": "",
+                "health/default_stop_step": None,
+                "time/to_default_stop_s": None,
+                "time/to_default_stop_cpu_s": None,
+            }
+        )
         for v in raised:
             stop = default_stop(v)
             if stop is None:
                 continue
             if v.step is not None:  # a step check: the trainer breaks out of the epoch there
                 index = min(max(v.step - first_step, 1), len(step_times)) - 1
-                row.update({"health/default_stop_kind": "step", "health/default_stop_step": v.step,
-                            "time/to_default_stop_s": step_times[index][0] - start,
-                            "time/to_default_stop_cpu_s": step_times[index][1] - cpu_start})
+                row.update(
+                    {
+                        "health/default_stop_kind": "step",
+                        "health/default_stop_step": v.step,
+                        "time/to_default_stop_s": step_times[index][0] - start,
+                        "time/to_default_stop_cpu_s": step_times[index][1] - cpu_start,
+                    }
+                )
             else:  # an epoch check, after validation: the whole epoch is spent
-                row.update({"health/default_stop_kind": "epoch", "health/default_stop_step": report["step"],
-                            "time/to_default_stop_s": report["time/epoch_s"],
-                            "time/to_default_stop_cpu_s": row["time/epoch_cpu_s"]})
+                row.update(
+                    {
+                        "health/default_stop_kind": "epoch",
+                        "health/default_stop_step": report["step"],
+                        "time/to_default_stop_s": report["time/epoch_s"],
+                        "time/to_default_stop_cpu_s": row["time/epoch_cpu_s"],
+                    }
+                )
             row["health/default_stop"] = stop
             break
         rows.append(row)
-        print(f"[{config_id} s{seed}] epoch {row['epoch']}: loss {row['train/loss']:.4g} AP {row['val/ap']:.4f} "
-              f"{row['time/epoch_s']:.1f}s -> {row['health/diagnosis']}{' STOP:' + row['health/default_stop'] if row['health/default_stop'] else ''}",
-              flush=True)
+        print(
+            f"[{config_id} s{seed}] epoch {row['epoch']}: loss {row['train/loss']:.4g} AP {row['val/ap']:.4f} "
+            f"{row['time/epoch_s']:.1f}s -> {row['health/diagnosis']}{' STOP:' + row['health/default_stop'] if row['health/default_stop'] else ''}",
+            flush=True,
+        )
     wall = time.perf_counter() - entered
     for row in rows:
-        row.update({"ended": ended, "epochs_run": len(rows), "iters_per_epoch": trainer.iters_per_epoch,
-                    "time/setup_s": setup_s, "time/run_s": wall})
+        row.update(
+            {
+                "ended": ended,
+                "epochs_run": len(rows),
+                "iters_per_epoch": trainer.iters_per_epoch,
+                "time/setup_s": setup_s,
+                "time/run_s": wall,
+            }
+        )
     return rows
 
 
@@ -224,8 +250,10 @@ def consolidate(parts: Path = PARTS, out: Path = TABLE) -> pa.Table | None:
     tmp = out.with_name(f".{out.name}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, out)
-    print(f"{out}: {table.num_rows} rows, {len(set(zip(table['config_id'].to_pylist(), table['seed'].to_pylist())))} runs, "
-          f"{out.stat().st_size / 1e3:.0f} kB")
+    print(
+        f"{out}: {table.num_rows} rows, {len(set(zip(table['config_id'].to_pylist(), table['seed'].to_pylist())))} runs, "
+        f"{out.stat().st_size / 1e3:.0f} kB"
+    )
     return table
 
 
@@ -242,10 +270,18 @@ def record(args: argparse.Namespace) -> None:
         if path.is_file():
             return
         rows = train_run(space, cid, configs[cid], seed, root)
-        run = {"config_id": cid, "seed": seed, "source": "point" if cid.startswith("p") else "sobol",
-               **configs[cid], "space": space.name, "git_commit": commit, "git_dirty": dirty,
-               "machine": json.dumps(machine), "recorded_at": datetime.datetime.now().isoformat(timespec="seconds"),
-               "load_average_at_end": json.dumps(load_average())}
+        run = {
+            "config_id": cid,
+            "seed": seed,
+            "source": "point" if cid.startswith("p") else "sobol",
+            **configs[cid],
+            "space": space.name,
+            "git_commit": commit,
+            "git_dirty": dirty,
+            "machine": json.dumps(machine),
+            "recorded_at": datetime.datetime.now().isoformat(timespec="seconds"),
+            "load_average_at_end": json.dumps(load_average()),
+        }
         write_part(path, run, rows)
         print(f"== {cid} seed {seed}: {len(rows)} epochs, {rows[-1]['time/run_s']:.0f} s", flush=True)
 

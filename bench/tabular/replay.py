@@ -69,9 +69,18 @@ COST_KEYS: dict[str, tuple[str, str]] = {
 
 #: Columns the recorder added beside the trainer's report: not part of what a trial reports.
 _RECORDER_KEYS = frozenset(
-    {"health/verdict_step", "health/verdict_epoch", "health/verdicts", "health/default_stop",
-     "health/default_stop_kind", "health/default_stop_step", "time/train_s", "time/to_default_stop_s",
-     "time/setup_s", "time/run_s"}
+    {
+        "health/verdict_step",
+        "health/verdict_epoch",
+        "health/verdicts",
+        "health/default_stop",
+        "health/default_stop_kind",
+        "health/default_stop_step",
+        "time/train_s",
+        "time/to_default_stop_s",
+        "time/setup_s",
+        "time/run_s",
+    }
 )
 
 
@@ -89,7 +98,9 @@ class Strategy:
 
 #: Every strategy of the comparison; ``tpe+health+asha`` is the platform's default.
 STRATEGIES = {
-    s.name: s for sampler in ("tpe", "random") for s in (
+    s.name: s
+    for sampler in ("tpe", "random")
+    for s in (
         Strategy(sampler, asha=False, health=False),
         Strategy(sampler, asha=True, health=False),
         Strategy(sampler, asha=False, health=True),
@@ -122,9 +133,15 @@ class TrialRecord:
     ``running`` (cut by the end of the budget)."""
 
     def summary(self) -> dict[str, Any]:
-        return {"trial_id": self.trial_id, "answered_by": self.run.config_id, "epochs": self.epochs,
-                "cost_s": round(self.cost, 3), "outcome": self.outcome, "full_ap": self.run.final_ap,
-                "failing": self.run.failing}
+        return {
+            "trial_id": self.trial_id,
+            "answered_by": self.run.config_id,
+            "epochs": self.epochs,
+            "cost_s": round(self.cost, 3),
+            "outcome": self.outcome,
+            "full_ap": self.run.final_ap,
+            "failing": self.run.failing,
+        }
 
 
 @dataclass
@@ -182,8 +199,11 @@ def searcher_for(space: SearchSpace, sampler: Sampler, seed: int):
 def epoch_result(space: SearchSpace, trial_id: str, row: dict[str, Any], stop: bool) -> dict[str, Any]:
     """What Tune sees of one recorded epoch: the trainer's report (as the default health rule
     would have made it when ``stop``) through ``tune_metrics``, plus Tune's own keys."""
-    report = {k: v for k, v in row.items() if (k in ("epoch", "step", "time/epoch_s") or k.split("/")[0] in
-                                              ("train", "val", "health")) and k not in _RECORDER_KEYS}
+    report = {
+        k: v
+        for k, v in row.items()
+        if (k in ("epoch", "step", "time/epoch_s") or k.split("/")[0] in ("train", "val", "health")) and k not in _RECORDER_KEYS
+    }
     if stop:
         diagnosis = row["health/default_stop"]
         report.update({"health/stop": 1.0, "health/diagnosis": diagnosis, "health/code": float(LABELS.index(diagnosis))})

@@ -86,8 +86,9 @@ def summarise(stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for f in TARGETS:
         key = f"compute_to_{int(f * 100)}"
         out[f"reached_{int(f * 100)}"] = sum(math.isfinite(s[key]) for s in stats)
-    out["outcomes_mean"] = {k: sum(s["outcomes"].get(k, 0) for s in stats) / n
-                            for k in sorted({k for s in stats for k in s["outcomes"]})}
+    out["outcomes_mean"] = {
+        k: sum(s["outcomes"].get(k, 0) for s in stats) / n for k in sorted({k for s in stats for k in s["outcomes"]})
+    }
     out["best_proposed_fate"] = dict(Counter(s["best_proposed_fate"] for s in stats))
     out["table_best_fate"] = dict(Counter(s["table_best_fate"] for s in stats))
     return out
@@ -108,12 +109,15 @@ def paired_ratios(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], key:
     return {"n": len(ratios), "censored": censored, **(quantiles(ratios) if ratios else {})}
 
 
-def table_facts(primary: Mapping[str, Run], runs: Mapping[tuple[str, int], Run], cost_key: str = "time/epoch_s") -> dict[str, Any]:
+def table_facts(
+    primary: Mapping[str, Run], runs: Mapping[tuple[str, int], Run], cost_key: str = "time/epoch_s"
+) -> dict[str, Any]:
     """What the recorded table holds; ``full_run_s`` in the seconds of ``cost_key``."""
     best_id = max(primary, key=lambda c: primary[c].final_ap)
     ranked = sorted(primary, key=lambda c: -primary[c].final_ap)
-    stops = Counter(r.epochs[r.first_default_stop()]["health/default_stop"] for r in primary.values()
-                    if r.first_default_stop() is not None)
+    stops = Counter(
+        r.epochs[r.first_default_stop()]["health/default_stop"] for r in primary.values() if r.first_default_stop() is not None
+    )
     run_seconds = [r.epochs[0]["time/run_s"] for r in runs.values()]
     stop_epochs: dict[str, Counter] = {}
     full = spent = 0.0
@@ -148,8 +152,10 @@ def table_facts(primary: Mapping[str, Run], runs: Mapping[tuple[str, int], Run],
         "wall_full_run_s": quantiles([r.full_seconds() for r in primary.values()]),
         "cpu_full_run_s": quantiles([r.full_seconds("time/epoch_cpu_s") for r in primary.values()]),
         "recording_s": sum(run_seconds),
-        "recording_span": [min(r.epochs[0]["recorded_at"] for r in runs.values()),
-                           max(r.epochs[0]["recorded_at"] for r in runs.values())],
+        "recording_span": [
+            min(r.epochs[0]["recorded_at"] for r in runs.values()),
+            max(r.epochs[0]["recorded_at"] for r in runs.values()),
+        ],
     }
 
 
@@ -244,8 +250,13 @@ def markdown(r: dict[str, Any], replay_machine: str, png: str) -> str:
         f"Recorded on: {rec['cpu']}, {rec['cpu_cores']} cores (shared with other jobs), 1 torch thread per run, load "
         f"average at start {', '.join(map(str, rec['load_average_at_start']))}; Python {rec['python']}, torch "
         f"{rec['torch']}; commit {', '.join(c[:10] for c in r['git_commit_of_table'])}"
-        + (f" with uncommitted changes in `model/` or `hpo/` for {r['git_dirty_runs']} of the {t['runs']} runs "
-           "(the working tree is shared)" if r["git_dirty_runs"] else "") + ".",
+        + (
+            f" with uncommitted changes in `model/` or `hpo/` for {r['git_dirty_runs']} of the {t['runs']} runs "
+            "(the working tree is shared)"
+            if r["git_dirty_runs"]
+            else ""
+        )
+        + ".",
         f"Replayed on: {replay_machine.removeprefix('Machine: ')}",
         "",
         "## The table",
@@ -261,7 +272,8 @@ def markdown(r: dict[str, Any], replay_machine: str, png: str) -> str:
         "",
         f"Best configuration: `{t['best_config']}`, val/ap {t['best_ap']:.4f} after 6 epochs "
         f"({', '.join(f'{k}={_short(v)}' for k, v in t['best_params'].items())}); the top 5: "
-        + ", ".join(f"`{c}` {ap}" for c, ap in t["top5"]) + ".",
+        + ", ".join(f"`{c}` {ap}" for c, ap in t["top5"])
+        + ".",
         f"Failing configurations (a default `stop_on` diagnosis at some epoch, or a last AP < 0.001): "
         f"{t['failing_configs']} of {t['configs']}; the health rule stops {sum(t['health_would_stop'].values())} "
         f"({', '.join(f'{k} {v}' for k, v in sorted(t['health_would_stop'].items()))}); in the top 10: "
@@ -284,18 +296,30 @@ def markdown(r: dict[str, Any], replay_machine: str, png: str) -> str:
         f"{loo['max']:.4f} | {loo['n']} |",
     ]
     if noise:
-        lines.append(f"| the same configuration with another seed (run-to-run noise) | {noise['mean']:.4f} | "
-                     f"{noise['median']:.4f} | {noise['max']:.4f} | {noise['n']} |")
+        lines.append(
+            f"| the same configuration with another seed (run-to-run noise) | {noise['mean']:.4f} | "
+            f"{noise['median']:.4f} | {noise['max']:.4f} | {noise['n']} |"
+        )
     lines += [
         "",
         f"Failing or not: the leave-one-out answer agrees for {sur['leave_one_out_failing_agreement']:.0%} of the "
-        "configurations" + (f"; a configuration's seeds agree for {sur['seed_noise_failing_agreement']:.0%} of the "
-                             "noise configurations" if noise else "") + ".",
+        "configurations"
+        + (
+            f"; a configuration's seeds agree for {sur['seed_noise_failing_agreement']:.0%} of the noise configurations"
+            if noise
+            else ""
+        )
+        + ".",
     ]
     if sur["seed_noise"]:
-        lines += ["", "Final val/ap per seed (0 / 1 / 2) of the noise configurations: "
-                  + "; ".join(f"`{n['config_id']}` " + " / ".join(f"{v:.4f}" for v in n["final_ap"].values())
-                              for n in sur["seed_noise"]) + "."]
+        lines += [
+            "",
+            "Final val/ap per seed (0 / 1 / 2) of the noise configurations: "
+            + "; ".join(
+                f"`{n['config_id']}` " + " / ".join(f"{v:.4f}" for v in n["final_ap"].values()) for n in sur["seed_noise"]
+            )
+            + ".",
+        ]
     for vname, v in r["variants"].items():
         lines += _variant_lines(vname, v, r["seeds"], r["workers"], r["jobs"])
     lines += [
@@ -330,7 +354,8 @@ def _variant_lines(vname: str, v: dict[str, Any], seeds: int, workers: int, jobs
         f"slot-seconds of recorded {v['cost']} time), {workers} trial slots. Compute in full runs ({unit:.1f} s, the "
         "median run's): quartiles over seeds, p25 / median / p75; `>budget`: not reached within the budget.",
         "",
-        "| strategy | trials (distinct configs) | " + " | ".join(f"to {f:.0%} of the best | seeds" for f in TARGETS)
+        "| strategy | trials (distinct configs) | "
+        + " | ".join(f"to {f:.0%} of the best | seeds" for f in TARGETS)
         + " | compute on failing configs | best val/ap at the end | best config proposed: cut by ASHA / health | "
         "table's best: proposed / cut by ASHA / health |",
         "|---" * (2 + 2 * len(TARGETS) + 4) + "|",
@@ -350,11 +375,22 @@ def _variant_lines(vname: str, v: dict[str, Any], seeds: int, workers: int, jobs
             f"{x['best_proposed_fate'].get('asha', 0)} / {x['best_proposed_fate'].get('health', 0)} | "
             f"{seeds - tb.get('not proposed', 0)} / {tb.get('asha', 0)} / {tb.get('health', 0)} |"
         )
-    lines += ["", "Trials per search by how they ended, mean over seeds (`running`: cut by the end of the budget): "
-              + "; ".join(f"{strategy_label(n, not v['space_overrides'])}: " + ", ".join(f"{k} {c:.1f}" for k, c in s[n]["outcomes_mean"].items())
-                          for n in ordered(list(s))) + "."]
-    lines += ["", "The platform's default against no stopping, compute to reach the target (default / no stopping; "
-              "the issue's target for the table's best: <= 1/3 at the median, <= 1/2 at the 75th percentile):", ""]
+    lines += [
+        "",
+        "Trials per search by how they ended, mean over seeds (`running`: cut by the end of the budget): "
+        + "; ".join(
+            f"{strategy_label(n, not v['space_overrides'])}: "
+            + ", ".join(f"{k} {c:.1f}" for k, c in s[n]["outcomes_mean"].items())
+            for n in ordered(list(s))
+        )
+        + ".",
+    ]
+    lines += [
+        "",
+        "The platform's default against no stopping, compute to reach the target (default / no stopping; "
+        "the issue's target for the table's best: <= 1/3 at the median, <= 1/2 at the 75th percentile):",
+        "",
+    ]
     for sampler, comp in v["comparisons"].items():
         d, n = s[f"{sampler}+health+asha"], s[f"{sampler}+nostop"]
         for f in TARGETS:
@@ -367,9 +403,13 @@ def _variant_lines(vname: str, v: dict[str, Any], seeds: int, workers: int, jobs
                 f"{pr['censored']} with one side not reaching it, counted as the budget): median "
                 f"{_ratio_value(pr.get('p50'))}, 75th percentile {_ratio_value(pr.get('p75'))}."
             )
-    lines += ["", "Which rule costs or saves what, against no stopping (median compute to the table's best / to 75 % of "
-              "it, as above; cut: seeds in which the best configuration the search proposed never completed because "
-              "the rule stopped it):", ""]
+    lines += [
+        "",
+        "Which rule costs or saves what, against no stopping (median compute to the table's best / to 75 % of "
+        "it, as above; cut: seeds in which the best configuration the search proposed never completed because "
+        "the rule stopped it):",
+        "",
+    ]
     for sampler in ("tpe", "random"):
         base = s.get(f"{sampler}+nostop")
         if base is None:
@@ -387,9 +427,12 @@ def _variant_lines(vname: str, v: dict[str, Any], seeds: int, workers: int, jobs
                 f"{base['reached_75']}), cut by ASHA {cut.get('asha', 0)}, by health {cut.get('health', 0)}"
             )
         lines.append(f"- {'TPE' if sampler == 'tpe' else 'random'}: " + "; ".join(parts) + ".")
-    lines += ["", "Replay time, each strategy's searches added up (one search runs in one process): "
-              + ", ".join(f"{n} {sec:.0f} s" for n, sec in v["replay_s"]["per_strategy"].items())
-              + f"; the variant {v['replay_s']['total']:.0f} s wall with {jobs} process(es)."]
+    lines += [
+        "",
+        "Replay time, each strategy's searches added up (one search runs in one process): "
+        + ", ".join(f"{n} {sec:.0f} s" for n, sec in v["replay_s"]["per_strategy"].items())
+        + f"; the variant {v['replay_s']['total']:.0f} s wall with {jobs} process(es).",
+    ]
     return lines
 
 

@@ -241,9 +241,7 @@ class _Columns:
         )
 
 
-def cache_key(
-    annotation_file: Path, records: Sequence[ImageRecord], file_sizes: Sequence[int], max_side: int | None
-) -> str:
+def cache_key(annotation_file: Path, records: Sequence[ImageRecord], file_sizes: Sequence[int], max_side: int | None) -> str:
     """Hex digest of everything the cache content depends on."""
     h = hashlib.sha256()
     h.update(json.dumps({"format_version": CACHE_FORMAT_VERSION, "max_side": max_side}).encode())
@@ -270,9 +268,7 @@ def _try_open(path: Path, key: str) -> ArrowImageCache | None:
 def _build(path: Path, key: str, records: Sequence[ImageRecord], images_dir: Path, max_side: int | None) -> None:
     start = time.perf_counter()
     logger.info("building image cache %s (%d images, max side %s)", path, len(records), max_side)
-    schema = _SCHEMA.with_metadata(
-        {"key": key, "format_version": str(CACHE_FORMAT_VERSION), "max_side": str(max_side)}
-    )
+    schema = _SCHEMA.with_metadata({"key": key, "format_version": str(CACHE_FORMAT_VERSION), "max_side": str(max_side)})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
     def encode(record: ImageRecord) -> dict[str, Any]:
@@ -295,7 +291,10 @@ def _build(path: Path, key: str, records: Sequence[ImageRecord], images_dir: Pat
         tmp.unlink(missing_ok=True)
     logger.info(
         "built image cache %s: %d images, %d corrupt skipped, %.1f s",
-        path, len(records) - corrupt, corrupt, time.perf_counter() - start,
+        path,
+        len(records) - corrupt,
+        corrupt,
+        time.perf_counter() - start,
     )
 
 
@@ -305,8 +304,17 @@ def _encode_row(images_dir: Path, record: ImageRecord, max_side: int | None) -> 
     except RuntimeError as err:
         message = decode_error_message(err)
         logger.warning("corrupt image %s skipped (%s)", images_dir / record.relpath, message)
-        return {"relpath": record.relpath, "height": 0, "width": 0, "orig_height": 0, "orig_width": 0,
-                "pixels": b"", "boxes": [], "invalid": [], "error": message}
+        return {
+            "relpath": record.relpath,
+            "height": 0,
+            "width": 0,
+            "orig_height": 0,
+            "orig_width": 0,
+            "pixels": b"",
+            "boxes": [],
+            "invalid": [],
+            "error": message,
+        }
     height, width = image.shape[-2:]
     boxes = fit_boxes(record.boxes, orig_size, (height, width))
     return {

@@ -114,19 +114,22 @@ _BACKGROUNDS = (
 # no distractor is an unlabelled face.
 _NONFACE_WITH_FACE_PARTS = frozenset({114, 124, 125, 126, 130, 180})
 # Skin tones (sRGB) from light to dark; they set hue and overall darkness of a tinted patch.
-_SKIN_TONES = np.array(
-    [
-        [255, 224, 196],
-        [241, 194, 150],
-        [234, 192, 134],
-        [224, 172, 105],
-        [198, 134, 66],
-        [161, 102, 64],
-        [141, 85, 36],
-        [92, 56, 37],
-    ],
-    dtype=np.float32,
-) / 255.0
+_SKIN_TONES = (
+    np.array(
+        [
+            [255, 224, 196],
+            [241, 194, 150],
+            [234, 192, 134],
+            [224, 172, 105],
+            [198, 134, 66],
+            [161, 102, 64],
+            [141, 85, 36],
+            [92, 56, 37],
+        ],
+        dtype=np.float32,
+    )
+    / 255.0
+)
 
 
 @dataclass(frozen=True)
@@ -628,9 +631,7 @@ def _place_faces(rng: np.random.Generator, width: int, height: int, max_face: in
     return _place_widths(rng, widths, width, height, _MIN_FACE)
 
 
-def _place_widths(
-    rng: np.random.Generator, widths: Iterable[int], width: int, height: int, min_face: int
-) -> list[_Face]:
+def _place_widths(rng: np.random.Generator, widths: Iterable[int], width: int, height: int, min_face: int) -> list[_Face]:
     """Faces of these widths (in order) inside the image, overlapping each other by little; a face
     that finds no free spot in 20 tries is dropped. Attribute columns drawn for each."""
     boxes = np.zeros((0, 4), dtype=np.float64)  # xyxy of faces placed so far

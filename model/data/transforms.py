@@ -149,6 +149,9 @@ class FaceIoUCrop(v2.RandomIoUCrop):  # type: ignore[misc]
             if len(hits):
                 t = int(hits[0])
                 return dict(
-                    top=int(top[t]), left=int(left[t]), height=int(new_h[t]), width=int(new_w[t]),
+                    top=int(top[t]),
+                    left=int(left[t]),
+                    height=int(new_h[t]),
+                    width=int(new_w[t]),
                     is_within_crop_area=inside[t] if len(boxes) else torch.zeros(0, dtype=torch.bool),
                 )

@@ -113,9 +113,7 @@ def parse_annotations(path: str | Path) -> tuple[list[ImageRecord], ParseStats]:
         if relpath.startswith(("/", "\\")) or ".." in Path(relpath).parts:
             raise AnnotationError(f"{path}:{path_line}: image path {relpath!r} leaves the split's images folder")
         if pos + 1 >= len(lines):
-            raise AnnotationError(
-                f"{path}:{path_line}: truncated record {relpath!r}: the file ends before its face count"
-            )
+            raise AnnotationError(f"{path}:{path_line}: truncated record {relpath!r}: the file ends before its face count")
         count_line, count_text = lines[pos + 1]
         try:
             count = int(count_text)
@@ -172,9 +170,7 @@ def _parse_face_lines(path: Path, face_lines: Sequence[tuple[int, str]]) -> np.n
         # The vectorised parse cannot tell which line is bad: find it.
         bad = next((i for i, row in enumerate(rows) if not _is_face_row(row)), 0)
         number, text = face_lines[bad]
-        raise AnnotationError(
-            f"{path}:{number}: expected numbers (x y w h, then six integer attributes), got {text!r}"
-        )
+        raise AnnotationError(f"{path}:{number}: expected numbers (x y w h, then six integer attributes), got {text!r}")
     return values
 
 
@@ -218,8 +214,7 @@ class DataReport:
 
     def __str__(self) -> str:
         parts = [
-            f"WIDER FACE {self.split}: {self.images:,} images, {self.faces:,} faces "
-            f"({self.invalid_faces:,} invalid)",
+            f"WIDER FACE {self.split}: {self.images:,} images, {self.faces:,} faces ({self.invalid_faces:,} invalid)",
             f"{self.zero_size_boxes:,} zero-size boxes dropped",
             f"{len(self.missing_files):,} missing{_examples(self.missing_files)}",
             f"{len(self.corrupt_files):,} corrupt{_examples(self.corrupt_files)}",
@@ -299,9 +294,7 @@ class WiderFaceDataset(torch.utils.data.Dataset[tuple[Tensor, dict[str, Any]]]):
             keep = np.unique(np.linspace(0, len(records) - 1, max_images).round().astype(np.int64))
             records, file_sizes = [records[i] for i in keep], [file_sizes[i] for i in keep]
         if self._missing:
-            logger.warning(
-                "%s: %d image files missing, skipped (e.g. %s)", self.images_dir, len(self._missing), self._missing[0]
-            )
+            logger.warning("%s: %d image files missing, skipped (e.g. %s)", self.images_dir, len(self._missing), self._missing[0])
 
         self._cache: ArrowImageCache | None = None
         self._rows: np.ndarray | None = None  # cache row of each sample
@@ -363,7 +356,9 @@ class WiderFaceDataset(torch.utils.data.Dataset[tuple[Tensor, dict[str, Any]]]):
                 self._corrupt[i] = True
                 logger.warning(
                     "corrupt image %s skipped, sample %d replaced by the next readable one (%s)",
-                    self.images_dir / record.relpath, index, decode_error_message(err),
+                    self.images_dir / record.relpath,
+                    index,
+                    decode_error_message(err),
                 )
                 continue
             return CachedImage(
