@@ -8,17 +8,16 @@ It makes:
   with the outcome (``hpo.outcome``), ``val/ap`` and the sampled params as columns;
 * ``stopped_trial.png``: the run page of the first trial the health monitor stopped (its
   description holds the monitor's evidence);
-* ``best_detections.png``: the best trial's ``detections.png`` artifact in MLflow (drawn at twice
-  the scale: the picture itself is 332 px wide);
+* ``best_detections.png``: the best trial's ``detections.png`` artifact in MLflow (four validation
+  images, ground truth and the detections at the run's operating point, a legend under them);
 * ``report.png``: the top of the search's HTML report.
 
-How: it runs the CPU demo search (``hpo/search.py`` with its defaults: 12 trials of ``cpu-mini``,
+How: it runs the CPU demo search (``hpo/search.py`` with its defaults: 12 trials of ``cpu-demo``,
 whose seeded second point diverges) in ``--workdir``, or reuses the finished search already there;
 checks that at least one trial completed and one was stopped by the health monitor; serves the
 search's MLflow with ``mlflow ui`` on 127.0.0.1 and a free port; and screenshots each page with
-headless Chromium. Run time on the 2-core machine (2026-12-01): 77 s with a new workdir, the search
-~60 s of it (250 s while apt-get ran beside it; the README measures the search at ~3 minutes), and
-17 s when it reuses the finished search.
+headless Chromium. Run time on the 2-core machine (2026-12-02): 40-42 s when it reuses a finished
+search; with a new workdir add the search (164-212 s, the README's "The demo's figures").
 
 Prerequisite: Debian's Chromium, ``apt-get install -y chromium`` (the script looks for
 ``chromium`` or ``chromium-browser`` on ``PATH``). Pillow (a dependency of the project) shrinks a
@@ -67,7 +66,7 @@ from hpo import layout as L
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "ssd-face-hpo-screenshots"
-EXPERIMENT = "cpu-mini"  # the default space's name, the default search's experiment
+EXPERIMENT = "cpu-demo"  # the default space's name, the default search's experiment
 HOST = "mlflow.localhost"  # loopback, but not a name that opens the Assistant (see above)
 WINDOW = (1600, 1100)
 MAX_BYTES = 400_000
@@ -97,7 +96,7 @@ def main() -> None:
         shots = [
             ("runs_table.png", L.trials_view_url(f"http://{HOST}:{port}", experiment), WINDOW, 1),
             ("stopped_trial.png", f"{ui}/runs/{stopped.info.run_id}?{view}", WINDOW, 1),
-            ("best_detections.png", f"{ui}/runs/{best.info.run_id}/artifacts/detections.png?{view}", (960, 620), 2),
+            ("best_detections.png", f"{ui}/runs/{best.info.run_id}/artifacts/detections.png?{view}", (1200, 1000), 1),
             ("report.png", report.as_uri(), WINDOW, 1),
         ]
         for name, url, window, scale in shots:

@@ -1,7 +1,7 @@
 """Collapse-aware hyperparameter search for SSD face detectors: ``python hpo/search.py``.
 
 With no arguments it runs the CPU demo: a local Ray, MLflow at ``sqlite:///mlflow.db``, the
-generated mini set (created under ``data/wider-mini`` on first use) and the ``cpu-mini`` search
+generated mini set (created under ``data/wider-mini`` on first use) and the ``cpu-demo`` search
 space. Ray Tune runs the trials, Optuna samples them, the health monitor stops trials that
 diverge or collapse (a finite penalty teaches Optuna the region fails), ASHA prunes weak ones at
 its rungs, and every trial is a child run of one parent run in MLflow.
@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python hpo/search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--space", default="cpu-mini", help="a search_spaces/ name or a YAML path (default: %(default)s)")
+    p.add_argument("--space", default="cpu-demo", help="a search_spaces/ name or a YAML path (default: %(default)s)")
     p.add_argument("--data", type=Path, help="dataset root (default: the space's data.root; the mini set is generated there)")
     p.add_argument("--num-trials", type=int, help="overrides budget.num_samples")
     p.add_argument("--address", help="Ray cluster address ('auto' on a cluster; default: start a local Ray)")

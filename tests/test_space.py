@@ -31,7 +31,7 @@ from model.config import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SHIPPED = ("cpu-mini", "widerface-gpu", "seed-study-sweep")
+SHIPPED = ("cpu-demo", "cpu-mini", "widerface-gpu", "seed-study-sweep")
 #: The seed study's sweep, as its paper lists it (class weight 1.0 throughout).
 STUDY_BOX_WEIGHTS = [0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 
@@ -110,6 +110,22 @@ def test_cpu_mini_is_a_tpe_asha_search_with_a_baseline() -> None:
     assert space.resources.gpu == 0 and space.points_to_evaluate
     assert space.scheduler.grace_period >= space.params["schedule.warmup_epochs"].high
     assert space.fixed["model.backbone"] == "tiny" and 128 <= space.fixed["model.input_size"] <= 192
+
+
+def test_the_default_search_is_the_cpu_demo_whose_first_point_is_its_recipe() -> None:
+    """``python hpo/search.py`` runs cpu-demo: the recipe of bench/results/demo_recipe.md first (AdamW
+    lr 2e-3), a known divergence second (SGD lr 1 without warm-up), every trial at most 12 epochs."""
+    from hpo.search import parse_args
+
+    assert parse_args([]).space == "cpu-demo"
+    space = load_space("cpu-demo")
+    assert space.sampler.type == "tpe" and space.scheduler.type == "asha" and space.budget.max_epochs == 12
+    assert space.scheduler.grace_period >= space.params["schedule.warmup_epochs"].high
+    recipe, failure = (space.trial_config(point) for point in space.points_to_evaluate)
+    assert (recipe.optim.optimizer, recipe.optim.lr, recipe.schedule.warmup_epochs) == ("adamw", 2e-3, 1.0)
+    assert (recipe.loss.match_iou, recipe.data.min_face_size, recipe.augment.zoom_out) == (0.35, 10, False)
+    assert recipe.eval.score_threshold == 0.4 and recipe.data.max_train_images == 400
+    assert (failure.optim.optimizer, failure.optim.lr, failure.schedule.warmup_epochs) == ("sgd", 1.0, 0.0)
 
 
 def test_widerface_gpu_uses_real_data_on_gpus() -> None:
