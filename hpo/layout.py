@@ -60,6 +60,7 @@ EXPORTED_TRIAL, EXPORTED_RUN = "hpo.exported_trial", "hpo.exported_run"
 PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own: the UI nests the child under its parent
 DESCRIPTION = run_files.DESCRIPTION_TAG  # MLflow's own: the run page's description
 BEST_TRIAL = "hpo.best_trial"  #: on the parent: the id of the best completed trial
+BEST_PARAMS = "hpo.best_params"  #: on the parent: that trial's sampled params, ``key=value, ...``
 #: On the parent of a search with an Optuna study (TPE): its storage's URL (``sqlite:///...``) and
 #: the study's name in it, for ``optuna.load_study`` and ``optuna-dashboard``. (The study's trials
 #: carry ``hpo.trial_id`` as a user attribute: the Tune trial, i.e. the child run.)

@@ -136,8 +136,9 @@ def finish_parent_run(
     """Write ``summary.csv`` (one row per trial; columns in order of first appearance), tag
     ``hpo.status``, and end the parent run: FINISHED, or KILLED for an interrupted search. With
     ``best`` (a summary row) and ``metric``, the parent shows the best trial in the runs table: its
-    metric value as the parent's metric, its id as ``hpo.best_trial``; its description counts the
-    trials by outcome.
+    metric value as the parent's metric, its id as ``hpo.best_trial``, its sampled params (the row's
+    dotted keys) as ``hpo.best_params``; its description counts the trials by outcome and names the
+    best one with its params.
 
     Raises:
         ValueError: ``status`` is neither ``finished`` nor ``interrupted``.
@@ -156,7 +157,11 @@ def finish_parent_run(
     if best is not None and metric is not None and is_finite(best.get(metric)):
         client.log_metric(run_id, metric, float(best[metric]))
         tags[L.BEST_TRIAL] = str(best["trial_id"])
+        params = ", ".join(f"{k}={v}" for k, v in best.items() if "." in k and k != metric)
         lines += ["", f"Best completed trial: {best['trial_id']} ({metric} {float(best[metric]):.4f})."]
+        if params:
+            tags[L.BEST_PARAMS] = params[:_MAX_TAG_CHARS]
+            lines.append(f"Its params: {params}.")
     tags[L.DESCRIPTION] = "\n".join(lines)
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if status == L.FINISHED else RunStatus.KILLED))

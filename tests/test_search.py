@@ -113,6 +113,10 @@ def test_search_stops_the_failures_with_their_diagnoses_and_tracks_every_trial_o
     assert diverged.data.tags["hpo.outcome"] == "stopped:diverged"
     assert [m.step for m in client.get_metric_history(diverged.info.run_id, "health/stop")] == [1]  # its first epoch
     assert client.get_metric_history(diverged.info.run_id, "val/ap") == []  # stopped before validating: nothing measured
+    # Its name says how it ended; its description and a tag give the monitor's evidence.
+    assert diverged.info.run_name == f"{diverged.data.tags['hpo.trial_id']} stopped:diverged"
+    assert diverged.data.tags["hpo.health_message"].startswith("diverged at step")
+    assert f"Health monitor: {diverged.data.tags['hpo.health_message']}" in diverged.data.tags["mlflow.note.content"]
 
     collapsed = by_point[tuple(COLLAPSING.values())]
     assert collapsed.data.tags["hpo.outcome"] == "stopped:background-collapse", collapsed.data.tags
@@ -126,6 +130,18 @@ def test_search_stops_the_failures_with_their_diagnoses_and_tracks_every_trial_o
         assert run.data.tags["hpo.outcome"] in ("completed", "pruned") or run.data.tags["hpo.outcome"].startswith("stopped:")
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"trial_config.yaml", "learning_curves.png", "detections.png"} <= artifacts, artifacts
+    # Only measured values are logged: no penalty, no placeholder (AP is never negative).
+    assert all(m.value >= 0 for t in trials for m in client.get_metric_history(t.info.run_id, "val/ap"))
+    # The parent names the best completed trial, with its metric and params.
+    completed = [t for t in trials if t.data.tags["hpo.outcome"] == "completed"]
+    parent = parents[0].data
+    if completed:
+        best = max(completed, key=lambda t: t.data.metrics["val/ap"])
+        assert parent.tags["hpo.best_trial"] == best.data.tags["hpo.trial_id"]
+        assert parent.metrics["val/ap"] == pytest.approx(best.data.metrics["val/ap"])
+        assert f"optim.lr={best.data.params['optim.lr']}" in parent.tags["hpo.best_params"]
+    else:
+        assert "hpo.best_trial" not in parent.tags and "val/ap" not in parent.metrics
     # The parent holds the space, the summary table and the report with its plots.
     parent_artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"search_space.yaml", "summary.csv", "report"} <= parent_artifacts, parent_artifacts

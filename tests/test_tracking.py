@@ -351,13 +351,15 @@ def test_finish_parent_run_writes_the_summary(search) -> None:
     uri, client = search["uri"], search["client"]
     rows = [{"trial_id": r["trial_id"], "outcome": r["outcome"], **r["metrics"]} for r in search["first"]]
     rows[0]["extra"] = "only here"
-    best = {"trial_id": "abc123", "val/ap": 0.25}
+    best = {"trial_id": "abc123", "outcome": "completed", "val/ap": 0.25, "optim.lr": 0.002, "loss.box_loss": "giou"}
     finish_parent_run(uri, search["parent"], rows, "finished", best=best, metric="val/ap")
     run = client.get_run(search["parent"])
     assert run.info.status == "FINISHED" and run.data.tags["hpo.status"] == "finished"
     # The runs table shows the best trial on the parent; its description counts the outcomes.
     assert run.data.metrics["val/ap"] == 0.25 and run.data.tags["hpo.best_trial"] == "abc123"
     assert "| stopped:diverged | 1 |" in run.data.tags["mlflow.note.content"]
+    assert run.data.tags["hpo.best_params"] == "optim.lr=0.002, loss.box_loss=giou"
+    assert "Its params: optim.lr=0.002, loss.box_loss=giou." in run.data.tags["mlflow.note.content"]
     path = download_artifacts(run_id=search["parent"], artifact_path="summary.csv", tracking_uri=uri)
     table = list(csv.DictReader(io.StringIO(Path(path).read_text())))
     assert [row["trial_id"] for row in table] == [r["trial_id"] for r in rows]
