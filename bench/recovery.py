@@ -12,6 +12,12 @@ Usage::
     nice -n 10 python bench/recovery.py                       # ~5-10 min on 2 shared cores
     python bench/recovery.py --cases diverged_lr1:stop --epochs 4 --out /tmp/rec
     nice -n 10 python bench/recovery.py --seeds 0,1,2        # the figures in bench/results/recovery.md
+    python bench/recovery.py --cases healthy:stop,collapse_bw10_neg30_nowarm:recover,collapse_bw10_neg30_nowarm:restart_fixed \
+        --seeds 0,1,2 --stem recovery_collapse                # bench/results/recovery_collapse.md
+
+(``recovery.md`` was measured with the intervention table before the collapse entry's caps and
+``rollback: start``, and with ``restart_fixed`` at the fixes of that time: lr x0.1 and class weight
+x2 / neg:pos 15; its events name the changes each run made.)
 """
 
 from __future__ import annotations
@@ -38,28 +44,48 @@ from model.trainer import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+#: The collapse entry of the intervention table before the caps (class weight x2, neg:pos x0.5, a
+#: fresh warm-up, rolled back to the onset), for comparison.
+_OLD_ENTRY: dict[str, Any] = {
+    "rollback": "onset",
+    "class_weight_factor": 2.0,
+    "neg_pos_factor": 0.5,
+    "neg_pos_max": None,
+    "box_class_max": None,
+}
+
+
+def _collapse_entry(changes: dict[str, Any]) -> dict[str, Any]:
+    """Recover, with these keys of the ``background-collapse`` intervention changed."""
+    return {"health.on_failure": "recover", **{f"health.interventions.background-collapse.{k}": v for k, v in changes.items()}}
+
+
 #: name -> (zoo entry, overrides). ``recover`` uses the default intervention table; the variants
 #: change one entry of it, to compare.
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "healthy:stop": ("healthy", {}),
     "diverged_lr1:stop": ("diverged_lr1", {}),
     "diverged_lr1:recover": ("diverged_lr1", {"health.on_failure": "recover"}),
-    "diverged_lr1:recover_lr0.01": (
+    "diverged_lr1:recover_lr0.1": (
         "diverged_lr1",
-        {"health.on_failure": "recover", "health.interventions.diverged.lr_factor": 0.01},
+        {"health.on_failure": "recover", "health.interventions.diverged.lr_factor": 0.1},
     ),
     "collapse_bw10_neg30_nowarm:stop": ("collapse_bw10_neg30_nowarm", {}),
     "collapse_bw10_neg30_nowarm:recover": ("collapse_bw10_neg30_nowarm", {"health.on_failure": "recover"}),
-    "collapse_bw10_neg30_nowarm:recover_cw5": (
+    # The collapse entry before it (class weight x2 or x5, neg:pos x0.5, rolled back to the onset),
+    # and the default's caps rolled back to the onset instead of the start.
+    "collapse_bw10_neg30_nowarm:recover_cw2_onset": ("collapse_bw10_neg30_nowarm", _collapse_entry(_OLD_ENTRY)),
+    "collapse_bw10_neg30_nowarm:recover_cw5_onset": (
         "collapse_bw10_neg30_nowarm",
-        {"health.on_failure": "recover", "health.interventions.background-collapse.class_weight_factor": 5.0},
+        _collapse_entry({**_OLD_ENTRY, "class_weight_factor": 5.0}),
     ),
+    "collapse_bw10_neg30_nowarm:recover_caps_onset": ("collapse_bw10_neg30_nowarm", _collapse_entry({"rollback": "onset"})),
     # The same configurations restarted from scratch with the default intervention's change applied
     # (what a user does by hand): the compute a recovery is measured against.
-    "diverged_lr1:restart_fixed": ("diverged_lr1", {"optim.lr": 0.1, "schedule.warmup_epochs": 1.0}),
+    "diverged_lr1:restart_fixed": ("diverged_lr1", {"optim.lr": 0.01, "schedule.warmup_epochs": 1.0}),
     "collapse_bw10_neg30_nowarm:restart_fixed": (
         "collapse_bw10_neg30_nowarm",
-        {"loss.class_weight": 2.0, "loss.neg_pos_ratio": 15, "schedule.warmup_epochs": 1.0},
+        {"loss.box_weight": 1.0, "loss.neg_pos_ratio": 3, "schedule.warmup_epochs": 1.0},
     ),
 }
 
@@ -211,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (each case runs once per seed)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--stem", default="recovery", help="the results' file name: <out>/<stem>.{json,md}")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data_root = ensure_mini(DEFAULT_MINI_ROOT)
@@ -228,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     result["summary"] = summarise(result["runs"])
     result["snapshot_bytes"] = snapshot_costs()
     result["machine"]["load_average_at_end"] = load_average()
-    write_results(args.out, "recovery", result, write_markdown(result))
+    write_results(args.out, args.stem, result, write_markdown(result))
     return 0
 
 

@@ -79,6 +79,10 @@ class Intervention(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
     action: Literal["rollback", "restore_best", "stop"] = "rollback"
+    rollback: Literal["onset", "start"] = "onset"
+    """Where ``rollback`` goes: ``onset``, the newest healthy snapshot from before the failure's
+    onset; ``start``, the untrained state: the run restarts with the changes below, keeping its
+    run, data order and epoch budget (for failures whose damage the fix does not undo in place)."""
     """``rollback``: restore the last healthy snapshot from before the failure's onset, apply the
     changes below, go on; ``restore_best``: restore the best epoch's snapshot and stop; ``stop``:
     stop as without recovery."""
@@ -90,6 +94,12 @@ class Intervention(BaseModel):
     """Multiplies ``loss.class_weight`` (re-balances the loss towards classification)."""
     neg_pos_factor: float = Field(1.0, gt=0)
     """Multiplies ``loss.neg_pos_ratio`` (hard-mined CE only)."""
+    box_weight_factor: float = Field(1.0, gt=0)
+    """Multiplies ``loss.box_weight``."""
+    neg_pos_max: float | None = Field(None, gt=0)
+    """After the factors: at most this many hard negatives per positive (``None``: no cap)."""
+    box_class_max: float | None = Field(None, gt=0)
+    """After the factors: a box weight at most this many times the class weight (``None``: no cap)."""
     skip_batches: int = Field(0, ge=0)
     """``diverged`` at a step check: skip this many batches, up to the one checked, when the epoch
     is replayed (the same batches come back: the snapshot holds the data order's random state)."""
@@ -97,11 +107,14 @@ class Intervention(BaseModel):
 
 #: The default intervention table (see model/recovery.py). ``bench/results/recovery.md`` (the
 #: zoo's lr-1 run, 3 seeds): ``diverged``'s lr x0.1 left it at 2-3 % of the healthy baseline's AP,
-#: x0.01 at 55-104 % (mean 0.093 vs 0.123), hence x0.01. The collapse entry (and a x5 class
-#: weight) recovered the zoo's collapse to 0-6 % only: no intervention measured does better yet.
+#: x0.01 at 55-104 % (mean 0.093 vs 0.123), hence x0.01. The zoo's collapse (box weight 10, neg:pos
+#: 30, no warm-up) stayed collapsed when rolled back to any epoch after its first with any fix
+#: measured (class weight x2 or x5, neg:pos x0.5, or the caps below: 0-6 % of the healthy AP); rolled
+#: back to the untrained state with the caps it reached 55-77 % (``bench/results/recovery_collapse.md``,
+#: 3 seeds; the same fix restarted by hand 67-76 %): hence a rollback to the start.
 DEFAULT_INTERVENTIONS: dict[Problem, Intervention] = {
     "diverged": Intervention(lr_factor=0.01, warmup_epochs=1.0, skip_batches=5),
-    "background-collapse": Intervention(class_weight_factor=2.0, neg_pos_factor=0.5, warmup_epochs=1.0),
+    "background-collapse": Intervention(rollback="start", neg_pos_max=3.0, box_class_max=1.0, warmup_epochs=1.0),
     "stalled": Intervention(lr_factor=10.0),
     "fp-surge": Intervention(neg_pos_factor=2.0),
     "overfitting": Intervention(action="restore_best"),
@@ -226,6 +239,12 @@ class HealthConfig(BaseModel):
     at most ``stall_step_max_ap`` (the class-prior and fallen-top-score exceptions above hold here
     too). Under the default warm-up (100 steps; with 37-step epochs it ends in epoch 3) a run at lr
     1e-5 or 1e-6 is named at epoch 5 or 6, not at epoch 8 or 9."""
+    stall_max_loss_rise: float = Field(1.25, ge=1)
+    """Not stalled (the step-level rule): the loss (median of the later half of the checks) above
+    this many times its early reference is rising, not flat, and is left to the collapse and
+    divergence checks. The zoo's collapse (box weight 10, neg:pos 30, no warm-up) was called
+    stalled at 150 % of its early loss on one seed, and the stall's intervention (lr x10) then
+    made it diverge (``bench/results/recovery.md``)."""
     stall_step_max_ap: float = Field(0.002, ge=0)
     """The step-level stall's AP limit: without the grace it asks for an untrained detector's AP
     (the mini set's stalled runs: at most 0.0006), not just AP near 0; a healthy run that sits at
@@ -858,6 +877,8 @@ class HealthMonitor:
         loss_fraction = loss_late / cast(float, loss_start)  # not None: checked finite above
         if change > cfg.stall_max_change or min(fraction, loss_fraction) < cfg.stall_min_fraction:
             return None
+        if loss_fraction > cfg.stall_max_loss_rise:
+            return None  # the loss is climbing: getting worse is not "nothing learnt"
         evidence = {
             "loss_cls": cls_late,
             "loss_cls_before": cls_early,

@@ -112,7 +112,9 @@ class Recovery:
                 report[K.HEALTH_STOP] = 0.0
         elif self.enabled and not trainer.should_stop and verdict.diagnosis == "healthy":
             snapshot = self._snapshot(trainer)
-            self.snapshots = [*self.snapshots, snapshot][-self.cfg.snapshots :]
+            # The untrained state stays (the first, for ``rollback: start``), with the newest others.
+            untrained, *others = self.snapshots or [snapshot]
+            self.snapshots = [untrained, *[*others, snapshot][-self.cfg.snapshots :]] if self.snapshots else [snapshot]
             if self._keep_best and trainer.improved:
                 self.best = snapshot
         report[K.HEALTH_RECOVERIES] = float(len(self.events))
@@ -133,11 +135,13 @@ class Recovery:
             if self.best is None:
                 return False
             snapshot = self.best
+        elif not self.snapshots:
+            return False
+        elif intervention.rollback == "start":
+            snapshot = self.snapshots[0]  # the untrained state, always kept
         else:
             onset = _onset_epoch(verdict)
             before = [s for s in self.snapshots if s["epoch"] < onset]
-            if not before and not self.snapshots:
-                return False
             snapshot = (before or self.snapshots[:1])[-1]
         failed_epoch, failed_step = verdict.epoch, verdict.step
         skipped = []
@@ -151,7 +155,7 @@ class Recovery:
             trainer.should_stop = True
         else:
             self.skip.update(skipped)
-            changes = self._apply(trainer, intervention)
+            changes = self.apply(trainer, intervention)
         event = {
             "recovery": len(self.events) + 1,
             "diagnosis": verdict.diagnosis,
@@ -169,17 +173,26 @@ class Recovery:
         trainer.log(f"recovery {event['recovery']}/{self.cfg.max_recoveries}: {self.event_text}")
         return True
 
-    def _apply(self, trainer: Trainer, iv: Intervention) -> dict[str, list[Any]]:
+    def apply(self, trainer: Trainer, iv: Intervention) -> dict[str, list[Any]]:
         """Change the run as ``iv`` says; return ``{dotted key: [before, after]}``."""
         cfg = trainer.cfg
-        changes: dict[str, list[Any]] = {}
-        for key, current, factor in (
-            ("optim.lr", cfg.optim.lr, iv.lr_factor),
-            ("loss.class_weight", cfg.loss.class_weight, iv.class_weight_factor),
-            ("loss.neg_pos_ratio", cfg.loss.neg_pos_ratio, iv.neg_pos_factor),
-        ):
-            if factor != 1.0:
-                changes[key] = [current, current * factor]
+        before = {
+            "optim.lr": cfg.optim.lr,
+            "loss.class_weight": cfg.loss.class_weight,
+            "loss.box_weight": cfg.loss.box_weight,
+            "loss.neg_pos_ratio": cfg.loss.neg_pos_ratio,
+        }
+        after = {
+            "optim.lr": cfg.optim.lr * iv.lr_factor,
+            "loss.class_weight": cfg.loss.class_weight * iv.class_weight_factor,
+            "loss.box_weight": cfg.loss.box_weight * iv.box_weight_factor,
+            "loss.neg_pos_ratio": cfg.loss.neg_pos_ratio * iv.neg_pos_factor,
+        }
+        if iv.neg_pos_max is not None:
+            after["loss.neg_pos_ratio"] = min(after["loss.neg_pos_ratio"], iv.neg_pos_max)
+        if iv.box_class_max is not None:
+            after["loss.box_weight"] = min(after["loss.box_weight"], iv.box_class_max * after["loss.class_weight"])
+        changes: dict[str, list[Any]] = {key: [before[key], value] for key, value in after.items() if value != before[key]}
         if iv.warmup_epochs:
             length = max(1, round(iv.warmup_epochs * trainer.iters_per_epoch))
             # A rewarm that starts after the restored step belongs to the abandoned branch.

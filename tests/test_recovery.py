@@ -11,6 +11,7 @@ from test_trainer import DIVERGING, small_cfg
 
 from model.callbacks import Checkpointing
 from model.config import ConfigError, TrainConfig
+from model.health import Intervention, Verdict
 from model.trainer import Trainer
 
 RECOVER = {**DIVERGING, "health.on_failure": "recover", "health.check_every_steps": 1}
@@ -92,3 +93,36 @@ def test_a_run_checkpointed_after_a_recovery_resumes_exactly(
 def test_a_bad_recovery_config_names_the_key(overrides: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         TrainConfig().with_overrides(overrides)
+
+
+def test_an_intervention_caps_the_loss_balance_and_names_each_change(mini_root: Path) -> None:
+    """Caps after the factors: at most 3 negatives per positive and a box weight at most the class
+    weight; a value already within its cap is left out of the changes."""
+    caps = {"neg_pos_max": 3.0, "box_class_max": 1.0, "class_weight_factor": 2.0, "warmup_epochs": 1.0}
+    trainer = quiet(small_cfg(mini_root, **{"loss.box_weight": 10.0, "loss.neg_pos_ratio": 30.0, "schedule.warmup_iters": 0}))
+    changes = trainer.recovery.apply(trainer, Intervention(**caps))
+    assert changes == {
+        "loss.class_weight": [1.0, 2.0],
+        "loss.box_weight": [10.0, 2.0],  # capped at 1 x the new class weight
+        "loss.neg_pos_ratio": [30.0, 3.0],
+        "schedule.warmup_epochs": [None, 1.0],
+    }
+    assert (trainer.cfg.loss.box_weight, trainer.cfg.loss.neg_pos_ratio, trainer.cfg.loss.class_weight) == (2.0, 3.0, 2.0)
+    within = quiet(small_cfg(mini_root, **{"loss.box_weight": 0.5, "loss.neg_pos_ratio": 2.0}))
+    assert within.recovery.apply(within, Intervention(neg_pos_max=3.0, box_class_max=1.0)) == {}
+
+
+def test_the_untrained_state_is_kept_for_a_rollback_to_the_start(mini_root: Path) -> None:
+    """Snapshots: the untrained state and the newest ``health.snapshots`` healthy epochs; a
+    ``rollback: start`` intervention goes back to the untrained state, whatever the onset."""
+    collapse_entry = "health.interventions.background-collapse"
+    overrides = {"health.on_failure": "recover", "health.snapshots": 1, f"{collapse_entry}.neg_pos_max": 1.0}
+    trainer = quiet(small_cfg(mini_root, epochs=3, **overrides))
+    trainer.fit()
+    assert [s["epoch"] for s in trainer.recovery.snapshots] == [0, 3]
+    assert trainer.cfg.health.interventions["background-collapse"].rollback == "start"  # the default
+    collapse = Verdict("background-collapse", True, evidence={"evaluations": 1}, epoch=3)
+    assert trainer.recovery._recover(trainer, collapse)
+    (event,) = trainer.recovery_events()
+    assert (event["snapshot_epoch"], event["snapshot_step"], trainer.epoch, trainer.global_step) == (0, 0, 0, 0)
+    assert event["changes"]["loss.neg_pos_ratio"] == [3.0, 1.0]
