@@ -126,3 +126,30 @@ def test_the_untrained_state_is_kept_for_a_rollback_to_the_start(mini_root: Path
     (event,) = trainer.recovery_events()
     assert (event["snapshot_epoch"], event["snapshot_step"], trainer.epoch, trainer.global_step) == (0, 0, 0, 0)
     assert event["changes"]["loss.neg_pos_ratio"] == [3.0, 1.0]
+
+
+@pytest.mark.slow
+def test_a_collapsing_run_recovers_through_the_training_command(full_mini: Path, tmp_path: Path) -> None:
+    """The zoo's collapse (box weight 10, neg:pos 30, no warm-up) at the demo's sizes, through
+    ``python -m model.train``: rolled back to the untrained state with the loss balance capped, it
+    trains on; the event and the effective config are beside its checkpoints."""
+    from model.train import main
+
+    collapsing = {"loss.box_weight": 10.0, "loss.neg_pos_ratio": 30.0, "schedule.warmup_iters": 0}
+    fast = {"health.grace_epochs": 1, "health.collapse_patience": 1, "health.min_span_steps": 0}  # as test_search's e2e
+    sizes = {"data.max_train_images": 300, "data.max_val_images": 60, "model.input_size": 160, "batch_size": 8}
+    cfg = TrainConfig().with_overrides(
+        {"data.root": str(full_mini), "data.cache_dir": str(tmp_path / "cache"), "epochs": 4,
+         "health.on_failure": "recover", **collapsing, **fast, **sizes}
+    )  # fmt: skip
+    config, out = tmp_path / "c.yaml", tmp_path / "run"
+    cfg.to_yaml(config)
+    main(["--config", str(config), "--out", str(out), "--no-progress", "--threads", "1"])
+    first, *_ = json.loads((out / "recoveries.json").read_text())
+    assert first["diagnosis"] == "background-collapse" and first["snapshot_epoch"] == 0, first
+    assert first["changes"]["loss.box_weight"] == [10.0, 1.0] and first["changes"]["loss.neg_pos_ratio"] == [30.0, 3.0]
+    effective = TrainConfig.model_validate(__import__("yaml").safe_load((out / "effective_config.yaml").read_text()))
+    assert (effective.loss.box_weight, effective.loss.neg_pos_ratio, effective.schedule.warmup_epochs) == (1.0, 3.0, 1.0)
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    failed = next(i for i, r in enumerate(rows) if r["health/recovery"])
+    assert [r["epoch"] for r in rows[failed + 1 :]][:1] == [1]  # trained on, from the start
