@@ -112,8 +112,14 @@ class LossConfig(_Section):
         return self
 
 
+#: Non-maximum suppression: hard, or Soft-NMS decaying overlapping scores linearly or by a Gaussian.
+NmsMethod = Literal["nms", "soft_linear", "soft_gaussian"]
+
+
 class PostprocessConfig(_Section):
-    nms: Literal["nms", "soft_linear", "soft_gaussian"] = "nms"
+    """From head outputs to detections (``model/postprocess.py``, whose defaults these are)."""
+
+    nms: NmsMethod = "nms"
     nms_iou: float = Field(0.45, gt=0, le=1)
     soft_nms_sigma: float = Field(0.5, gt=0)
     score_threshold: float = Field(0.05, ge=0, le=1)

@@ -6,7 +6,7 @@ them, which helps crowded scenes, where neighbouring faces overlap.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +14,12 @@ from torch import Tensor
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, box_area, box_iou, clip_boxes_to_image
 
-NmsMethod = Literal["nms", "soft_linear", "soft_gaussian"]
-NMS_METHODS: tuple[str, ...] = ("nms", "soft_linear", "soft_gaussian")
+from model.config import NmsMethod, PostprocessConfig
+
+NMS_METHODS: tuple[str, ...] = get_args(NmsMethod)
 SoftNmsMethod = Literal["linear", "gaussian"]
+#: The defaults of :func:`postprocess`: the config's, so that they are written once.
+_DEFAULT = PostprocessConfig()
 
 
 def postprocess(
@@ -26,12 +29,12 @@ def postprocess(
     box_coder: BoxCoder,
     image_size: int | tuple[int, int],
     *,
-    score_threshold: float = 0.05,
-    topk_candidates: int = 400,
-    nms: NmsMethod = "nms",
-    nms_iou: float = 0.45,
-    soft_nms_sigma: float = 0.5,
-    max_detections: int = 200,
+    score_threshold: float = _DEFAULT.score_threshold,
+    topk_candidates: int = _DEFAULT.topk_candidates,
+    nms: NmsMethod = _DEFAULT.nms,
+    nms_iou: float = _DEFAULT.nms_iou,
+    soft_nms_sigma: float = _DEFAULT.soft_nms_sigma,
+    max_detections: int = _DEFAULT.max_detections,
 ) -> list[dict[str, Tensor]]:
     """Detections for a batch of head outputs.
 

@@ -22,7 +22,7 @@ from torchvision.models.detection.ssd import SSDHead
 from torchvision.models.detection.ssdlite import SSDLiteHead
 
 from model.backbones import BACKBONES, FeatureMapShape, build_backbone, probe_feature_maps
-from model.postprocess import NmsMethod, postprocess
+from model.postprocess import postprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -127,18 +127,13 @@ class FaceSSD(nn.Module):
     def predict(
         self,
         images: Tensor,
-        *,
-        score_threshold: float = 0.05,
-        topk_candidates: int = 400,
-        nms: NmsMethod = "nms",
-        nms_iou: float = 0.45,
-        soft_nms_sigma: float = 0.5,
-        max_detections: int = 200,
+        **options: Any,
     ) -> list[dict[str, Tensor]]:
         """Detections per image, ``{"boxes": (N, 4) xyxy, "scores": (N,)}``, in eval mode.
 
-        The keyword arguments are those of :func:`model.postprocess.postprocess` (and of
-        ``PostprocessConfig``). The module's train/eval mode is restored afterwards.
+        ``options`` are the keyword arguments of :func:`model.postprocess.postprocess`, the fields
+        of ``PostprocessConfig`` (its defaults where left out). The module's train/eval mode is
+        restored afterwards.
         """
         was_training = self.training
         self.eval()
@@ -152,12 +147,7 @@ class FaceSSD(nn.Module):
             self.anchors(cls_logits.device, bbox_regression.dtype),
             self.box_coder,
             self.input_size,
-            score_threshold=score_threshold,
-            topk_candidates=topk_candidates,
-            nms=nms,
-            nms_iou=nms_iou,
-            soft_nms_sigma=soft_nms_sigma,
-            max_detections=max_detections,
+            **options,
         )
 
 
