@@ -121,7 +121,7 @@ DEFAULT_INTERVENTIONS: dict[Problem, Intervention] = {
     "no-positives": Intervention(action="stop"),
     "recall-decline": Intervention(action="stop"),
     # A warning by default; when added to ``stop_on`` it is treated as the collapse it precedes.
-    "near-collapse": Intervention(class_weight_factor=2.0, neg_pos_factor=0.5, warmup_epochs=1.0),
+    "near-collapse": Intervention(rollback="start", neg_pos_max=3.0, box_class_max=1.0, warmup_epochs=1.0),
 }
 
 

@@ -12,7 +12,6 @@ lock so concurrent trials on one machine build it once.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -20,13 +19,14 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from filelock import FileLock
 import pyarrow as pa
 import torch
 import torchvision.transforms.v2.functional as F
@@ -36,10 +36,6 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 if TYPE_CHECKING:
     from model.data.widerface import ImageRecord
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: concurrent builders each build, the atomic rename keeps it correct
-    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +158,7 @@ class ArrowImageCache:
         key = cache_key(annotation_file, records, file_sizes, max_side)
         path = Path(cache_dir) / f"widerface-{split}-{key[:20]}.arrow"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(path.with_name(path.name + ".lock")):
+        with FileLock(path.with_name(path.name + ".lock")):  # parallel trials build a cache once
             cache = _try_open(path, key)
             if cache is None:
                 _build(path, key, records, images_dir, max_side)
@@ -328,17 +324,3 @@ def _encode_row(images_dir: Path, record: ImageRecord, max_side: int | None) -> 
         "invalid": record.invalid.tolist(),
         "error": None,
     }
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock across processes (so parallel trials build a cache once)."""
-    if fcntl is None:
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

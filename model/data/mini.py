@@ -39,25 +39,21 @@ the official ones do (``tests/test_predict.py`` checks the figures against the o
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-try:  # POSIX only; without it concurrent first uses merely race (each result is still complete).
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 #: Bumped whenever the generator's output changes, so ``ensure_mini`` regenerates old sets.
 FORMAT_VERSION = 1
@@ -348,20 +344,11 @@ def _install(staging: Path, out: Path) -> None:
     shutil.rmtree(retired.parent, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    """Serialise generation of one dataset root across processes (not re-entrant)."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
+def _lock(out: Path) -> FileLock:
+    """Serialise generation of one dataset root across processes."""
     out.parent.mkdir(parents=True, exist_ok=True)
     # A sibling file, not inside ``out``: ``out`` itself is replaced while the lock is held.
-    with open(out.parent / f".{out.name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return FileLock(out.parent / f".{out.name}.lock")
 
 
 # --------------------------------------------------------------------------------------------
