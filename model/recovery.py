@@ -112,9 +112,11 @@ class Recovery:
                 report[K.HEALTH_STOP] = 0.0
         elif self.enabled and not trainer.should_stop and verdict.diagnosis == "healthy":
             snapshot = self._snapshot(trainer)
-            # The untrained state stays (the first, for ``rollback: start``), with the newest others.
-            untrained, *others = self.snapshots or [snapshot]
-            self.snapshots = [untrained, *[*others, snapshot][-self.cfg.snapshots :]] if self.snapshots else [snapshot]
+            if self.snapshots:  # the untrained state stays first (``rollback: start``), then the newest
+                untrained, *others = self.snapshots
+                self.snapshots = [untrained, *[*others, snapshot][-self.cfg.snapshots :]]
+            else:
+                self.snapshots = [snapshot]
             if self._keep_best and trainer.improved:
                 self.best = snapshot
         report[K.HEALTH_RECOVERIES] = float(len(self.events))
