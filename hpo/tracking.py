@@ -50,6 +50,7 @@ from hpo.runs import search_runs, tag_filter
 from hpo.space import SearchSpace
 from hpo.values import is_finite, is_number
 from model import report_keys as K
+from model import run_files
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -662,12 +663,9 @@ def _description(trial_id: str, outcome: str, last: Mapping[str, Any], recovery:
     the latest recovery (what, from which snapshot, which change)."""
     epoch, step = last.get(K.EPOCH), last.get(K.STEP)
     where = f" after epoch {int(epoch)} (step {int(step)})" if is_number(epoch) and is_number(step) else ""
-    lines = [f"Trial {trial_id}: {outcome}{where}."]
-    if last.get(K.HEALTH_MESSAGE):
-        lines.append(f"Health monitor: {last[K.HEALTH_MESSAGE]}")
-    if recovery:
-        lines.append(f"Last recovery {recovery}")
-    return "\n\n".join(lines)
+    return run_files.run_description(
+        f"Trial {trial_id}: {outcome}{where}.", str(last.get(K.HEALTH_MESSAGE) or ""), recovery or ""
+    )
 
 
 def _experiment_id(client: MlflowClient, tracking_uri: str, name: str) -> str:

@@ -112,16 +112,17 @@ class Intervention(BaseModel):
 #: measured (class weight x2 or x5, neg:pos x0.5, or the caps below: 0-6 % of the healthy AP); rolled
 #: back to the untrained state with the caps it reached 55-77 % (``bench/results/recovery_collapse.md``,
 #: 3 seeds; the same fix restarted by hand 67-76 %): hence a rollback to the start.
+_COLLAPSE_FIX = Intervention(rollback="start", neg_pos_max=3.0, box_class_max=1.0, warmup_epochs=1.0)
 DEFAULT_INTERVENTIONS: dict[Problem, Intervention] = {
     "diverged": Intervention(lr_factor=0.01, warmup_epochs=1.0, skip_batches=5),
-    "background-collapse": Intervention(rollback="start", neg_pos_max=3.0, box_class_max=1.0, warmup_epochs=1.0),
+    "background-collapse": _COLLAPSE_FIX,
     "stalled": Intervention(lr_factor=10.0),
     "fp-surge": Intervention(neg_pos_factor=2.0),
     "overfitting": Intervention(action="restore_best"),
     "no-positives": Intervention(action="stop"),
     "recall-decline": Intervention(action="stop"),
     # A warning by default; when added to ``stop_on`` it is treated as the collapse it precedes.
-    "near-collapse": Intervention(rollback="start", neg_pos_max=3.0, box_class_max=1.0, warmup_epochs=1.0),
+    "near-collapse": _COLLAPSE_FIX,
 }
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from model import report_keys as K
+from model.dotted import get_dotted
 from model.engine import build_loss
 from model.health import Intervention, Problem, Verdict, constant_predictor_cls_loss
 
@@ -178,18 +179,14 @@ class Recovery:
     def apply(self, trainer: Trainer, iv: Intervention) -> dict[str, list[Any]]:
         """Change the run as ``iv`` says; return ``{dotted key: [before, after]}``."""
         cfg = trainer.cfg
-        before = {
-            "optim.lr": cfg.optim.lr,
-            "loss.class_weight": cfg.loss.class_weight,
-            "loss.box_weight": cfg.loss.box_weight,
-            "loss.neg_pos_ratio": cfg.loss.neg_pos_ratio,
+        factors = {
+            "optim.lr": iv.lr_factor,
+            "loss.class_weight": iv.class_weight_factor,
+            "loss.box_weight": iv.box_weight_factor,
+            "loss.neg_pos_ratio": iv.neg_pos_factor,
         }
-        after = {
-            "optim.lr": cfg.optim.lr * iv.lr_factor,
-            "loss.class_weight": cfg.loss.class_weight * iv.class_weight_factor,
-            "loss.box_weight": cfg.loss.box_weight * iv.box_weight_factor,
-            "loss.neg_pos_ratio": cfg.loss.neg_pos_ratio * iv.neg_pos_factor,
-        }
+        before = {key: get_dotted(cfg, key) for key in factors}
+        after = {key: before[key] * factor for key, factor in factors.items()}
         if iv.neg_pos_max is not None:
             after["loss.neg_pos_ratio"] = min(after["loss.neg_pos_ratio"], iv.neg_pos_max)
         if iv.box_class_max is not None:

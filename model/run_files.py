@@ -27,3 +27,14 @@ ROLE_TAG, OUTCOME_TAG, DIAGNOSIS_TAG = "hpo.role", "hpo.outcome", "hpo.diagnosis
 HEALTH_MESSAGE_TAG = "hpo.health_message"
 DESCRIPTION_TAG = "mlflow.note.content"  #: MLflow's own: the run page's description
 PRODUCTION_ROLE = "production"  #: the role of a run of ``python -m model.train``
+
+
+def run_description(headline: str, health_message: str = "", recovery: str = "") -> str:
+    """A run's description (:data:`DESCRIPTION_TAG`): how it ended, the health monitor's message
+    with its evidence and the latest recovery, one paragraph each."""
+    lines = [headline]
+    if health_message:
+        lines.append(f"Health monitor: {health_message}")
+    if recovery:
+        lines.append(f"Last recovery {recovery}")
+    return "\n\n".join(lines)

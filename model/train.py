@@ -81,12 +81,11 @@ class MlflowLogging(Callback):
             # At the last epoch's step, logged last: the run's value of these keys (with
             # eval.wider_ap the epochs' own, on the last model, are in the history before it).
             self.mlflow.log_metrics(metrics, step=step)
-        description = [f"Production training: {outcome} after epoch {step}."]
-        tags = {run_files.OUTCOME_TAG: outcome}
+        description = run_files.run_description(f"Production training: {outcome} after epoch {step}.", message)
+        tags = {run_files.OUTCOME_TAG: outcome, run_files.DESCRIPTION_TAG: description}
         if message:
             tags[run_files.HEALTH_MESSAGE_TAG] = message
-            description.append(f"Health monitor: {message}")
-        self.mlflow.set_tags({**tags, run_files.DESCRIPTION_TAG: "\n\n".join(description)})
+        self.mlflow.set_tags(tags)
         for path in files:
             self.mlflow.log_artifact(str(path))
         self.mlflow.end_run(status="FINISHED" if outcome == "completed" else "FAILED")

@@ -1,4 +1,4 @@
-"""Helpers the end-to-end tests share: a search's Tune records, waiting on a running search, and
+"""Helpers the tests share: a one-epoch run folder, a search's Tune records, waiting on a running search, and
 waiting for an MLflow server to answer."""
 
 from __future__ import annotations
@@ -14,6 +14,35 @@ import pytest
 import yaml
 
 from hpo.space import load_space
+
+
+def one_epoch_run(mini_root: Path, out: Path, input_size: int, **overrides: object) -> Path:
+    """``out`` as ``model.train`` leaves it (``config.yaml``, ``last.pt``) after one epoch of the tiny
+    SSD on 32 images. A prior of 0.1 and one epoch: the scores already depend on the image, so
+    there are detections to write, score and export (AP small but above 0)."""
+    from model.config import TrainConfig
+    from model.trainer import Trainer
+
+    cfg = TrainConfig().with_overrides(
+        {
+            "data.root": str(mini_root),
+            "data.cache": False,
+            "data.max_train_images": 32,
+            "device": "cpu",
+            "epochs": 1,
+            "batch_size": 16,
+            "model.input_size": input_size,
+            "model.prior_prob": 0.1,
+            "optim.lr": 0.01,
+            "schedule.warmup_iters": 2,
+            **overrides,
+        }
+    )
+    trainer = Trainer(cfg, log=lambda _: None)
+    trainer.fit()
+    trainer.save_checkpoint(out / "last.pt")
+    cfg.to_yaml(out / "config.yaml")
+    return out
 
 
 def tune_results(search_dir: Path) -> dict[str, list[dict]]:

@@ -15,7 +15,7 @@ from model.data.cache import decode_and_fit
 from model.data.transforms import build_eval_transforms
 from model.export_model import export, main
 from model.predict import list_split_images, model_from_checkpoint, predict_images
-from model.trainer import Trainer
+from tests.support import one_epoch_run
 
 SIZE = 128
 
@@ -23,26 +23,7 @@ SIZE = 128
 @pytest.fixture(scope="module")
 def checkpoint(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``last.pt`` of a one-epoch tiny SSD: scores that depend on the image, many detections."""
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig().with_overrides(
-        {
-            "data.root": str(mini_root),
-            "data.cache": False,
-            "data.max_train_images": 32,
-            "data.max_val_images": 8,
-            "device": "cpu",
-            "epochs": 1,
-            "batch_size": 16,
-            "model.input_size": SIZE,
-            "model.prior_prob": 0.1,
-            "optim.lr": 0.01,
-            "schedule.warmup_iters": 2,
-        }
-    )
-    trainer = Trainer(cfg, log=lambda _: None)
-    trainer.fit()
-    trainer.save_checkpoint(out / "last.pt")
-    return out / "last.pt"
+    return one_epoch_run(mini_root, tmp_path_factory.mktemp("run"), SIZE, **{"data.max_val_images": 8}) / "last.pt"
 
 
 @pytest.fixture(scope="module")

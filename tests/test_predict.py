@@ -12,14 +12,14 @@ import torch
 from scipy.io import loadmat
 from torchvision.ops import box_iou
 
-from model.config import PostprocessConfig, TrainConfig, load_config
+from model.config import PostprocessConfig, load_config
 from model.data.mini import GROUND_TRUTH_FILES, MARKER_NAME, SETTING_MIN_HEIGHT, ensure_mini, face_settings
 from model.data.transforms import build_eval_transforms
 from model.data.widerface import WiderFaceDataset, parse_annotations
 from model.predict import list_split_images, main, merge_detections, model_from_checkpoint, predict_images, predict_split
-from model.trainer import Trainer
 from model.widerface_eval import SETTINGS, evaluate_widerface, load_ground_truth, read_predictions, to_wider_predictions
 from model.widerface_eval import main as eval_main
+from tests.support import one_epoch_run
 
 SIZE = 128
 #: The official val ground truth lives in the shared folder beside the repository (``../shared``).
@@ -28,31 +28,8 @@ OFFICIAL_GT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 
 @pytest.fixture(scope="module")
 def run_dir(mini_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder as ``model.train`` leaves it: config.yaml and last.pt of a one-epoch tiny SSD.
-
-    A prior of 0.1 and one epoch: the scores already depend on the image, so there are
-    detections to write and to score (AP small but above 0).
-    """
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig().with_overrides(
-        {
-            "data.root": str(mini_root),
-            "data.cache": False,
-            "data.max_train_images": 32,
-            "device": "cpu",
-            "epochs": 1,
-            "batch_size": 16,
-            "model.input_size": SIZE,
-            "model.prior_prob": 0.1,
-            "optim.lr": 0.01,
-            "schedule.warmup_iters": 2,
-        }
-    )
-    trainer = Trainer(cfg, log=lambda _: None)
-    trainer.fit()
-    trainer.save_checkpoint(out / "last.pt")
-    cfg.to_yaml(out / "config.yaml")
-    return out
+    """A run folder as ``model.train`` leaves it: config.yaml and last.pt of a one-epoch tiny SSD."""
+    return one_epoch_run(mini_root, tmp_path_factory.mktemp("run"), SIZE)
 
 
 def _gt_dir(root: Path) -> Path:
