@@ -39,9 +39,12 @@ from hpo.trainable import NODE_ID_KEY
 from tests.support import mlflow_answers
 
 REPO = Path(__file__).resolve().parents[1]
-#: Per search: (trials, epochs each). Spreading needs trials, not epochs; the fault test needs a
-#: trial with epochs left after its first checkpoint.
-SIZE = {"spread": (4, 2), "fault": (3, 4)}
+#: Per search: (trials, epochs each). Each node holds one trial at a time, so two running at once
+#: are on both nodes; "spread" trials last several epochs so that the first one still runs when the
+#: other node's worker has started (with 2 epochs a fast first trial once ended before that and
+#: Tune gave its reused worker every later trial: all on one node). The fault test needs a trial
+#: with epochs left after its first checkpoint.
+SIZE = {"spread": (4, 5), "fault": (3, 4)}
 
 
 @pytest.fixture(scope="module")
