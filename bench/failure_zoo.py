@@ -96,6 +96,20 @@ ZOO: dict[str, ZooEntry] = {
         note="stalled_lr1e-5 without warm-up: the monitor may judge it from epoch 3",
     ),
     "collapse_bw10_neg30_nowarm": _probe("collapse_bw10_neg30_nowarm", "background-collapse", 8),
+    # Issue 16's independent zoo: configurations found by someone else, on which the monitor was fixed.
+    "diverged_lr0.3_nowarm": ZooEntry(
+        "diverged",
+        {"optim.lr": 0.3, "schedule.warmup_iters": 0},
+        2,
+        note="SGD lr 0.3 without warm-up: the loss passed 100x its untrained value at step 22 while the "
+        "divergence reference grew from the checks at steps 1-20 (the stop came at step 30 before the fix)",
+    ),
+    "stalled_lr1e-6": ZooEntry(
+        "stalled",
+        {"optim.lr": 1e-6},
+        8,
+        note="lr 1e-6 under the default 100-step warm-up: named at epoch 9 of 12 before the step-level stall rule",
+    ),
     "dead_lr0.1_nowarm_thr0.2": ZooEntry(
         "background-collapse",
         {**RUNS["dead_lr0.1_nowarm"].overrides, "eval.score_threshold": 0.2},

@@ -14,6 +14,11 @@ Usage::
     nice -n 10 python bench/recovery.py --seeds 0,1,2        # the figures in bench/results/recovery.md
     python bench/recovery.py --cases healthy:stop,collapse_bw10_neg30_nowarm:recover,collapse_bw10_neg30_nowarm:restart_fixed \
         --seeds 0,1,2 --stem recovery_collapse                # bench/results/recovery_collapse.md
+    nice -n 5 python bench/recovery.py --zoo --seeds 0,1,2 --stem recovery_zoo   # issue 16's targets (~30 min)
+
+``--zoo`` runs every failure of the zoo that the default table answers with a rollback (its
+candidates left out), with ``recover`` and restarted from scratch with the changes its recovery made
+(``restart_fixed``), beside the healthy baseline, and sums up the issue's two targets.
 
 (``recovery.md`` was measured with the intervention table before the collapse entry's caps and
 ``rollback: start``, and with ``restart_fixed`` at the fixes of that time: lr x0.1 and class weight
@@ -39,6 +44,7 @@ from model import report_keys as K
 from model.config import DEFAULT_MINI_ROOT, TrainConfig
 from model.data.mini import ensure_mini
 from model.engine import build_model, build_optimizer
+from model.health import DEFAULT_INTERVENTIONS
 from model.recovery import snapshot_bytes
 from model.trainer import Trainer
 
@@ -80,18 +86,45 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         _collapse_entry({**_OLD_ENTRY, "class_weight_factor": 5.0}),
     ),
     "collapse_bw10_neg30_nowarm:recover_caps_onset": ("collapse_bw10_neg30_nowarm", _collapse_entry({"rollback": "onset"})),
-    # The same configurations restarted from scratch with the default intervention's change applied
-    # (what a user does by hand): the compute a recovery is measured against.
-    "diverged_lr1:restart_fixed": ("diverged_lr1", {"optim.lr": 0.01, "schedule.warmup_epochs": 1.0}),
-    "collapse_bw10_neg30_nowarm:restart_fixed": (
+    # The caps at the onset with the classification head re-initialised and the optimiser's state dropped.
+    "collapse_bw10_neg30_nowarm:recover_reset_onset": (
         "collapse_bw10_neg30_nowarm",
-        {"loss.box_weight": 1.0, "loss.neg_pos_ratio": 3, "schedule.warmup_epochs": 1.0},
+        _collapse_entry({"rollback": "onset", "reset_class_head": True, "reset_optimizer": True}),
     ),
 }
+#: ``<zoo entry>:restart_fixed`` (any entry): the configuration restarted from scratch with the
+#: changes its ``<zoo entry>:recover`` run of the same seed ended with (what a user does by hand after
+#: reading the recovery's events): the compute a recovery is measured against. Runs after it.
+RESTART = "restart_fixed"
 
 
-def run_case(name: str, data_root: Path, seed: int, epochs: int) -> dict[str, Any]:
-    entry_name, overrides = CASES[name]
+def zoo_cases() -> list[str]:
+    """``--zoo``: the healthy baseline, then every zoo failure whose label the default table answers
+    with a rollback (not the candidates), recovered and restarted with the fix."""
+    recoverable = {d for d, iv in DEFAULT_INTERVENTIONS.items() if iv.action == "rollback"}
+    entries = [name for name, e in ZOO.items() if e.label in recoverable and not e.candidate]
+    return ["healthy:stop", *(f"{name}:{case}" for name in entries for case in ("recover", RESTART))]
+
+
+def case_overrides(name: str, seed: int, runs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
+    """(zoo entry, overrides) of a case; None for a restart whose recovery changed nothing."""
+    if name in CASES:
+        return CASES[name]
+    entry, _, case = name.rpartition(":")
+    if entry not in ZOO:
+        raise SystemExit(f"unknown case {name!r}: one of {', '.join(CASES)} or <zoo entry>:recover|{RESTART}")
+    if case == "recover":
+        return entry, {"health.on_failure": "recover"}
+    if case != RESTART:
+        raise SystemExit(f"unknown case {name!r}: a zoo entry's case is recover or {RESTART}")
+    recovered = [r for r in runs if r["case"] == f"{entry}:recover" and r["seed"] == seed]
+    if not recovered:
+        raise SystemExit(f"{name} needs {entry}:recover of seed {seed} before it")
+    changes = recovered[-1]["effective_changes"]
+    return (entry, dict(changes)) if changes else None
+
+
+def run_case(name: str, entry_name: str, overrides: dict[str, Any], data_root: Path, seed: int, epochs: int) -> dict[str, Any]:
     entry = ZOO[entry_name]
     base = config_for(entry, seed, data_root, epochs)
     # The zoo observes (stop_on: []); here the monitor acts as in production.
@@ -145,6 +178,19 @@ def _images_to_reach(curve: list[tuple[int, float]], ap: float) -> int | None:
     return next((images for images, value in curve if value >= ap), None)
 
 
+def _against_baselines(r: dict[str, Any], by: dict[tuple[str, int], dict[str, Any]]) -> tuple[float | None, float | None, bool]:
+    """A run's final AP / the healthy baseline's of the same seed; for a recovery, its images / the
+    images its restart with the fix needed to reach the same AP (None: never reached); whether that
+    restart exists."""
+    healthy = by.get(("healthy:stop", r["seed"]))
+    of_healthy = r["final_ap"] / healthy["final_ap"] if healthy and healthy["final_ap"] else None
+    restart = by.get((f"{r['zoo_entry']}:{RESTART}", r["seed"]))
+    if not (r["recoveries"] and restart):
+        return of_healthy, None, False
+    needed = _images_to_reach(restart["curve"], r["final_ap"])
+    return of_healthy, None if needed is None else r["compute_images"] / needed, True
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per case over the seeds: final AP against the healthy baseline of the same seed (the issue's
     target: a recovered run at 80 % of it or more), compute, and for a recovery the images its
@@ -154,24 +200,34 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     summary: dict[str, dict[str, Any]] = {}
     for case in dict.fromkeys(r["case"] for r in runs):
         rows = [r for r in runs if r["case"] == case]
-        ratios, vs_restart = [], []
-        for r in rows:
-            healthy = by.get(("healthy:stop", r["seed"]))
-            if healthy and healthy["final_ap"]:
-                ratios.append(r["final_ap"] / healthy["final_ap"])
-            restart = by.get((f"{r['zoo_entry']}:restart_fixed", r["seed"]))
-            if r["recoveries"] and restart:
-                needed = _images_to_reach(restart["curve"], r["final_ap"])
-                vs_restart.append(None if needed is None else round(r["compute_images"] / needed, 2))
+        compared = [_against_baselines(r, by) for r in rows]
+        ratios = [x for x, _, _ in compared if x is not None]
         summary[case] = {
             "seeds": len(rows),
             "final_ap_mean": sum(r["final_ap"] for r in rows) / len(rows),
             "of_healthy": [round(x, 2) for x in ratios],
             "at_least_80pct": sum(x >= 0.8 for x in ratios),
             "compute_images_mean": sum(r["compute_images"] for r in rows) / len(rows),
-            "compute_vs_restart": vs_restart,
+            "compute_vs_restart": [None if v is None else round(v, 2) for _, v, has in compared if has],
         }
     return summary
+
+
+def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Issue 16's two targets over the ``<entry>:recover`` runs (the default table) that failed (a
+    recovery, or a stop): at least 60 % of them at 80 % of the healthy AP or more, and a recovered
+    run's compute at most half a restart's with the fix to the same AP."""
+    by = {(r["case"], r["seed"]): r for r in runs}
+    failed = [r for r in runs if r["case"].endswith(":recover") and (r["recoveries"] or r["outcome"] != "completed")]
+    compared = [_against_baselines(r, by) for r in failed]
+    of_healthy = [x for x, _, _ in compared if x is not None]
+    vs_restart = [v for _, v, has in compared if has]
+    return {
+        "failed_runs": len(failed),
+        "at_least_80pct_of_healthy": sum(x >= 0.8 for x in of_healthy),
+        "compared_with_restart": len(vs_restart),
+        "at_most_half_of_restart": sum(v is not None and v <= 0.5 for v in vs_restart),
+    }
 
 
 def write_markdown(result: dict[str, Any]) -> str:
@@ -205,6 +261,15 @@ def write_markdown(result: dict[str, Any]) -> str:
             f"| {case} | {s['seeds']} | {s['final_ap_mean']:.4f} | {', '.join(f'{x:.2f}' for x in s['of_healthy'])} |"
             f" {s['at_least_80pct']}/{len(s['of_healthy'])} | {s['compute_images_mean']:.0f} | {restart} |"
         )
+    t = result.get("targets")
+    if t and t["failed_runs"]:
+        lines += [
+            "",
+            f"Targets over the {t['failed_runs']} failing `:recover` runs (a recovery or a stop): "
+            f"{t['at_least_80pct_of_healthy']} at 80 % of the healthy AP or more (goal: 60 % of them); "
+            f"{t['at_most_half_of_restart']} of {t['compared_with_restart']} compared at half a restart's compute "
+            "or less (goal: all).",
+        ]
     lines += [
         "",
         "## Every run",
@@ -233,7 +298,12 @@ def write_markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated names of CASES")
+    parser.add_argument(
+        "--cases",
+        default=",".join(CASES),
+        help=f"comma-separated names of CASES or <zoo entry>:recover|{RESTART}",
+    )
+    parser.add_argument("--zoo", action="store_true", help="every recoverable failure of the zoo (zoo_cases())")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (each case runs once per seed)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -244,8 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     result: dict[str, Any] = {"machine": machine_info(), "seeds": seeds, "epochs": args.epochs, "runs": []}
     for seed in seeds:
-        for name in args.cases.split(","):
-            record = run_case(name, data_root, seed, args.epochs)
+        for name in zoo_cases() if args.zoo else args.cases.split(","):
+            case = case_overrides(name, seed, result["runs"])
+            if case is None:
+                continue
+            record = run_case(name, *case, data_root, seed, args.epochs)
             print(
                 f"seed {seed} {name}: {record['outcome']} final AP {record['final_ap']:.4f} best {record['best_ap']:.4f} "
                 f"recoveries {record['recoveries']} {record['wall_s']} s",
@@ -253,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             result["runs"].append(record)
     result["summary"] = summarise(result["runs"])
+    result["targets"] = targets(result["runs"])
     result["snapshot_bytes"] = snapshot_costs()
     result["machine"]["load_average_at_end"] = load_average()
     write_results(args.out, args.stem, result, write_markdown(result))

@@ -6,7 +6,9 @@ runs it (a local Ray, MLflow in a temporary SQLite store), same trials, epochs a
 * **a, collapse-aware**: the health monitor stops diverged/collapsed/stalled trials, then ASHA;
 * **b, plain ASHA**: the monitor still diagnoses (``health.stop_on: []``) but never stops a trial;
 * **c, no early stopping**: ``scheduler: none`` and the monitor never stops: every trial runs to
-  ``max_epochs`` (the reference compute: trials x max_epochs).
+  ``max_epochs`` (the reference compute: trials x max_epochs);
+* **d, recovering** (issue 16; run with ``--variants a d``): as a, but a diagnosed trial is rolled
+  back and fixed (``health.on_failure: recover``) instead of stopped.
 
 Compute is counted in trial-epochs from Tune's ``result.json`` (one row per epoch a trial ran,
 retries after an error included). Per search: best AP (``raw/val/ap``, any epoch), trial-epochs
@@ -21,6 +23,7 @@ every search a good trial first).
     python bench/search_efficiency.py                       # 8 trials x 6 epochs x 3 searches, seed 0 (37 min at load 6-10)
     python bench/search_efficiency.py --seeds 0 1 2 --trials 12
     python bench/search_efficiency.py --seeds 0 1 2 --no-points   # no given baseline: results in *_nopoints.{json,md}
+    python bench/search_efficiency.py --seeds 0 1 2 --no-points --variants a c d   # search_recovery_nopoints.{json,md}
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ VARIANTS = {
     "a": "collapse-aware (health stopper + ASHA)",
     "b": "plain ASHA (monitor never stops)",
     "c": "no early stopping (every trial to max_epochs)",
+    "d": "recovering (health.on_failure: recover, then ASHA)",
 }
 
 
@@ -80,6 +84,10 @@ def space_file(directory: Path, name: str, *, trials: int, epochs: int, seed: in
         raw["fixed"]["health.stop_on"] = []
     if variant == "c":
         raw["scheduler"] = {"type": "none"}
+    if variant == "d":
+        # Diagnosed failures are rolled back and fixed (model/recovery.py), not stopped; a recovery
+        # replays epochs, and Tune's result rows count them.
+        raw["fixed"]["health.on_failure"] = "recover"
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -239,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--reanalyse needs --keep DIR")
     # With and without the given points are two benchmarks: each keeps its own results.
     stem = "search_efficiency_nopoints" if args.no_points else "search_efficiency"
+    if "d" in args.variants:  # the recovery comparison keeps its own results too
+        stem = stem.replace("search_efficiency", "search_recovery")
     previous = json.loads((args.out / f"{stem}.json").read_text()) if args.reanalyse else None
     machine = previous["machine"] if args.reanalyse else machine_info(ray=ray_version())
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-search-"))

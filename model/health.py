@@ -79,13 +79,12 @@ class Intervention(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
     action: Literal["rollback", "restore_best", "stop"] = "rollback"
+    """``rollback``: restore a snapshot (see ``rollback``), apply the changes below, go on;
+    ``restore_best``: restore the best epoch's snapshot and stop; ``stop``: stop as without recovery."""
     rollback: Literal["onset", "start"] = "onset"
     """Where ``rollback`` goes: ``onset``, the newest healthy snapshot from before the failure's
     onset; ``start``, the untrained state: the run restarts with the changes below, keeping its
     run, data order and epoch budget (for failures whose damage the fix does not undo in place)."""
-    """``rollback``: restore the last healthy snapshot from before the failure's onset, apply the
-    changes below, go on; ``restore_best``: restore the best epoch's snapshot and stop; ``stop``:
-    stop as without recovery."""
     lr_factor: float = Field(1.0, gt=0)
     """Multiplies the learning rate (every group's, for the rest of the schedule)."""
     warmup_epochs: float = Field(0.0, ge=0)
@@ -100,6 +99,12 @@ class Intervention(BaseModel):
     """After the factors: at most this many hard negatives per positive (``None``: no cap)."""
     box_class_max: float | None = Field(None, gt=0)
     """After the factors: a box weight at most this many times the class weight (``None``: no cap)."""
+    reset_class_head: bool = False
+    """After the rollback, re-initialise the classification head's output layers to the face prior
+    (``model.prior_prob``) and drop their optimiser state: forgets a classifier that learnt to call
+    everything background while keeping the backbone's features and the box regressor."""
+    reset_optimizer: bool = False
+    """After the rollback, drop the whole optimiser state (SGD momentum, Adam moments)."""
     skip_batches: int = Field(0, ge=0)
     """``diverged`` at a step check: skip this many batches, up to the one checked, when the epoch
     is replayed (the same batches come back: the snapshot holds the data order's random state)."""

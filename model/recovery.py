@@ -34,6 +34,7 @@ from model import report_keys as K
 from model.dotted import get_dotted
 from model.engine import build_loss
 from model.health import Intervention, Problem, Verdict, constant_predictor_cls_loss
+from model.ssd import init_face_prior
 
 if TYPE_CHECKING:
     from model.trainer import Trainer
@@ -159,6 +160,7 @@ class Recovery:
         else:
             self.skip.update(skipped)
             changes = self.apply(trainer, intervention)
+        resets = self._reset(trainer, intervention, seed=trainer.cfg.seed * 1000 + len(self.events) + 1)
         event = {
             "recovery": len(self.events) + 1,
             "diagnosis": verdict.diagnosis,
@@ -169,6 +171,7 @@ class Recovery:
             "snapshot_epoch": snapshot["epoch"],
             "snapshot_step": snapshot["global_step"],
             "changes": changes,
+            "resets": resets,
             "skipped_batches": [list(s) for s in skipped],
         }
         self.events.append(event)
@@ -214,6 +217,24 @@ class Recovery:
             group["lr"] = lr
         scheduler._last_lr = lrs
         return changes
+
+    @staticmethod
+    def _reset(trainer: Trainer, iv: Intervention, seed: int) -> list[str]:
+        """Re-initialise what ``iv`` says (after the rollback, so the restored state is what changes);
+        return what was reset. The head draws from its own generator: the run's random streams (data
+        order, augmentation) go on as without the reset, and a resumed run does the same."""
+        resets = []
+        optimizer = trainer.optimizer
+        if iv.reset_class_head:
+            device = next(trainer.model.parameters()).device
+            generator = torch.Generator(device=device).manual_seed(seed)
+            for param in init_face_prior(trainer.model.head, trainer.cfg.model.prior_prob, generator):
+                optimizer.state.pop(param, None)
+            resets.append("class head")
+        if iv.reset_optimizer:
+            optimizer.state.clear()
+            resets.append("optimizer state")
+        return resets
 
     def _install(self, trainer: Trainer) -> None:
         """Make the trainer's objects follow ``overrides``, ``rewarms``, ``lr_scale`` and ``rearm``
@@ -273,8 +294,13 @@ class Recovery:
 
 
 def _onset_epoch(verdict: Verdict) -> int:
-    """The first epoch that showed the failure: a validation diagnosis counts its evaluations back."""
+    """The first epoch that showed the failure: for a collapse, the one after the top face score's
+    best (its decline starts there, evaluations before the collapse is named); another validation
+    diagnosis counts its evaluations back."""
     epoch = verdict.epoch if verdict.epoch is not None else 0
+    best_top = verdict.evidence.get("best_top_epoch")
+    if isinstance(best_top, int) and best_top < epoch:
+        return best_top + 1
     evaluations = verdict.evidence.get("evaluations")
     if verdict.step is None and isinstance(evaluations, int) and evaluations > 1:
         return epoch - evaluations + 1
@@ -302,6 +328,7 @@ def describe(event: dict[str, Any]) -> str:
     )
     target = "best" if event["action"] == "restore_best" else "rollback to"
     parts = [f"{key} {_short(before)} -> {_short(after)}" for key, (before, after) in event["changes"].items()]
+    parts += [f"reset {what}" for what in event.get("resets", [])]
     if event["skipped_batches"]:
         parts.append(f"skip {len(event['skipped_batches'])} batches of epoch {event['skipped_batches'][0][0]}")
     change = ", ".join(parts) or ("stop" if event["action"] == "restore_best" else "no change")

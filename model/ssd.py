@@ -215,7 +215,7 @@ def build_ssd(
     channels = [s.channels for s in shapes]
     per_location = anchor_generator.num_anchors_per_location()
     head = _build_head(defaults["head"], channels, per_location)
-    _init_prior(head, prior_prob)
+    init_face_prior(head, prior_prob)
     return FaceSSD(
         body,
         head,
@@ -285,17 +285,22 @@ def _build_head(kind: Literal["ssd", "ssdlite"], channels: list[int], per_locati
 
 
 @torch.no_grad()
-def _init_prior(head: nn.Module, prior_prob: float) -> None:
-    """Start every anchor at face probability ``prior_prob`` (RetinaNet, Lin et al. 2017).
+def init_face_prior(head: nn.Module, prior_prob: float, generator: torch.Generator | None = None) -> list[nn.Parameter]:
+    """Start every anchor at face probability ``prior_prob`` (RetinaNet, Lin et al. 2017); return
+    the parameters set (the classification head's output layers).
 
     Small weights make the logits nearly input-independent at first; the biases set the
-    softmax over (background, face) to ``(1 - p, p)``.
+    softmax over (background, face) to ``(1 - p, p)``. A recovery calls it again on a trained
+    model (``health.interventions.*.reset_class_head``), with its own ``generator``.
     """
     bias_face = math.log(prior_prob / (1.0 - prior_prob))
+    params: list[nn.Parameter] = []
     for block in head.classification_head.module_list:  # type: ignore[union-attr]
         last_conv = [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1]
-        nn.init.normal_(last_conv.weight, std=0.01)
+        nn.init.normal_(last_conv.weight, std=0.01, generator=generator)
+        params += [cast(nn.Parameter, last_conv.weight), cast(nn.Parameter, last_conv.bias)]
         # Output channels are laid out (anchor, class): see SSDScoringHead's reshape.
         bias = cast(Tensor, last_conv.bias).view(-1, 2)  # the heads' convolutions have biases
         bias[:, 0] = 0.0
         bias[:, 1] = bias_face
+    return params

@@ -153,3 +153,38 @@ def test_a_collapsing_run_recovers_through_the_training_command(full_mini: Path,
     rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     failed = next(i for i, r in enumerate(rows) if r["health/recovery"])
     assert [r["epoch"] for r in rows[failed + 1 :]][:1] == [1]  # trained on, from the start
+
+
+def test_a_reset_re_initialises_the_class_head_and_drops_optimiser_state(mini_root: Path) -> None:
+    """``reset_class_head``/``reset_optimizer``: after the rollback, the classification head's output
+    layers are back at the face prior (drawn from the recovery's own seeded generator: two runs get
+    the same head) and the optimiser's state is gone; everything else is the snapshot's."""
+    entry = "health.interventions.background-collapse"
+    overrides = {
+        "health.on_failure": "recover",
+        f"{entry}.rollback": "onset",
+        f"{entry}.reset_class_head": True,
+        f"{entry}.reset_optimizer": True,
+    }
+    heads = []
+    for _ in range(2):
+        trainer = quiet(small_cfg(mini_root, epochs=1, **overrides))
+        trainer.fit()
+        snapshot = trainer.recovery.snapshots[-1]
+        assert snapshot["epoch"] == 1 and trainer.optimizer.state  # SGD momentum after a trained epoch
+        collapse = Verdict("background-collapse", True, evidence={"evaluations": 1}, epoch=2)
+        assert trainer.recovery._recover(trainer, collapse)
+        (event,) = trainer.recovery_events()
+        assert event["snapshot_epoch"] == 1 and event["resets"] == ["class head", "optimizer state"]
+        assert "reset class head, reset optimizer state" in trainer.recovery.event_text
+        assert not trainer.optimizer.state
+        face_bias = math.log(0.01 / 0.99)  # model.prior_prob's default
+        for block in trainer.model.head.classification_head.module_list:  # the tiny SSD's: one conv each
+            assert torch.allclose(block.bias.view(-1, 2), torch.tensor([0.0, face_bias]))
+        head = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n.startswith("head.classification_head")}
+        assert not any(torch.equal(head[n], snapshot["model"][n]) for n in head)
+        for name, tensor in trainer.model.state_dict().items():
+            if not name.startswith("head.classification_head"):
+                assert torch.equal(tensor, snapshot["model"][name]), name
+        heads.append(head)
+    assert all(torch.equal(heads[0][n], heads[1][n]) for n in heads[0])
