@@ -86,6 +86,15 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         _collapse_entry({**_OLD_ENTRY, "class_weight_factor": 5.0}),
     ),
     "collapse_bw10_neg30_nowarm:recover_caps_onset": ("collapse_bw10_neg30_nowarm", _collapse_entry({"rollback": "onset"})),
+    # A stall answered with lr x100 instead of the default x10.
+    "stalled_lr1e-5:recover_lr100": (
+        "stalled_lr1e-5",
+        {"health.on_failure": "recover", "health.interventions.stalled.lr_factor": 100.0},
+    ),
+    "stalled_lr1e-6:recover_lr100": (
+        "stalled_lr1e-6",
+        {"health.on_failure": "recover", "health.interventions.stalled.lr_factor": 100.0},
+    ),
     # The caps at the onset with the classification head re-initialised and the optimiser's state dropped.
     "collapse_bw10_neg30_nowarm:recover_reset_onset": (
         "collapse_bw10_neg30_nowarm",

@@ -171,11 +171,26 @@ class RungAwareOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
+class RecoveryAwareASHA(ASHAScheduler):
+    """Ray's ASHA, except that it does not judge the report of an epoch the trainer has just
+    rolled back (``health/recovery`` names the recovery, in that report only): its metric is the
+    failure's, and the run goes on from an earlier epoch. Judged, a recovery at a rung showed ASHA
+    the failed epoch's zeroed AP and the run was cut while being fixed, and one at ``max_t`` ended
+    the trial (the recovered runs replayed in ``bench/tabular``). The replayed epochs are judged
+    as usual when they reach a rung the trial has not been judged at."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        if result.get(K.HEALTH_RECOVERY):
+            return str(self.CONTINUE)
+        return super().on_trial_result(tune_controller, trial, result)
+
+
 def build_scheduler(space: SearchSpace) -> ASHAScheduler | FIFOScheduler:
-    """ASHA over the trainer's epochs (``max_t`` = ``budget.max_epochs``), or FIFO for ``type: none``."""
+    """ASHA over the trainer's epochs (``max_t`` = ``budget.max_epochs``; :class:`RecoveryAwareASHA`),
+    or FIFO for ``type: none``."""
     spec = space.scheduler
     if isinstance(spec, AshaSchedulerSpec):
-        return ASHAScheduler(
+        return RecoveryAwareASHA(
             time_attr=K.EPOCH,
             # The measured value: equal to the metric except for a recovered trial, whose metric
             # is the penalty for Optuna while ASHA judges the run on what it reaches.

@@ -506,6 +506,11 @@ class HealthMonitor:
     # -- public API ---------------------------------------------------------------------------------
 
     @property
+    def untrained_loss(self) -> float | None:
+        """``loss_cls + loss_box`` of the untrained network (its first step check with a positive anchor)."""
+        return self._untrained
+
+    @property
     def verdict(self) -> Verdict:
         """The first stopping verdict (sticky); otherwise the latest warning, or healthy."""
         if self._stopped is not None:

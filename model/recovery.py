@@ -114,6 +114,7 @@ class Recovery:
                 report[K.HEALTH_STOP] = 0.0
         elif self.enabled and not trainer.should_stop and verdict.diagnosis == "healthy":
             snapshot = self._snapshot(trainer)
+            snapshot["train_loss"] = float(report[K.TRAIN_LOSS_CLS] + report[K.TRAIN_LOSS_BOX])  # unweighted
             if self.snapshots:  # the untrained state stays first (``rollback: start``), then the newest
                 untrained, *others = self.snapshots
                 self.snapshots = [untrained, *[*others, snapshot][-self.cfg.snapshots :]]
@@ -145,7 +146,8 @@ class Recovery:
             snapshot = self.snapshots[0]  # the untrained state, always kept
         else:
             onset = _onset_epoch(verdict)
-            before = [s for s in self.snapshots if s["epoch"] < onset]
+            untrained = trainer.monitor.untrained_loss
+            before = [s for s in self.snapshots if s["epoch"] < onset and _learnt(s, untrained)]
             snapshot = (before or self.snapshots[:1])[-1]
         failed_epoch, failed_step = verdict.epoch, verdict.step
         skipped = []
@@ -291,6 +293,18 @@ class Recovery:
         self.event_text = state["event_text"]
         if self.events:
             self._install(trainer)  # the checkpoint's scheduler already holds the scaled base lrs
+
+
+def _learnt(snapshot: dict[str, Any], untrained: float | None) -> bool:
+    """A snapshot worth rolling back to trained at an (unweighted) loss below the untrained
+    network's. One above it had started to fail though no check fired: the zoo's SGD lr 0.3 without
+    warm-up trained its first epoch at ~3x the untrained loss, diverged in its second, and rolled
+    back to the first with lr x0.01 it stayed at AP < 0.01 where a restart with the fix reached 0.13
+    (bench/results/recovery_zoo.md, seed 1). Snapshots from before this rule carry no loss: kept."""
+    loss = snapshot.get("train_loss")
+    if snapshot["epoch"] == 0 or loss is None or untrained is None:
+        return True
+    return math.isfinite(loss) and loss < untrained
 
 
 def _onset_epoch(verdict: Verdict) -> int:

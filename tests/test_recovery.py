@@ -188,3 +188,17 @@ def test_a_reset_re_initialises_the_class_head_and_drops_optimiser_state(mini_ro
                 assert torch.equal(tensor, snapshot["model"][name]), name
         heads.append(head)
     assert all(torch.equal(heads[0][n], heads[1][n]) for n in heads[0])
+
+
+def test_a_rollback_skips_snapshots_that_trained_above_the_untrained_loss(mini_root: Path) -> None:
+    """A snapshot is a rollback target only if its epoch trained at an unweighted loss below the
+    untrained network's: one above it had started to fail, though no check fired."""
+    trainer = quiet(small_cfg(mini_root, epochs=2, **{"health.on_failure": "recover"}))
+    trainer.fit()
+    untrained = trainer.monitor.untrained_loss
+    assert untrained is not None and [s["epoch"] for s in trainer.recovery.snapshots] == [0, 1, 2]
+    assert all(s["train_loss"] < untrained for s in trainer.recovery.snapshots[1:])  # it learnt
+    trainer.recovery.snapshots[2]["train_loss"] = 3 * untrained  # as the zoo's SGD lr 0.3 epoch did
+    diverged = Verdict("diverged", True, evidence={}, epoch=3, step=80)
+    assert trainer.recovery._recover(trainer, diverged)
+    assert trainer.recovery_events()[0]["snapshot_epoch"] == 1  # the newest that learnt

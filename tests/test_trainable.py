@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 import os
 import signal
 from pathlib import Path
@@ -184,6 +185,32 @@ def searcher_metric(searcher) -> str:
     while isinstance(searcher, ConcurrencyLimiter):
         searcher = searcher.searcher
     return searcher.metric
+
+
+def test_asha_does_not_judge_the_epoch_a_recovery_rolled_back() -> None:
+    """The failed epoch's report (``health/recovery`` set) is skipped, at a rung and at ``max_t``;
+    the replayed epoch is judged. Ray's own ASHA cuts the run on the failed epoch's zero."""
+    space = space_from_dict(tiny_space())
+    recovering = {"health/recovery": "diverged at step 5 (epoch 1) -> rollback to epoch 0 (step 0): ..."}
+
+    def results(scheduler) -> list[str]:
+        trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(3)]
+        for trial in trials:
+            scheduler.on_trial_add(None, trial)
+        first, second, fixed = trials
+        return [
+            scheduler.on_trial_result(None, first, {"epoch": 1, "raw/val/ap": 0.5}),
+            scheduler.on_trial_result(None, second, {"epoch": 1, "raw/val/ap": 0.6}),
+            scheduler.on_trial_result(None, fixed, {"epoch": 1, "raw/val/ap": 0.0, **recovering}),
+            scheduler.on_trial_result(None, fixed, {"epoch": MAX_EPOCHS, "raw/val/ap": 0.0, **recovering}),
+            scheduler.on_trial_result(None, fixed, {"epoch": 1, "raw/val/ap": 0.7}),  # the replayed epoch 1
+        ]
+
+    assert results(build_scheduler(space)) == ["CONTINUE"] * 5
+    plain = ASHAScheduler(
+        time_attr="epoch", metric="raw/val/ap", mode="max", max_t=MAX_EPOCHS, grace_period=1, reduction_factor=2
+    )
+    assert results(plain)[2:4] == ["STOP", "STOP"]
 
 
 def test_scheduler_and_searcher_follow_the_space() -> None:
