@@ -279,16 +279,20 @@ def main(argv: list[str] | None = None) -> int:
         runs[seed]["c_replay"] = replay_cuts(
             work / "ray" / f"eff-s{seed}-c", args.epochs, asha.grace_period, asha.reduction_factor, args.top
         )
+        write(args, machine, runs, stem)  # after every seed: a cut-short run keeps the seeds it finished
+    return 0
+
+
+def write(args: argparse.Namespace, machine: dict[str, Any], runs: dict[int, dict[str, Any]], stem: str) -> None:
     if not args.reanalyse:
         machine["load_average_at_end"] = load_average()
     settings = {"space": "cpu-mini (search_spaces/cpu-mini.yaml)", "trials": args.trials, "max_epochs": args.epochs,
-                "seeds": args.seeds, "points_to_evaluate": not args.no_points, "variants": {v: VARIANTS[v] for v in args.variants}, "ap_floor": AP_FLOOR,
+                "seeds": list(runs), "points_to_evaluate": not args.no_points, "variants": {v: VARIANTS[v] for v in args.variants}, "ap_floor": AP_FLOOR,
                 "failures": sorted(FAILURES), "target_fractions": TARGET_FRACTIONS,
                 "torch_threads_per_trial": 1, "concurrent_trials": 2}  # fmt: skip
     out = {"benchmark": "search efficiency: collapse-aware vs plain ASHA vs no early stopping", "machine": machine,
            "settings": settings, "runs": {str(k): v for k, v in runs.items()}}  # fmt: skip
     write_results(args.out, stem, out, markdown(out))
-    return 0
 
 
 def markdown(out: dict[str, Any]) -> str:

@@ -116,12 +116,14 @@ class Intervention(BaseModel):
 #: 30, no warm-up) stayed collapsed when rolled back to any epoch after its first with any fix
 #: measured (class weight x2 or x5, neg:pos x0.5, or the caps below: 0-6 % of the healthy AP); rolled
 #: back to the untrained state with the caps it reached 55-77 % (``bench/results/recovery_collapse.md``,
-#: 3 seeds; the same fix restarted by hand 67-76 %): hence a rollback to the start.
+#: 3 seeds; the same fix restarted by hand 67-76 %): hence a rollback to the start. ``stalled``:
+#: the zoo's lr 1e-5 with lr x10 reached 8-10 % of the healthy AP in 10 epochs, with x100 33-38 %
+#: (lr 1e-6: 6-7 % either way; ``bench/results/recovery_zoo.md``, ``recovery_stall.md``).
 _COLLAPSE_FIX = Intervention(rollback="start", neg_pos_max=3.0, box_class_max=1.0, warmup_epochs=1.0)
 DEFAULT_INTERVENTIONS: dict[Problem, Intervention] = {
     "diverged": Intervention(lr_factor=0.01, warmup_epochs=1.0, skip_batches=5),
     "background-collapse": _COLLAPSE_FIX,
-    "stalled": Intervention(lr_factor=10.0),
+    "stalled": Intervention(lr_factor=100.0),
     "fp-surge": Intervention(neg_pos_factor=2.0),
     "overfitting": Intervention(action="restore_best"),
     "no-positives": Intervention(action="stop"),
