@@ -206,3 +206,156 @@ def test_design_maps_the_unit_cube_through_each_distribution():
     assert [from_unit(ratio, u) for u in (0.0, 0.099, 0.1, 0.999)] == [1, 1, 2, 10]
     assert {c["loss.box_loss"] for c in configs.values()} == {"smooth_l1", "giou"}
     assert np.isclose(unit_coords(SPACE, configs["p0"])[0], 1 / 3)  # lr 0.01 in [1e-3, 1]: a third on log scale
+
+
+def make_recovered_run(cid: str, config: dict, reports: list[tuple[int, float, str]]) -> Run:
+    """A recovered run as ``record.py --recover`` writes it: every report in order, replayed epochs
+    included, ``report`` counting them. Each report is ``(epoch, ap, event)``; the event is a
+    diagnosis the trainer recovered from at that epoch (``"recover:<diagnosis>"``), one it stopped
+    on (``"stop:<diagnosis>"``, its recoveries spent), or ``""``."""
+    rows, recoveries, last = [], 0, ""
+    for index, (epoch, ap, event) in enumerate(reports, start=1):
+        kind, _, diagnosis = event.partition(":")
+        if kind == "recover":
+            recoveries += 1
+            last = diagnosis
+        rows.append(
+            {
+                "config_id": cid,
+                "seed": 0,
+                **config,
+                "report": index,
+                "epoch": epoch,
+                "step": 37 * epoch,
+                "train/loss": 5.0,
+                "train/loss_cls": 3.0,
+                "train/loss_box": 2.0,
+                **dict.fromkeys(VAL_KEYS, 0.1),
+                "val/ap": ap,
+                "health/diagnosis": diagnosis or "healthy",
+                "health/code": 0.0,
+                "health/stop": 1.0 if kind == "stop" else 0.0,
+                "health/message": "",
+                "health/recoveries": float(recoveries),
+                "health/recovery": f"{diagnosis} at epoch {epoch} -> rollback" if kind == "recover" else "",
+                "health/recovered_from": last,
+                "health/default_stop": diagnosis,
+                "health/default_stop_kind": "step" if diagnosis else "",
+                "time/epoch_s": 1.0 + 0.01 * index,
+                "time/epoch_cpu_s": 1.0,
+                "time/to_default_stop_s": 0.2 if diagnosis else None,
+                "time/to_default_stop_cpu_s": None,
+                "ended": None,
+            }
+        )
+    if rows[-1]["health/stop"] == 1.0:
+        for row in rows:
+            row["ended"] = f"stopped: {rows[-1]['health/diagnosis']} at epoch {rows[-1]['epoch']}"
+    return Run(cid, 0, dict(config), rows)
+
+
+@pytest.fixture(scope="module")
+def recovered(table) -> dict[str, Run]:
+    """The failing configurations' recovered runs: p1 and f1 recover from diverged at their first
+    epoch and run to the end (f1 better than the table's best), f2 recovers from stalled at epoch
+    3, stalls again at 4 and stops (its recoveries spent)."""
+    healthy = [(e, 0.02 * e, "") for e in range(1, 7)]
+    return {
+        "p1": make_recovered_run("p1", table["p1"].config, [(1, 0.0, "recover:diverged"), *healthy]),
+        "f1": make_recovered_run(
+            "f1", table["f1"].config, [(1, 0.0, "recover:diverged"), *[(e, 0.04 * e, "") for e in range(1, 7)]]
+        ),
+        "f2": make_recovered_run(
+            "f2",
+            table["f2"].config,
+            [(1, 0.003, ""), (2, 0.002, ""), (3, 0.001, "recover:stalled"), (3, 0.002, ""), (4, 0.001, "stop:stalled")],
+        ),
+    }
+
+
+def test_recover_strategy_replays_the_recovered_runs(table, recovered):
+    """A failing configuration is answered by its recovered run: all its reports arrive and cost
+    their seconds, the searcher is told the penalty (COMPLETE), the run is kept and its AP found;
+    one that stopped after spending its recoveries is stopped there by the health stopper."""
+    strategy = Strategy("random", asha=False, health=True, recover=True)
+    assert strategy.name == "random+recover" and STRATEGIES["tpe+recover+asha"].recover
+    trace = replay(SPACE, NearestSurrogate(SPACE, table), strategy, seed=1, budget_s=400.0, workers=1, recovered=recovered)
+    study = optuna_study(trace.searcher)
+    by_run: dict[str, list] = {}
+    for trial, ot_trial in zip(trace.trials, study.trials):
+        by_run.setdefault(trial.run.config_id, []).append((trial, ot_trial))
+        assert trial.recovered == (trial.run.config_id in recovered)
+        if trial.recovered:
+            assert trial.run is recovered[trial.run.config_id]  # not the stopping run of the table
+    p1, p1_study = by_run["p1"][0]
+    assert p1.outcome == "recovered:diverged" and p1.epochs == 7  # the replayed epoch 1 included
+    assert p1.cost == pytest.approx(recovered["p1"].full_seconds())  # every report's recorded seconds
+    assert p1.ap == pytest.approx(0.12)
+    # The searcher: the penalty from the recovery on, COMPLETE; reports counted as Tune counts them.
+    assert p1_study.state == optuna.trial.TrialState.COMPLETE and p1_study.value == -1.0
+    assert p1_study.intermediate_values == dict.fromkeys(range(1, 8), -1.0)
+    assert "f2" in by_run and "f1" in by_run, "the seed should propose the failing region"
+    for trial, ot_trial in by_run["f2"]:
+        if trial.outcome != "running":
+            assert trial.outcome == "health:stalled@4" and trial.epochs == 5
+            assert trial.cost == pytest.approx(recovered["f2"].full_seconds())
+            assert ot_trial.state == optuna.trial.TrialState.COMPLETE and ot_trial.value == -1.0
+    # The recovered f1 (0.24) is kept: the best found, above the table's best b (0.15).
+    f1_done = [t for t, _ in by_run["f1"] if t.outcome == "recovered:diverged"]
+    assert f1_done and trace.incumbent[-1][1:] == (pytest.approx(0.24), "f1")
+    stats = trace_stats(trace, 0.15, "b")
+    assert stats["outcomes"]["recovered"] == sum(t.outcome.startswith("recovered") for t in trace.trials)
+    assert stats["best_is_recovered"] and stats["recovered_best_ap"] == pytest.approx(0.24)
+    assert stats["recovered_share"] == pytest.approx(sum(t.cost for t in trace.trials if t.recovered) / 400.0)
+    # Without recovery the same seed's p1 is stopped at its first step check.
+    plain = replay(SPACE, NearestSurrogate(SPACE, table), STRATEGIES["random+health"], seed=1, budget_s=400.0, workers=1)
+    assert plain.trials[1].outcome == "health:diverged@1" and plain.trials[1].epochs == 1
+
+
+def test_recover_with_asha_judges_the_raw_metric_and_skips_the_rolled_back_epoch(table, recovered):
+    """ASHA judges a recovered trial on raw/val/ap (its metric is the penalty) and does not judge the
+    report of an epoch a recovery rolled back (hpo.stopping.RecoveryAwareASHA): one that recovers at
+    epoch 6, max_t, goes on through its replayed epochs instead of ending there."""
+    late = make_recovered_run(
+        "p1",
+        table["p1"].config,
+        [(1, 0.0, "recover:diverged"), *[(e, 0.03 * e, "") for e in range(1, 6)], (6, 0.0, "recover:background-collapse")]
+        + [(e, 0.01 * e, "") for e in range(1, 7)],
+    )
+    trace = replay(
+        SPACE,
+        NearestSurrogate(SPACE, table),
+        STRATEGIES["random+recover+asha"],
+        seed=0,
+        budget_s=60.0,
+        workers=1,
+        recovered={**recovered, "p1": late},
+    )
+    p0, p1 = trace.trials[:2]
+    assert p0.run.config_id == "p0" and p0.outcome == "completed"
+    # At rung 2 p1's raw AP 0.06 beats p0's 0.02: kept, though the searcher sees -1 for it.
+    assert p1.outcome == "recovered:background-collapse" and p1.epochs == len(late.epochs) == 13
+    assert p1.cost == pytest.approx(sum(e["time/epoch_s"] for e in late.epochs))
+    assert p1.ap == pytest.approx(0.06)  # the replayed epoch 6, not the rolled-back one's 0
+    ot = optuna_study(trace.searcher).trials[1]
+    assert ot.state == optuna.trial.TrialState.COMPLETE and ot.value == -1.0
+    outcomes = trace_stats(trace, 0.15, "b")["recovered_outcomes"]
+    assert outcomes.get("recovered", 0) >= 1 and "recovered on a recovery" not in outcomes
+
+
+def test_recovered_runs_are_put_on_the_table_clock(table, recovered):
+    """The recovered runs' seconds are converted by the epochs both recordings computed identically
+    (before the first failure: the same loss and AP); every report is charged its CPU seconds
+    times the ratio."""
+    from bench.tabular.compare import on_table_clock
+
+    converted, clock = on_table_clock(table, recovered)
+    # Only f2's epoch 1 is identical in both (p1 and f1 recover in their first epoch; f2's epoch 2
+    # has another loss): the table's 2.1 s wall and 2.0 s CPU against the recovered run's 1.0 s CPU.
+    assert clock == {"identical_epochs": 1, "wall_per_recorded_cpu_s": pytest.approx(2.1), "cpu_per_recorded_cpu_s": 2.0}
+    for cid, run in converted.items():
+        assert [e["time/epoch_s"] for e in run.epochs] == pytest.approx(
+            [2.1 * e["time/epoch_cpu_s"] for e in recovered[cid].epochs]
+        )
+        assert [e["time/recorded_epoch_s"] for e in run.epochs] == [e["time/epoch_s"] for e in recovered[cid].epochs]
+    assert recovered["f2"].epochs[0]["time/epoch_s"] == pytest.approx(1.01)  # the recorded runs are left as they are

@@ -1,15 +1,18 @@
 """Search strategies compared on the recorded table: every strategy replayed over many seeds.
 
 Strategies: TPE or random sampling, each with no stopping, ASHA alone, the health stopper alone,
-and health stopper + ASHA (the platform's default); see ``bench/tabular/replay.py`` for how one
-search is replayed. Variants of the comparison:
+and health stopper + ASHA (the platform's default), and the health monitor with recovery + ASHA
+(``health.on_failure: recover``: the failing configurations answered by their recorded recovered
+runs, ``table_recover.parquet``); see ``bench/tabular/replay.py`` for how one search is replayed.
+Variants of the comparison:
 
 * ``points``: the space as shipped, its ``points_to_evaluate`` (the healthy baseline, then the
   diverging lr 1.0) tried first by every search;
 * ``nopoints``: without them, so the best configuration has to be found by sampling;
 * ``nopoints-cpu``: the same, compute counted in process CPU seconds instead of wall seconds (the
   table was recorded on a shared machine; this checks that the other jobs' load on the wall
-  clock does not decide the comparison), for the two ends: no stopping and the default;
+  clock does not decide the comparison), for the two ends, no stopping and the default, and
+  recovery (its runs were recorded later, under another load);
 * ``nopoints-rung3``, ``nopoints-rf2``, ``nopoints-rf4``: other ASHA settings than the space's
   (its one rung at epoch 2 keeping a third): the rung at epoch 3; rungs at 2 and 4 keeping half;
   the rung at 2 keeping a quarter. What a change of the default would buy.
@@ -18,7 +21,7 @@ Each search gets the same compute budget (``--budget-runs`` times the median rec
 run to ``max_epochs``); the seeds are the sampler's (and ASHA's bracket draw's). Writes
 ``<out>/<stem>.{md,json,png}``.
 
-    python bench/tabular/compare.py --jobs 2                 # 6 variants, 50 seeds: bench/results/tabular_replay.*, ~13 min
+    python bench/tabular/compare.py --jobs 2                 # 6 variants, 50 seeds: bench/results/tabular_replay.*, ~16 min
     python bench/tabular/compare.py --variants nopoints --strategies tpe+nostop,tpe+health+asha --seeds 5 --out /tmp/r
     python bench/tabular/compare.py --set scheduler.grace_period=3 --stem tabular_replay_grace3 --out /tmp/r
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -41,10 +45,11 @@ import yaml  # noqa: E402
 
 from bench.machine import load_average, machine_info, machine_line  # noqa: E402
 from bench.tabular import report  # noqa: E402
-from bench.tabular.record import TABLE  # noqa: E402
+from bench.tabular.record import TABLE, TABLE_RECOVER  # noqa: E402
 from bench.tabular.replay import COST_KEYS, STRATEGIES, Cost, quiet, replay  # noqa: E402
 from bench.tabular.surrogate import (  # noqa: E402
     NearestSurrogate,
+    Run,
     error_summary,
     leave_one_out,
     load_runs,
@@ -55,6 +60,7 @@ from hpo.space import SearchSpace, load_space, space_from_dict  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 _ENDS = ("tpe+nostop", "tpe+health+asha", "random+nostop", "random+health+asha")
+_RECOVER = ("tpe+recover+asha", "random+recover+asha")
 _ASHA = ("tpe+nostop", "tpe+asha", "tpe+health+asha", "random+nostop", "random+asha", "random+health+asha")
 
 
@@ -72,7 +78,7 @@ class Variant:
 VARIANTS = {
     "points": Variant(True, "wall", tuple(STRATEGIES), True, "the space as shipped: its 2 points first"),
     "nopoints": Variant(False, "wall", tuple(STRATEGIES), True, "no points_to_evaluate: every trial sampled"),
-    "nopoints-cpu": Variant(False, "cpu", _ENDS, False, "no points, compute in process CPU seconds"),
+    "nopoints-cpu": Variant(False, "cpu", _ENDS + _RECOVER, False, "no points, compute in process CPU seconds"),
     "nopoints-rung3": Variant(
         False, "wall", _ASHA, False, "no points, ASHA's rung at epoch 3 (grace_period 3)", (("scheduler.grace_period", 3),)
     ),
@@ -104,17 +110,76 @@ def variant_space(raw: dict[str, Any], points: bool) -> SearchSpace:
     return space_from_dict(raw, source=f"{raw['name']} (replay)")
 
 
+def on_table_clock(primary: dict[str, Run], recovered: dict[str, Run]) -> tuple[dict[str, Run], dict[str, Any]]:
+    """The recovered runs with their seconds on the table's clock, and the conversion.
+
+    They were recorded later than the table, with a newer trainer and under another load, so
+    their seconds are not the table's. Up to its first failure a recovered run computes exactly
+    what the configuration's observe-mode run did (the same inputs: identical losses and AP), so
+    those epochs, recorded twice, give the conversion: the median ratio of the table's wall
+    (and CPU) seconds to the recovered run's process CPU seconds (CPU: what the load during the
+    recording inflates least). Every report of a recovered run then costs its CPU seconds times
+    that (``time/epoch_s``, ``time/epoch_cpu_s``; as recorded: ``time/recorded_epoch_s`` and
+    ``..._cpu_s``). No identical epoch: unchanged (factor 1)."""
+    pairs = []
+    for cid, run in recovered.items():
+        observed = {e["epoch"]: e for e in primary[cid].epochs}
+        for e in run.epochs:
+            o = observed.get(e["epoch"])
+            if e.get("health/recoveries") or e["health/default_stop"] or o is None:
+                break
+            if (o["val/ap"], o["train/loss"]) != (e["val/ap"], e["train/loss"]):
+                break
+            pairs.append((o["time/epoch_s"] / e["time/epoch_cpu_s"], o["time/epoch_cpu_s"] / e["time/epoch_cpu_s"]))
+    wall = statistics.median(p[0] for p in pairs) if pairs else 1.0
+    cpu = statistics.median(p[1] for p in pairs) if pairs else 1.0
+    converted = {
+        cid: Run(
+            run.config_id,
+            run.seed,
+            run.config,
+            [
+                {
+                    **e,
+                    "time/recorded_epoch_s": e["time/epoch_s"],
+                    "time/recorded_epoch_cpu_s": e["time/epoch_cpu_s"],
+                    "time/epoch_s": e["time/epoch_cpu_s"] * wall,
+                    "time/epoch_cpu_s": e["time/epoch_cpu_s"] * cpu,
+                }
+                for e in run.epochs
+            ],
+        )
+        for cid, run in recovered.items()
+    }
+    return converted, {"identical_epochs": len(pairs), "wall_per_recorded_cpu_s": wall, "cpu_per_recorded_cpu_s": cpu}
+
+
+def load_recovered(path: Path, space: SearchSpace, primary: dict[str, Run]) -> tuple[dict[str, Run], dict[str, Any]]:
+    """The recovered runs of ``path`` (the space's seed), on the table's clock (:func:`on_table_clock`)."""
+    return on_table_clock(primary, primary_runs(load_runs(path, space), space.fixed.get("seed", 0)))
+
+
 def _init(
-    table: str, raw: dict[str, Any], points: bool, cost: Cost, budget_s: float, workers: int | None, grid: list[float]
+    table: str,
+    raw: dict[str, Any],
+    points: bool,
+    cost: Cost,
+    budget_s: float,
+    workers: int | None,
+    grid: list[float],
+    recover_table: str | None = None,
 ) -> None:
-    """Per process: the variant's space, the surrogate over the primary runs, the table's best."""
+    """Per process: the variant's space, the surrogate over the primary runs, the table's best,
+    the recovered runs (``recover_table``, for the ``recover`` strategies)."""
     quiet()
     space = variant_space(raw, points)
-    primary = primary_runs(load_runs(Path(table), space), space.fixed.get("seed", 0))
+    seed = space.fixed.get("seed", 0)
+    primary = primary_runs(load_runs(Path(table), space), seed)
     best_id = max(primary, key=lambda c: primary[c].final_ap)
     _STATE.update(
         space=space,
         surrogate=NearestSurrogate(space, primary),
+        recovered=load_recovered(Path(recover_table), space, primary)[0] if recover_table else None,
         best_id=best_id,
         best=primary[best_id].final_ap,
         budget_s=budget_s,
@@ -129,7 +194,7 @@ def _one(job: tuple[str, int]) -> tuple[str, dict[str, Any], list[float], float]
     name, seed = job
     started = time.perf_counter()
     s = _STATE
-    trace = replay(s["space"], s["surrogate"], STRATEGIES[name], seed, s["budget_s"], s["workers"], s["cost"])
+    trace = replay(s["space"], s["surrogate"], STRATEGIES[name], seed, s["budget_s"], s["workers"], s["cost"], s["recovered"])
     stats = report.trace_stats(trace, s["best"], s["best_id"])
     return name, stats, [trace.best_at(x) for x in s["grid"]], time.perf_counter() - started
 
@@ -139,7 +204,8 @@ def compare(args: argparse.Namespace, raw: dict[str, Any], variant: Variant, nam
     budget_s = args.budget_runs * unit
     grid = np.geomspace(0.25 * unit, budget_s, 161)  # geometric: the figure's compute axis is logarithmic
     raw = apply_sets(json.loads(json.dumps(raw)), [f"{k}={v}" for k, v in variant.sets])
-    init = (args.table, raw, variant.points, variant.cost, budget_s, args.workers, grid.tolist())
+    recover_table = args.recover_table if any(STRATEGIES[n].recover for n in names) else None
+    init = (args.table, raw, variant.points, variant.cost, budget_s, args.workers, grid.tolist(), recover_table)
     jobs = [(n, s) for n in names for s in range(args.seeds)]
     started = time.perf_counter()
     if args.jobs > 1:
@@ -165,6 +231,11 @@ def compare(args: argparse.Namespace, raw: dict[str, Any], variant: Variant, nam
                 )
                 for f in report.TARGETS
             }
+        recover = f"{sampler}+recover+asha"
+        if recover in stats and default in stats:
+            comparisons.setdefault(sampler, {})["recover_vs_default_to_100"] = report.paired_ratios(
+                stats[recover], stats[default], "compute_to_100", budget_s
+            )
     return {
         "points": variant.points,
         "cost": variant.cost,
@@ -202,6 +273,7 @@ def apply_sets(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", default=str(TABLE))
+    parser.add_argument("--recover-table", default=str(TABLE_RECOVER), help="the recovered runs (record.py --recover)")
     parser.add_argument("--space", default="cpu-mini")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated, of: " + ", ".join(STRATEGIES))
@@ -244,6 +316,33 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in wanted if n not in STRATEGIES] + [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
         sys.exit(f"unknown strategies or variants {unknown}; strategies: {list(STRATEGIES)}, variants: {list(VARIANTS)}")
+    recover_facts = None
+    if any(STRATEGIES[n].recover for n in wanted):
+        if not Path(args.recover_table).is_file():
+            sys.exit(f"{args.recover_table} is missing: record it (record.py --recover) or leave out the recover strategies")
+        recovered, clock = load_recovered(Path(args.recover_table), space, primary)
+        missing = sorted(c for c, r in primary.items() if r.first_default_stop() is not None and c not in recovered)
+        if missing:
+            sys.exit(f"{args.recover_table} has no recovered run of {len(missing)} failing configurations: {missing}")
+        first = next(iter(recovered.values())).epochs[0]
+        recover_facts = {
+            **report.recover_facts(primary, recovered, space.budget.max_epochs),
+            "path": _shown(Path(args.recover_table)),
+            "clock": clock,
+            "recorded_s": report.quantiles([r.full_seconds("time/recorded_epoch_s") for r in recovered.values()]),
+            "recorded_cpu_s": report.quantiles([r.full_seconds("time/recorded_epoch_cpu_s") for r in recovered.values()]),
+            "git_commit": sorted({r.epochs[0]["git_commit"] for r in recovered.values()}),
+            "git_dirty_runs": sum(bool(r.epochs[0]["git_dirty"]) for r in recovered.values()),
+            "recording_machine": json.loads(first["machine"]),
+            "recording_span": [
+                min(r.epochs[0]["recorded_at"] for r in recovered.values()),
+                max(r.epochs[0]["recorded_at"] for r in recovered.values()),
+            ],
+            "images_per_s": {
+                "table": statistics.median(e["train/images_per_s"] for r in primary.values() for e in r.epochs),
+                "recovered": statistics.median(e["train/images_per_s"] for r in recovered.values() for e in r.epochs),
+            },
+        }
 
     loo = leave_one_out(space, primary)
     noise = seed_noise(runs, seed0)
@@ -267,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         "issue": 18,
         "space": args.space,
         "table": {**report.table_facts(primary, runs), "path": _shown(Path(args.table))},
+        "recover_table": recover_facts,
         "space_overrides": args.set,
         "recording_machine": json.loads(next(iter(runs.values())).epochs[0]["machine"]),
         "replay_machine": machine,

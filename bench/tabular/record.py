@@ -27,9 +27,20 @@ One Parquet part per finished (config, seed) under ``parts/`` (git-ignored): a r
 is there, so an interrupted recording continues. ``--consolidate`` (also done at the end) writes
 ``table.parquet`` from the parts.
 
+``--recover``: the recovered runs (issue 18 item 4). Every configuration whose seed-0 run in
+``table.parquet`` has a default stopping verdict (``health/default_stop`` at some epoch) is trained
+again, same sizes, seed and epochs, with ``health.on_failure: recover`` and the trial's own
+(default) ``stop_on``: the trainer rolls it back and applies the diagnosis's intervention
+(``model/recovery.py``), within ``max_recoveries``, or stops it when that is spent (``ended``
+says so). A recovery replays epochs, so such a run has more reports than epochs: ``report`` is
+the running index of a run's reports (1-based, Tune's ``training_iteration``; ``epoch`` otherwise).
+Parts under ``parts/recover/``, then ``table_recover.parquet``.
+
     python bench/tabular/record.py --time-one            # one run, timed, into a scratch folder
     nohup nice -n 10 env OMP_NUM_THREADS=1 python bench/tabular/record.py > /tmp/record.log 2>&1 &
     python bench/tabular/record.py --consolidate
+    nohup nice -n 10 env OMP_NUM_THREADS=1 python bench/tabular/record.py --recover > /tmp/recover.log 2>&1 &
+    python bench/tabular/record.py --consolidate --recover
 """
 
 from __future__ import annotations
@@ -64,6 +75,9 @@ from model.trainer import Trainer  # noqa: E402
 HERE = Path(__file__).resolve().parent
 PARTS = HERE / "parts"
 TABLE = HERE / "table.parquet"
+#: The recovered runs of the failing configurations (``--recover``).
+RECOVER_PARTS = PARTS / "recover"
+TABLE_RECOVER = HERE / "table_recover.parquet"
 DEFAULT_STOP_ON = frozenset(HealthConfig().stop_on)
 #: How many configurations get the extra seeds, chosen from the seed-0 results (see :func:`noise_configs`).
 NOISE_CONFIGS = 8
@@ -78,10 +92,12 @@ def git_commit() -> tuple[str, bool]:
     return head or "unknown", dirty
 
 
-def trial_config(space: SearchSpace, config: dict[str, Any], seed: int, root: Path):
-    """The config a search trial of ``config`` would train, in observe mode, with ``seed``."""
+def trial_config(space: SearchSpace, config: dict[str, Any], seed: int, root: Path, recover: bool = False):
+    """The config a search trial of ``config`` would train, in observe mode, with ``seed``;
+    ``recover``: with ``health.on_failure: recover`` and the trial's own ``stop_on`` instead."""
     cfg = _trial_config(space.trial_config(config), str(root), str(root / ".cache"), gpu=False)
-    return cfg.with_overrides({"health.stop_on": [], "seed": seed})
+    health = {"health.on_failure": "recover"} if recover else {"health.stop_on": []}
+    return cfg.with_overrides({**health, "seed": seed})
 
 
 def default_stop(verdict: Verdict) -> str | None:
@@ -93,10 +109,13 @@ def default_stop(verdict: Verdict) -> str | None:
     return None
 
 
-def train_run(space: SearchSpace, config_id: str, config: dict[str, Any], seed: int, root: Path) -> list[dict[str, Any]]:
-    """Train one (config, seed) to the space's budget; one row per epoch."""
+def train_run(
+    space: SearchSpace, config_id: str, config: dict[str, Any], seed: int, root: Path, recover: bool = False
+) -> list[dict[str, Any]]:
+    """Train one (config, seed) to the space's budget (or a stop: ``recover`` only); one row per
+    epoch report, replayed epochs included."""
     entered = time.perf_counter()
-    cfg = trial_config(space, config, seed, root)
+    cfg = trial_config(space, config, seed, root, recover)
     torch.set_num_threads(1)  # as a trial with resources.cpu 1
     trainer = Trainer(cfg, log=lambda _line: None)
     setup_s = time.perf_counter() - entered
@@ -104,9 +123,19 @@ def train_run(space: SearchSpace, config_id: str, config: dict[str, Any], seed: 
     # After each optimiser step, i.e. where the trainer's step check (and a stop) happens: wall
     # and process CPU seconds (CPU time is what a shared machine's load does not inflate).
     trainer.optimizer.register_step_post_hook(lambda *_: step_times.append((time.perf_counter(), time.process_time())))
+    # The epoch's verdicts, read before a recovery rolls the monitor back with the rest of the state.
+    seen = 0
+    judged: dict[str, Any] = {}
+    on_epoch_end = trainer.recovery.on_epoch_end
+
+    def before_recovery(tr: Trainer, report: dict[str, Any]) -> None:
+        judged.update(verdict=tr.monitor.verdict, raised=tr.monitor.history()[seen:])
+        on_epoch_end(tr, report)
+
+    trainer.recovery.on_epoch_end = before_recovery  # type: ignore[method-assign]
     rows: list[dict[str, Any]] = []
     ended = None
-    while trainer.epoch < cfg.epochs:
+    while not trainer.finished:
         seen = len(trainer.monitor.history())
         first_step = trainer.global_step
         step_times.clear()
@@ -114,16 +143,18 @@ def train_run(space: SearchSpace, config_id: str, config: dict[str, Any], seed: 
         try:
             report = trainer.run_epoch()
         except Exception as exc:  # noqa: BLE001 - only after the monitor has said diverged
-            if not any(v.diagnosis == "diverged" for v in trainer.monitor.history()):
+            said = [v.diagnosis for v in trainer.monitor.history()] + [e["diagnosis"] for e in trainer.recovery_events()]
+            if "diverged" not in said:
                 raise
             ended = f"epoch {trainer.epoch} raised {type(exc).__name__}: {exc}"[:300]
             break
         row = {k: v for k, v in report.items() if isinstance(v, (int, float, str))}
+        row["report"] = len(rows) + 1
         row["time/epoch_cpu_s"] = time.process_time() - cpu_start
-        verdict = trainer.monitor.verdict
+        verdict = judged["verdict"]
         row["health/verdict_step"] = verdict.step
         row["health/verdict_epoch"] = verdict.epoch
-        raised = trainer.monitor.history()[seen:]
+        raised = judged["raised"]
         row["health/verdicts"] = json.dumps(
             [{"diagnosis": v.diagnosis, "also": v.evidence.get("also", []), "signal": v.signal, "step": v.step} for v in raised]
         )
@@ -165,9 +196,13 @@ def train_run(space: SearchSpace, config_id: str, config: dict[str, Any], seed: 
         rows.append(row)
         print(
             f"[{config_id} s{seed}] epoch {row['epoch']}: loss {row['train/loss']:.4g} AP {row['val/ap']:.4f} "
-            f"{row['time/epoch_s']:.1f}s -> {row['health/diagnosis']}{' STOP:' + row['health/default_stop'] if row['health/default_stop'] else ''}",
+            f"{row['time/epoch_s']:.1f}s -> {row['health/diagnosis']}{' STOP:' + row['health/default_stop'] if row['health/default_stop'] else ''}"
+            + (f" RECOVERY: {row['health/recovery']}" if row.get("health/recovery") else "")
+            + (" STOPPED" if row.get("health/stop") == 1 else ""),
             flush=True,
         )
+    if ended is None and trainer.stopped:  # recover only: the recoveries were spent, or the diagnosis has none
+        ended = f"stopped: {trainer.monitor.verdict.diagnosis} at epoch {trainer.epoch}"
     wall = time.perf_counter() - entered
     for row in rows:
         row.update(
@@ -242,11 +277,13 @@ def noise_choice(parts: Path, space: SearchSpace, candidates: list[str], seed: i
 
 
 def consolidate(parts: Path = PARTS, out: Path = TABLE) -> pa.Table | None:
-    """``table.parquet``: every part, sorted by config, seed and epoch (zstd: stays small)."""
+    """``table.parquet``: every part, sorted by config, seed and report (the epoch in a part
+    without ``report``; zstd: stays small)."""
     table = read_parts(parts)
     if table is None:
         return None
-    table = table.sort_by([("config_id", "ascending"), ("seed", "ascending"), ("epoch", "ascending")])
+    order = "report" if "report" in table.column_names and table["report"].null_count == 0 else "epoch"
+    table = table.sort_by([("config_id", "ascending"), ("seed", "ascending"), (order, "ascending")])
     tmp = out.with_name(f".{out.name}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, out)
@@ -255,6 +292,12 @@ def consolidate(parts: Path = PARTS, out: Path = TABLE) -> pa.Table | None:
         f"{out.stat().st_size / 1e3:.0f} kB"
     )
     return table
+
+
+def stopping_configs(table: Path, seed: int) -> list[str]:
+    """The configurations whose ``seed`` run in ``table`` has a default stopping verdict at some epoch."""
+    rows = pq.read_table(table, columns=["config_id", "seed", "health/default_stop"]).to_pylist()
+    return sorted({r["config_id"] for r in rows if r["seed"] == seed and r["health/default_stop"]})
 
 
 def record(args: argparse.Namespace) -> None:
@@ -269,7 +312,7 @@ def record(args: argparse.Namespace) -> None:
         path = part_path(parts, cid, seed)
         if path.is_file():
             return
-        rows = train_run(space, cid, configs[cid], seed, root)
+        rows = train_run(space, cid, configs[cid], seed, root, args.recover)
         run = {
             "config_id": cid,
             "seed": seed,
@@ -283,9 +326,22 @@ def record(args: argparse.Namespace) -> None:
             "load_average_at_end": json.dumps(load_average()),
         }
         write_part(path, run, rows)
-        print(f"== {cid} seed {seed}: {len(rows)} epochs, {rows[-1]['time/run_s']:.0f} s", flush=True)
+        print(
+            f"== {cid} seed {seed}: {len(rows)} epochs, {rows[-1]['time/run_s']:.0f} s"
+            + (
+                f", {rows[-1]['health/recoveries']:.0f} recoveries, {rows[-1]['ended'] or 'ran to the end'}"
+                if args.recover
+                else ""
+            ),
+            flush=True,
+        )
 
     seed0 = space.fixed.get("seed", 0)
+    if args.recover:  # the recovered runs: the failing configurations of the table, seed 0
+        for cid in stopping_configs(Path(args.table), seed0):
+            run_one(cid, seed0)
+        consolidate(parts, Path(args.out))
+        return
     if args.only:
         for cid in args.only.split(","):
             run_one(cid, seed0)
@@ -304,11 +360,13 @@ def record(args: argparse.Namespace) -> None:
 
 
 def time_one(args: argparse.Namespace) -> None:
-    """One run of the space's first point, timed, without touching the recorded parts."""
+    """One run of the space's first point (``--recover``: of the first failing configuration),
+    timed, without touching the recorded parts."""
     space = load_space(args.space)
-    cid, config = next(iter(design(space, args.configs).items()))
+    configs = design(space, args.configs)
+    cid = stopping_configs(Path(args.table), 0)[0] if args.recover else next(iter(configs))
     start = time.perf_counter()
-    rows = train_run(space, cid, config, 0, data_root(space))
+    rows = train_run(space, cid, configs[cid], 0, data_root(space), args.recover)
     with tempfile.TemporaryDirectory() as scratch:
         write_part(Path(scratch) / "one.parquet", {"config_id": cid}, rows)
         size = (Path(scratch) / "one.parquet").stat().st_size
@@ -321,11 +379,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", type=int, default=128, help="Sobol configurations (besides the space's points)")
     parser.add_argument("--noise-seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     parser.add_argument("--only", help="comma-separated config ids: record these (seed 0) and stop")
-    parser.add_argument("--parts", default=str(PARTS))
-    parser.add_argument("--out", default=str(TABLE))
+    parser.add_argument(
+        "--recover",
+        action="store_true",
+        help="the recovered runs: the table's failing configurations again with health.on_failure: recover",
+    )
+    parser.add_argument("--table", default=str(TABLE), help="--recover: the table whose failing configurations to record")
+    parser.add_argument("--parts", help=f"default {PARTS} ({RECOVER_PARTS} with --recover)")
+    parser.add_argument("--out", help=f"default {TABLE} ({TABLE_RECOVER} with --recover)")
     parser.add_argument("--time-one", action="store_true", help="time one run and exit")
     parser.add_argument("--consolidate", action="store_true", help="only write the table from the parts")
     args = parser.parse_args(argv)
+    args.parts = args.parts or str(RECOVER_PARTS if args.recover else PARTS)
+    args.out = args.out or str(TABLE_RECOVER if args.recover else TABLE)
     if args.time_one:
         time_one(args)
     elif args.consolidate:

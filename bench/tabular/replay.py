@@ -33,6 +33,22 @@ CPU seconds, which other jobs on a shared machine inflate far less). Compute is 
 never wait (a suggestion costs no recorded time), so compute at clock time t is ``workers * t``.
 Dead time between trials and Ray's own overhead are not in the table (bench/dead_time.py: ~3 %).
 
+Recovery (``<sampler>+recover+asha``, issue 18 item 4): the health monitor with
+``health.on_failure: recover``. A trial answered by a configuration whose run the default rule
+would stop is answered instead by that configuration's recorded *recovered* run
+(``table_recover.parquet``, ``record.py --recover``): every report of it arrives, the replayed
+epochs included, each after its recorded seconds (the trainer really cut the failing epoch, so
+its ``time/epoch_s`` is what it cost), and goes through the same objects as above, as the real
+search's would: ``tune_metrics`` gives the searcher the penalty from the first recovery on
+(``health/recoveries > 0``: the configuration as sampled failed), ASHA judges ``raw/<metric>``
+on the trainer's ``epoch`` (a replayed epoch past a rung already judged is not judged again; the
+report of the epoch a recovery rolled back is not judged at all, ``hpo.stopping.RecoveryAwareASHA``;
+any other report at ``max_epochs`` ends the trial, as Ray's ASHA stops any trial there), ``training_iteration``
+counts the reports as Tune does. The health stopper ends it only where the recovered run itself
+stopped (``health/stop == 1``: its recoveries spent, or a diagnosis without one). A recovered run
+that ends at ``max_epochs`` is ``recovered:<diagnosis>`` (``hpo.layout.trial_end``): Optuna is told
+COMPLETE with the penalty, and the run is kept, its AP counts as found.
+
 ``bench/tabular/compare.py`` replays every strategy over many seeds and writes the report.
 """
 
@@ -45,6 +61,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository's packages
@@ -52,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script:
 import numpy as np  # noqa: E402
 
 from bench.tabular.surrogate import NearestSurrogate, Run  # noqa: E402
+from hpo import layout as L  # noqa: E402
 from hpo.space import SearchSpace, space_from_dict  # noqa: E402
 from hpo.stopping import HealthStopper, RungAwareOptunaSearch, build_scheduler, build_searcher  # noqa: E402
 from hpo.trainable import tune_metrics  # noqa: E402
@@ -89,10 +107,13 @@ class Strategy:
     sampler: Sampler
     asha: bool
     health: bool
+    recover: bool = False
+    """The health monitor with ``health.on_failure: recover`` (needs ``health``): failing
+    configurations answered by their recorded recovered runs."""
 
     @property
     def name(self) -> str:
-        rules = [r for r, on in (("health", self.health), ("asha", self.asha)) if on]
+        rules = [r for r, on in (("recover" if self.recover else "health", self.health), ("asha", self.asha)) if on]
         return f"{self.sampler}+{'+'.join(rules) or 'nostop'}"
 
 
@@ -106,7 +127,7 @@ STRATEGIES = {
         Strategy(sampler, asha=False, health=True),
         Strategy(sampler, asha=True, health=True),
     )
-}
+} | {s.name: s for s in (Strategy(sampler, asha=True, health=True, recover=True) for sampler in ("tpe", "random"))}
 
 
 @dataclass(frozen=True)
@@ -125,12 +146,17 @@ class TrialRecord:
     run: Run
     start: float
     stop_at: int | None
-    """Epoch index at which the health rule stops it (``None``: never, or the rule is off)."""
+    """Report index at which the health rule stops it (``None``: never, or the rule is off)."""
+    recovered: bool = False
+    """Answered by a recorded recovered run (a ``recover`` strategy, a failing configuration)."""
     epochs: int = 0
+    """Reports received (a recovered run's replayed epochs included)."""
     cost: float = 0.0
     outcome: str = "running"
-    """``completed``, ``asha@<epoch>``, ``health:<diagnosis>@<epoch>``, ``error@<epoch>`` or
-    ``running`` (cut by the end of the budget)."""
+    """``completed``, ``recovered:<diagnosis>``, ``asha@<epoch>``, ``health:<diagnosis>@<epoch>``,
+    ``error@<epoch>`` or ``running`` (cut by the end of the budget)."""
+    ap: float | None = None
+    """The raw metric of its last report when it ended completed or recovered (a kept run)."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -139,6 +165,7 @@ class TrialRecord:
             "epochs": self.epochs,
             "cost_s": round(self.cost, 3),
             "outcome": self.outcome,
+            "ap": self.ap,
             "full_ap": self.run.final_ap,
             "failing": self.run.failing,
         }
@@ -156,7 +183,7 @@ class Trace:
     """The searcher after the search (its Optuna study says what the sampler was told)."""
     trials: list[TrialRecord] = field(default_factory=list)
     incumbent: list[tuple[float, float, str]] = field(default_factory=list)
-    """``(compute_s, best AP, config_id)`` each time a completed trial raised the best AP."""
+    """``(compute_s, best AP, config_id)`` each time a completed (or recovered) trial raised the best AP."""
 
     def best_at(self, compute_s: float) -> float:
         """Best AP of the trials completed by ``compute_s`` slot-seconds (0 before the first)."""
@@ -198,7 +225,8 @@ def searcher_for(space: SearchSpace, sampler: Sampler, seed: int):
 
 def epoch_result(space: SearchSpace, trial_id: str, row: dict[str, Any], stop: bool) -> dict[str, Any]:
     """What Tune sees of one recorded epoch: the trainer's report (as the default health rule
-    would have made it when ``stop``) through ``tune_metrics``, plus Tune's own keys."""
+    would have made it when ``stop``; a recovered run's as recorded) through ``tune_metrics``,
+    plus Tune's own keys (``training_iteration``: the run's report count)."""
     report = {
         k: v
         for k, v in row.items()
@@ -210,8 +238,13 @@ def epoch_result(space: SearchSpace, trial_id: str, row: dict[str, Any], stop: b
         if row["health/default_stop_kind"] == "step":
             report.update(dict.fromkeys(VAL_KEYS, 0.0))  # the trainer skips validation after a step stop
     metrics = tune_metrics(report, space.metric, space.mode)
-    metrics.update(training_iteration=row["epoch"], trial_id=trial_id)
+    metrics.update(training_iteration=row.get("report") or row["epoch"], trial_id=trial_id)
     return metrics
+
+
+def recorded_stop(run: Run) -> int | None:
+    """Index of the report at which a recovered run's trainer really stopped (``health/stop``)."""
+    return next((i for i, e in enumerate(run.epochs) if e.get("health/stop") == 1), None)
 
 
 def replay(
@@ -222,8 +255,10 @@ def replay(
     budget_s: float,
     workers: int | None = None,
     cost: Cost = "wall",
+    recovered: Mapping[str, Run] | None = None,
 ) -> Trace:
-    """One search of ``strategy`` over the table, until ``budget_s`` slot-seconds are spent."""
+    """One search of ``strategy`` over the table, until ``budget_s`` slot-seconds are spent;
+    ``recovered``: ``{config_id: recovered run}`` of the failing configurations (``recover`` strategies)."""
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
     workers = workers or space.budget.max_concurrent_trials or 1
@@ -241,7 +276,9 @@ def replay(
     def schedule(record: TrialRecord, index: int, now: float) -> None:
         nonlocal sequence
         row = record.run.epochs[index]
-        seconds = row[stop_key] if index == record.stop_at else row[epoch_key]
+        # A recorded stop of the observe-mode run costs up to its stopping step; a recovered run's
+        # epochs were really cut where they stopped or recovered: each costs what it took.
+        seconds = row[stop_key] if index == record.stop_at and not record.recovered else row[epoch_key]
         heapq.heappush(events, (now + seconds, sequence, record, index))
         sequence += 1
 
@@ -251,7 +288,13 @@ def replay(
         if config is None:  # cannot happen with one slot per allowed concurrent trial
             raise RuntimeError(f"the searcher proposed nothing for {trial_id} with a free slot")
         run = surrogate.answer(config)
-        record = TrialRecord(trial_id, config, run, now, run.first_default_stop() if strategy.health else None)
+        if strategy.recover and run.first_default_stop() is not None:
+            if recovered is None or run.config_id not in recovered:
+                raise KeyError(f"no recorded recovered run of the failing configuration {run.config_id} (record.py --recover)")
+            run = recovered[run.config_id]
+            record = TrialRecord(trial_id, config, run, now, recorded_stop(run), recovered=True)
+        else:
+            record = TrialRecord(trial_id, config, run, now, run.first_default_stop() if strategy.health else None)
         trace.trials.append(record)
         scheduler.on_trial_add(None, ReplayTrial(trial_id))
         schedule(record, 0, now)
@@ -264,8 +307,8 @@ def replay(
         else:
             scheduler.on_trial_complete(None, ReplayTrial(record.trial_id), result)
             searcher.on_trial_complete(record.trial_id, result=result)
-        if outcome == "completed":
-            ap = result[f"raw/{space.metric}"]
+        if outcome == "completed" or L.is_recovered(outcome):  # a kept run: exportable, its AP found
+            ap = record.ap = result[f"{L.RAW_PREFIX}{space.metric}"]
             if not trace.incumbent or ap > trace.incumbent[-1][1]:
                 trace.incumbent.append((workers * now, ap, record.run.config_id))
         start(now)
@@ -280,7 +323,7 @@ def replay(
             stopped = index == record.stop_at
             record.epochs += 1
             record.cost = now - record.start  # its epochs run back to back from its start
-            result = epoch_result(space, record.trial_id, row, stopped)
+            result = epoch_result(space, record.trial_id, row, stopped and not record.recovered)
             trial = ReplayTrial(record.trial_id)
             if stopper is not None and stopper(record.trial_id, result):
                 decision = TrialScheduler.STOP
@@ -289,13 +332,17 @@ def replay(
             if decision != TrialScheduler.STOP:
                 searcher.on_trial_result(record.trial_id, result)
             epoch = row["epoch"]
+            last = index + 1 >= len(record.run.epochs)
             if stopped:
-                finish(record, result, f"health:{row['health/default_stop']}@{epoch}", now)
-            elif epoch >= max_epochs:
-                finish(record, result, "completed", now)
+                diagnosis = row["health/diagnosis"] if record.recovered else row["health/default_stop"]
+                finish(record, result, f"health:{diagnosis}@{epoch}", now)
+            elif epoch >= max_epochs and (last or decision == TrialScheduler.STOP):
+                # At max_epochs the run ended (ASHA stops a trial there unless a recovery has just
+                # rolled it back): completed, or recovered:<diagnosis> after a recovery.
+                finish(record, result, L.trial_end(result, max_epochs).outcome, now)
             elif decision == TrialScheduler.STOP:
                 finish(record, result, f"asha@{epoch}", now)
-            elif index + 1 >= len(record.run.epochs):  # recorded as ended early: the trial errors
+            elif last:  # recorded as ended early: the trial errors
                 finish(record, result, f"error@{epoch}", now)
             else:
                 schedule(record, index + 1, now)

@@ -4,7 +4,9 @@ Every figure is read from :class:`bench.tabular.replay.Trace` objects. "Best AP 
 last-epoch AP of the trials that ran to ``max_epochs`` (a pruned or stopped trial has no
 full-budget value; this is also what ``hpo/export.py`` may export), and the table's best is the
 best last-epoch AP among the configurations' primary runs (the surrogate answers with those), so
-100 % means the search ran the table's best configuration to the end.
+100 % means the search ran the table's best configuration to the end. A trial answered by a
+recorded recovered run (``recover`` strategies) that ran to ``max_epochs`` is a kept run too
+(``recovered:<diagnosis>``): its AP counts as found.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from bench.tabular.replay import STRATEGIES, Trace
-from bench.tabular.surrogate import Run
+from bench.tabular.surrogate import AP_FLOOR, Run
 
 #: Fractions of the table's best AP a search is timed to (75 %: a softer target, several configurations reach it).
 TARGETS = (0.75, 0.9, 1.0)
@@ -36,6 +38,9 @@ def trace_stats(trace: Trace, table_best: float, table_best_id: str) -> dict[str
     for r in trace.trials:
         by_config.setdefault(r.run.config_id, []).append(r.outcome)
     best_id = max(by_config, key=lambda c: next(r.run.final_ap for r in trace.trials if r.run.config_id == c))
+    recovered = [r for r in trace.trials if r.recovered]
+    kept = [r.ap for r in recovered if r.ap is not None]
+    proposed = next((r.start for r in trace.trials if r.run.config_id == table_best_id), None)
     return {
         "seed": trace.seed,
         "trials": len(trace.trials),
@@ -47,14 +52,31 @@ def trace_stats(trace: Trace, table_best: float, table_best_id: str) -> dict[str
         "best_proposed": best_id,
         "best_proposed_fate": fate(by_config[best_id]),
         "table_best_fate": fate(by_config[table_best_id]) if table_best_id in by_config else "not proposed",
+        # When the table's best was first proposed (slot-seconds; inf: never): what the rules cannot shorten.
+        "compute_to_propose_best": trace.workers * proposed if proposed is not None else math.inf,
+        "recovered_outcomes": dict(Counter(_recovered_kind(r) for r in recovered)),
+        "recovered_share": sum(r.cost for r in recovered) / trace.budget_s,
+        "recovered_best_ap": max(kept, default=0.0),
+        "best_is_recovered": any((r.ap, r.run.config_id) == trace.incumbent[-1][1:] for r in recovered if trace.incumbent),
     }
 
 
+def _recovered_kind(trial: Any) -> str:
+    """How a trial answered by a recovered run ended: ``recovered`` (kept), ``asha``, ``health`` or
+    ``running``; ``... on a recovery`` when its last report was one of a failing epoch the trainer
+    had just rolled back (ASHA judging that epoch's zeroed or collapsed AP at a rung, or stopping
+    it at ``max_t``, where every trial ends)."""
+    kind = trial.outcome.split("@")[0].split(":")[0]
+    recovering = trial.epochs > 0 and bool(trial.run.epochs[trial.epochs - 1].get("health/recovery"))
+    return f"{kind} on a recovery" if recovering and kind in ("recovered", "asha") else kind
+
+
 def fate(outcomes: Sequence[str]) -> str:
-    """How a configuration fared over its trials: ``completed`` if any trial completed, else the
-    rule that cut it (``asha``, ``health``), else ``error`` or ``running`` (the budget ended)."""
+    """How a configuration fared over its trials: ``completed`` if any trial completed, else
+    ``recovered`` if one ran to the end after a recovery, else the rule that cut it (``asha``,
+    ``health``), else ``error`` or ``running`` (the budget ended)."""
     kinds = {o.split("@")[0].split(":")[0] for o in outcomes}
-    for kind in ("completed", "health", "asha", "error", "running"):
+    for kind in ("completed", "recovered", "health", "asha", "error", "running"):
         if kind in kinds:
             return kind
     return "unknown"
@@ -81,13 +103,21 @@ def summarise(stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Across seeds: quartiles of each figure, counts of fates."""
     n = len(stats)
     out: dict[str, Any] = {"seeds": n}
-    for key in ("trials", "distinct", "final_best_ap", "failing_share", *(f"compute_to_{int(f * 100)}" for f in TARGETS)):
+    for key in (
+        *("trials", "distinct", "final_best_ap", "failing_share", "compute_to_propose_best"),
+        *("recovered_share", "recovered_best_ap", *(f"compute_to_{int(f * 100)}" for f in TARGETS)),
+    ):
         out[key] = quantiles([s[key] for s in stats])
+    out["best_is_recovered"] = sum(s["best_is_recovered"] for s in stats)
     for f in TARGETS:
         key = f"compute_to_{int(f * 100)}"
         out[f"reached_{int(f * 100)}"] = sum(math.isfinite(s[key]) for s in stats)
     out["outcomes_mean"] = {
         k: sum(s["outcomes"].get(k, 0) for s in stats) / n for k in sorted({k for s in stats for k in s["outcomes"]})
+    }
+    out["recovered_outcomes_mean"] = {
+        k: sum(s["recovered_outcomes"].get(k, 0) for s in stats) / n
+        for k in sorted({k for s in stats for k in s["recovered_outcomes"]})
     }
     out["best_proposed_fate"] = dict(Counter(s["best_proposed_fate"] for s in stats))
     out["table_best_fate"] = dict(Counter(s["table_best_fate"] for s in stats))
@@ -159,6 +189,61 @@ def table_facts(
     }
 
 
+def recover_facts(
+    primary: Mapping[str, Run], recovered: Mapping[str, Run], max_epochs: int, cost_key: str = "time/epoch_s"
+) -> dict[str, Any]:
+    """The recorded recovered runs (``table_recover.parquet``) beside the observe-mode runs of the
+    same configurations: how they ended, what they reached, what they cost."""
+    best = max(r.final_ap for r in primary.values())
+    healthy = sorted((r.final_ap for r in primary.values() if not r.failing), reverse=True)
+    by_diagnosis: dict[str, Counter] = {}
+    runs = []
+    for cid, run in sorted(recovered.items()):
+        first = primary[cid].epochs[primary[cid].first_default_stop() or 0]["health/default_stop"] or "none"
+        last = run.epochs[-1]
+        ended = (
+            "stopped" if last.get("ended") else ("healthy end" if last["health/diagnosis"] == "healthy" else "warning at the end")
+        )
+        by_diagnosis.setdefault(first, Counter())[ended] += 1
+        runs.append(
+            {
+                "config_id": cid,
+                "diagnosis": first,
+                "ended": last.get("ended") or "ran to the end",
+                "last_diagnosis": last["health/diagnosis"],
+                "recoveries": int(last["health/recoveries"]),
+                "reports": len(run.epochs),
+                "final_ap": run.final_ap,
+                "rank_among_healthy": 1 + sum(ap > run.final_ap for ap in healthy) if run.final_ap >= AP_FLOOR else None,
+                "cost_s": run.full_seconds(cost_key),
+                "observe_cost_s": primary[cid].full_seconds(cost_key),
+                "recovered_at_last_epoch": any(e.get("health/recovery") and e["epoch"] >= max_epochs for e in run.epochs),
+            }
+        )
+    aps = [r["final_ap"] for r in runs if r["ended"] == "ran to the end"]
+    top = max(runs, key=lambda r: r["final_ap"]) if runs else None
+    return {
+        "runs": len(runs),
+        "failing_configs_covered": sum(
+            1 for r in primary.values() if r.first_default_stop() is not None and r.config_id in recovered
+        ),
+        "failing_configs": sum(1 for r in primary.values() if r.first_default_stop() is not None),
+        "by_diagnosis": {d: dict(c) for d, c in sorted(by_diagnosis.items())},
+        "ran_to_the_end": len(aps),
+        "final_ap_ran_to_the_end": quantiles(aps) if aps else {},
+        "at_least_75_of_best": sum(ap >= 0.75 * best for ap in aps),
+        "above_ap_floor": sum(ap >= AP_FLOOR for ap in aps),
+        "best": {"config_id": top["config_id"], "final_ap": top["final_ap"], "rank_among_healthy": top["rank_among_healthy"]}
+        if top
+        else None,
+        "healthy_configs": len(healthy),
+        "recovered_at_last_epoch": [r["config_id"] for r in runs if r["recovered_at_last_epoch"]],
+        "cost_s": quantiles([r["cost_s"] for r in runs]) if runs else {},
+        "cost_over_observe_run": quantiles([r["cost_s"] / r["observe_cost_s"] for r in runs]) if runs else {},
+        "per_run": runs,
+    }
+
+
 def plot(variants: Mapping[str, dict[str, Any]], best: float, path: Path, title: str) -> None:
     """Median and interquartile band of the best AP found vs compute: one row per variant, TPE and
     random side by side."""
@@ -168,7 +253,13 @@ def plot(variants: Mapping[str, dict[str, Any]], best: float, path: Path, title:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(variants), 2, figsize=(12, 4.4 * len(variants)), sharey=True, squeeze=False)
-    colours = {"nostop": "tab:grey", "asha": "tab:blue", "health": "tab:orange", "health+asha": "tab:green"}
+    colours = {
+        "nostop": "tab:grey",
+        "asha": "tab:blue",
+        "health": "tab:orange",
+        "health+asha": "tab:green",
+        "recover+asha": "tab:red",
+    }
     for row, v in zip(axes, variants.values()):
         grid = np.array(v["anytime"]["grid_s"]) / v["full_run_s"]
         for ax, sampler in zip(row, ("tpe", "random")):
@@ -176,7 +267,11 @@ def plot(variants: Mapping[str, dict[str, Any]], best: float, path: Path, title:
                 if not name.startswith(sampler + "+"):
                     continue
                 rules = name.split("+", 1)[1]
-                label = {"health+asha": "health + ASHA (default)", "nostop": "no stopping"}.get(rules, f"{rules} alone")
+                label = {
+                    "health+asha": "health + ASHA (default)",
+                    "nostop": "no stopping",
+                    "recover+asha": "health (recover) + ASHA",
+                }.get(rules, f"{rules} alone")
                 ax.plot(grid, curve["p50"], color=colours[rules], label=label, lw=1.8)
                 ax.fill_between(grid, curve["p25"], curve["p75"], color=colours[rules], alpha=0.15, lw=0)
             ax.axhline(best, color="k", ls=":", lw=1, label="table's best")
@@ -224,11 +319,18 @@ def fmt_runs(seconds: float, unit: float) -> str:
     return ">budget" if math.isinf(seconds) else f"{seconds / unit:.1f}"
 
 
+def _runs(q: Mapping[str, float], unit: float) -> str:
+    """Quartiles of slot-seconds in full runs: ``p25 / p50 / p75``."""
+    return " / ".join(fmt_runs(q[k], unit) for k in ("p25", "p50", "p75"))
+
+
 def strategy_label(name: str, default: bool = True) -> str:
     """``default``: the space's own scheduler settings, so health + ASHA is the platform's default."""
     sampler, rules = name.split("+", 1)
     both = "health + ASHA (platform default)" if default else "health + ASHA"
-    rules = {"nostop": "no stopping", "health+asha": both}.get(rules, f"{rules} alone")
+    rules = {"nostop": "no stopping", "health+asha": both, "recover+asha": "health with recovery + ASHA"}.get(
+        rules, f"{rules} alone"
+    )
     return f"{'TPE' if sampler == 'tpe' else 'random'}, {rules}"
 
 
@@ -284,6 +386,9 @@ def markdown(r: dict[str, Any], replay_machine: str, png: str) -> str:
         f"healthy configurations {t['epoch2_vs_final_spearman_healthy']:.2f}; of the 10 best at the end, "
         f"{len(t['top10_in_epoch2_top_third'])} are in the top third of all {t['configs']} at epoch 2 (the failing ones "
         "fill the bottom of a rung; a sampler that avoids them leaves the good ones to compete among themselves).",
+    ]
+    lines += _recover_table_lines(r.get("recover_table"), t)
+    lines += [
         "",
         "## The surrogate",
         "",
@@ -336,7 +441,12 @@ def markdown(r: dict[str, Any], replay_machine: str, png: str) -> str:
         "epoch 2, reduction factor 3, max_t 6) or `FIFOScheduler`, and the searcher, in the order Tune's controller "
         "calls them. The health rule stops a run at the first epoch whose recorded verdicts hold a default `stop_on` "
         "diagnosis, after the recorded seconds up to the stopping step. Best AP found: the best last-epoch val/ap of a "
-        f"trial that ran all 6 epochs. {r['workers']} slots on an event clock (the space's `max_concurrent_trials`); "
+        f"trial that ran all 6 epochs. Recovery + ASHA: a proposal answered by a failing configuration gets that "
+        "configuration's recorded recovered run instead, every report of it (replayed epochs included) through the "
+        "same objects, as a real search's: `tune_metrics` gives Optuna the penalty from the first recovery on, ASHA "
+        "judges `raw/val/ap` on the trainer's `epoch`, the health stopper ends it only where the recovered run itself "
+        "stopped, and one that reaches epoch 6 is `recovered:<diagnosis>` (`hpo.layout.trial_end`), kept: its val/ap "
+        f"counts as found. {r['workers']} slots on an event clock (the space's `max_concurrent_trials`); "
         "compute is slot-seconds. Not in the recorded seconds: Ray's overhead and the dead time between trials "
         "(~3 %, `bench/dead_time.py`).",
         "",
@@ -392,6 +502,8 @@ def _variant_lines(vname: str, v: dict[str, Any], seeds: int, workers: int, jobs
         "",
     ]
     for sampler, comp in v["comparisons"].items():
+        if "paired_ratio_to_100" not in comp:  # only recovery against the default was compared
+            continue
         d, n = s[f"{sampler}+health+asha"], s[f"{sampler}+nostop"]
         for f in TARGETS:
             key = f"compute_to_{int(f * 100)}"
@@ -415,7 +527,7 @@ def _variant_lines(vname: str, v: dict[str, Any], seeds: int, workers: int, jobs
         if base is None:
             continue
         parts = []
-        for rules in ("asha", "health", "health+asha"):
+        for rules in ("asha", "health", "health+asha", "recover+asha"):
             x = s.get(f"{sampler}+{rules}")
             if x is None:
                 continue
@@ -427,6 +539,10 @@ def _variant_lines(vname: str, v: dict[str, Any], seeds: int, workers: int, jobs
                 f"{base['reached_75']}), cut by ASHA {cut.get('asha', 0)}, by health {cut.get('health', 0)}"
             )
         lines.append(f"- {'TPE' if sampler == 'tpe' else 'random'}: " + "; ".join(parts) + ".")
+        costing = _costing_line(s, sampler, v["budget_s"], seeds, unit)
+        if costing:
+            lines.append(f"  {costing}")
+    lines += _recover_lines(v, seeds)
     lines += [
         "",
         "Replay time, each strategy's searches added up (one search runs in one process): "
@@ -434,6 +550,155 @@ def _variant_lines(vname: str, v: dict[str, Any], seeds: int, workers: int, jobs
         + f"; the variant {v['replay_s']['total']:.0f} s wall with {jobs} process(es).",
     ]
     return lines
+
+
+def _costing_line(s: Mapping[str, Any], sampler: str, budget: float, seeds: int, unit: float) -> str | None:
+    """Where the default (health + ASHA) misses a third of no stopping's compute to the table's
+    best at the median seed: which rule costs it (cut the table's best configuration), or that
+    neither does and what does (the sampler: when it first proposes that configuration)."""
+    d, n = s.get(f"{sampler}+health+asha"), s.get(f"{sampler}+nostop")
+    if d is None or n is None:
+        return None
+    a, b = d["compute_to_100"]["p50"], n["compute_to_100"]["p50"]
+    if math.isfinite(a) and math.isfinite(b) and a <= b / 3:
+        return None
+    tb = d["table_best_fate"]
+    proposed = seeds - tb.get("not proposed", 0)
+    cut = {"ASHA": tb.get("asha", 0), "the health rule": tb.get("health", 0)}
+    text = f"Which rule costs the default the 1/3 target (median seed {_ratio(a, b, budget)}): "
+    if any(cut.values()):
+        worst, other = sorted(cut, key=lambda k: -cut[k])
+        text += (
+            f"{worst}, which cut the table's best configuration (no trial of it completed) in {cut[worst]} of the "
+            f"{proposed} seeds that proposed it ({other}: {cut[other]})"
+        )
+    else:
+        text += f"neither cut the table's best configuration (in none of the {proposed} seeds that proposed it)"
+    alone = [
+        f"{label} alone {_ratio(x['compute_to_100']['p50'], b, budget, 'it')}"
+        for label, x in (("ASHA", s.get(f"{sampler}+asha")), ("health", s.get(f"{sampler}+health")))
+        if x is not None
+    ]
+    if alone:
+        text += "; against no stopping " + ", ".join(alone)
+    pd, pn = d["compute_to_propose_best"], n["compute_to_propose_best"]
+    text += (
+        f"; the search first proposed the table's best after {_runs(pd, unit)} runs' compute (p25 / median / p75; "
+        f"without stopping {_runs(pn, unit)}), in "
+        f"{proposed} of {seeds} seeds (without stopping {seeds - n['table_best_fate'].get('not proposed', 0)}): "
+        + ("what is left is the sampler's, not a rule's." if not any(cut.values()) else "the rest is the sampler's.")
+    )
+    return text
+
+
+def _recover_table_lines(rt: Mapping[str, Any] | None, t: Mapping[str, Any]) -> list[str]:
+    """The recorded recovered runs (``record.py --recover``), when the comparison had them."""
+    if not rt:
+        return []
+    q, c, ratio = rt["final_ap_ran_to_the_end"], rt["cost_s"], rt["cost_over_observe_run"]
+    best = rt["best"]
+    return [
+        "",
+        "## The recovered runs",
+        "",
+        f"`{rt['path']}`: the {rt['failing_configs_covered']} of {rt['failing_configs']} configurations the default "
+        "rule stops, trained again with the same sizes, seed and 6 epochs, with `health.on_failure: recover`, the "
+        "default `stop_on` and interventions (`model/health.py` `DEFAULT_INTERVENTIONS`; `record.py --recover`). "
+        "By the diagnosis of their observe-mode run: "
+        + "; ".join(f"{d}: " + ", ".join(f"{k} {n}" for k, n in sorted(e.items())) for d, e in rt["by_diagnosis"].items())
+        + f" (`healthy end`: ran to epoch 6 and the monitor's last verdict healthy; `stopped`: its recoveries spent, "
+        f"stopped as without recovery). {rt['ran_to_the_end']} ran to the end"
+        + (f", their final val/ap {q['p25']:.4f} / {q['p50']:.4f} / {q['p75']:.4f} (p25 / median / p75)" if q else "")
+        + f"; {rt['above_ap_floor']} above 0.001, {rt['at_least_75_of_best']} at >= 75 % of the table's best "
+        f"({t['best_ap']:.4f})"
+        + (
+            f"; the best recovered run: `{best['config_id']}` {best['final_ap']:.4f}"
+            + (
+                f" (it would rank {best['rank_among_healthy']} among the {rt['healthy_configs']} healthy configurations)"
+                if best["rank_among_healthy"]
+                else ""
+            )
+            if best
+            else ""
+        )
+        + "."
+        + _clock_line(rt)
+        + f" A recovered run costs {c['p50']:.1f} s on the table's wall clock, median ({c['p25']:.1f}-{c['p75']:.1f}), "
+        f"{ratio['p50']:.2f} times its configuration's observe-mode run ({ratio['p25']:.2f}-{ratio['p75']:.2f}: the "
+        "replayed epochs). Recovering at epoch 6's check (a rollback there replays the run from its snapshot, but in a "
+        "search with ASHA the trial ends at that report: Ray's ASHA stops every trial at `max_t`): "
+        + (", ".join(f"`{c}`" for c in rt["recovered_at_last_epoch"]) or "none")
+        + ".",
+    ]
+
+
+def _clock_line(rt: Mapping[str, Any]) -> str:
+    """How the recovered runs' seconds were put on the table's clock (``compare.on_table_clock``)."""
+    clock = rt.get("clock")
+    if not clock:
+        return ""
+    rec, ips = rt["recording_machine"], rt["images_per_s"]
+    return (
+        f" Recorded {rt['recording_span'][0]} to {rt['recording_span'][1]} on {rec['cpu']}, {rec['cpu_cores']} cores "
+        f"shared with other jobs (load average at start {', '.join(map(str, rec['load_average_at_start']))}), commit "
+        f"{', '.join(c[:10] for c in rt['git_commit'])}"
+        + (f" with uncommitted changes in `model/` or `hpo/` for {rt['git_dirty_runs']} runs" if rt["git_dirty_runs"] else "")
+        + f": a newer trainer than the table's, training {ips['recovered']:.0f} images/s against the table's "
+        f"{ips['table']:.0f} (medians over epochs), so its seconds are not the table's. They are converted: up to its "
+        "first failure a recovered run computes exactly what the observe-mode run of its configuration did (identical "
+        f"losses and AP), and on those {clock['identical_epochs']} epochs, recorded twice, the table's seconds are "
+        f"{clock['wall_per_recorded_cpu_s']:.2f} (wall) and {clock['cpu_per_recorded_cpu_s']:.2f} (CPU) times the "
+        "recovered run's process CPU seconds (medians; CPU: what the load during the recording inflates least); every "
+        "report of a recovered run is charged its CPU seconds times these. As recorded, a recovered run took "
+        f"{rt['recorded_s']['p50']:.1f} s wall, {rt['recorded_cpu_s']['p50']:.1f} s CPU (medians)."
+    )
+
+
+def _recover_lines(v: Mapping[str, Any], seeds: int) -> list[str]:
+    """Recovery + ASHA against the default (health + ASHA) in one variant."""
+    s, unit, budget = v["strategies"], v["full_run_s"], v["budget_s"]
+    lines = []
+    for sampler in ("tpe", "random"):
+        x, d, n = (s.get(f"{sampler}+{rules}") for rules in ("recover+asha", "health+asha", "nostop"))
+        if x is None or d is None:
+            continue
+        pr = v["comparisons"].get(sampler, {}).get("recover_vs_default_to_100", {})
+        nostop = n["compute_to_100"]["p50"] if n is not None else math.nan
+
+        def reach(y: Mapping[str, Any], f: int) -> str:
+            return f"{_runs(y[f'compute_to_{f}'], unit)} ({y[f'reached_{f}']}/{seeds} seeds)"
+
+        lines.append(
+            f"- {'TPE' if sampler == 'tpe' else 'random'}: to the table's best {reach(x, 100)} runs with recovery, "
+            f"{reach(d, 100)} with the default; x of no stopping at the median "
+            f"{_ratio(x['compute_to_100']['p50'], nostop, budget, 'it')} against {_ratio(d['compute_to_100']['p50'], nostop, budget)}"
+            f"; to 75 % of it {reach(x, 75)} against {reach(d, 75)}"
+            + (
+                f"; per seed, recovery over the default (same sampler seed, n={pr['n']}, {pr['censored']} with one "
+                f"side not reaching it): median {_ratio_value(pr.get('p50'))}, 75th percentile {_ratio_value(pr.get('p75'))}"
+                if pr
+                else ""
+            )
+            + ". Trials answered by a recovered run per search, mean, by how they ended: "
+            + (", ".join(f"{k} {c:.1f}" for k, c in x["recovered_outcomes_mean"].items()) or "none")
+            + "; compute on recovered runs "
+            f"{x['recovered_share']['p50']:.0%} ({x['recovered_share']['p25']:.0%}-{x['recovered_share']['p75']:.0%}); "
+            f"the best val/ap of a kept recovered run {x['recovered_best_ap']['p50']:.4f} (median), a recovered run the "
+            f"search's best at the end in {x['best_is_recovered']} of {seeds} seeds."
+        )
+    if not lines:
+        return []
+    return [
+        "",
+        "Recovery (`health.on_failure: recover`) with ASHA against the platform's default: a failing configuration "
+        "answered by its recorded recovered run (Optuna told the penalty, ASHA judging its raw val/ap, kept when it "
+        "runs to the end); compute in full runs, p25 / median / p75. Random sampling proposes the same sequence of "
+        "configurations in both for a seed, so its per-seed comparison is the clean one; TPE proposes few distinct "
+        "configurations (the table's column) and which it settles on depends on the order in which the early trials "
+        "end, which a recovered trial (longer than a stopped one) changes.",
+        "",
+        *lines,
+    ]
 
 
 def _short(value: Any) -> str:

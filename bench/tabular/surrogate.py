@@ -62,7 +62,7 @@ class Run:
 
 
 def runs_from_rows(rows: Iterable[Mapping[str, Any]], space: SearchSpace) -> dict[tuple[str, int], Run]:
-    """Group table rows (one per epoch) into runs keyed by ``(config_id, seed)``, epochs in order."""
+    """Group table rows (one per epoch report) into runs keyed by ``(config_id, seed)``, reports in order."""
     runs: dict[tuple[str, int], Run] = {}
     for row in rows:
         key = (row["config_id"], int(row["seed"]))
@@ -70,7 +70,8 @@ def runs_from_rows(rows: Iterable[Mapping[str, Any]], space: SearchSpace) -> dic
             runs[key] = Run(key[0], key[1], {k: row[k] for k in space.params})
         runs[key].epochs.append(dict(row))
     for run in runs.values():
-        run.epochs.sort(key=lambda e: e["epoch"])
+        # In report order: a recovered run (table_recover.parquet) replays epochs, its ``report`` counts on.
+        run.epochs.sort(key=lambda e: e.get("report") or e["epoch"])
     return runs
 
 
