@@ -155,6 +155,25 @@ def test_a_collapsing_run_recovers_through_the_training_command(full_mini: Path,
     assert [r["epoch"] for r in rows[failed + 1 :]][:1] == [1]  # trained on, from the start
 
 
+def test_a_diverging_run_recovers_through_the_training_command(mini_root: Path, tmp_path: Path) -> None:
+    """``python -m model.train`` on a configuration that explodes in its first epoch: rolled back
+    with the default lr x0.01, it finishes (exit 0) with the event and the effective config beside
+    its checkpoints and every later epoch finite."""
+    from model.train import main
+
+    cfg = small_cfg(mini_root, epochs=2, **RECOVER)
+    config, out = tmp_path / "c.yaml", tmp_path / "run"
+    cfg.to_yaml(config)
+    assert main(["--config", str(config), "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    (event,) = json.loads((out / "recoveries.json").read_text())
+    assert event["diagnosis"] == "diverged" and event["changes"]["optim.lr"] == [5.0, 0.05]
+    effective = TrainConfig.model_validate(__import__("yaml").safe_load((out / "effective_config.yaml").read_text()))
+    assert effective.optim.lr == 0.05
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert rows[0]["health/diagnosis"] == "diverged" and rows[0]["health/stop"] == 0.0
+    assert [r["epoch"] for r in rows[1:]] == [1, 2] and all(math.isfinite(r["train/loss"]) for r in rows[1:])
+
+
 def test_a_reset_re_initialises_the_class_head_and_drops_optimiser_state(mini_root: Path) -> None:
     """``reset_class_head``/``reset_optimizer``: after the rollback, the classification head's output
     layers are back at the face prior (drawn from the recovery's own seeded generator: two runs get
