@@ -625,8 +625,8 @@ def _recover_table_lines(rt: Mapping[str, Any] | None, t: Mapping[str, Any]) -> 
         + _clock_line(rt)
         + f" A recovered run costs {c['p50']:.1f} s on the table's wall clock, median ({c['p25']:.1f}-{c['p75']:.1f}), "
         f"{ratio['p50']:.2f} times its configuration's observe-mode run ({ratio['p25']:.2f}-{ratio['p75']:.2f}: the "
-        "replayed epochs). Recovering at epoch 6's check (a rollback there replays the run from its snapshot, but in a "
-        "search with ASHA the trial ends at that report: Ray's ASHA stops every trial at `max_t`): "
+        "replayed epochs). Recovering at epoch 6's check (a rollback there replays the run from its snapshot; ASHA "
+        "does not judge that report, `hpo.stopping.RecoveryAwareASHA`, where Ray's own would end the trial at `max_t`): "
         + (", ".join(f"`{c}`" for c in rt["recovered_at_last_epoch"]) or "none")
         + ".",
     ]
