@@ -298,9 +298,9 @@ class Recovery:
 def _learnt(snapshot: dict[str, Any], untrained: float | None) -> bool:
     """A snapshot worth rolling back to trained at an (unweighted) loss below the untrained
     network's. One above it had started to fail though no check fired: the zoo's SGD lr 0.3 without
-    warm-up trained its first epoch at ~3x the untrained loss, diverged in its second, and rolled
-    back to the first with lr x0.01 it stayed at AP < 0.01 where a restart with the fix reached 0.13
-    (bench/results/recovery_zoo.md, seed 1). Snapshots from before this rule carry no loss: kept."""
+    warm-up (seed 1) trained its first epoch far above the untrained loss (early median 28), diverged
+    in its second, and rolled back to the first with lr x0.01 it stayed at AP < 0.01; to the start,
+    0.115 (a restart with the fix: 0.135). Snapshots from before this rule carry no loss: kept."""
     loss = snapshot.get("train_loss")
     if snapshot["epoch"] == 0 or loss is None or untrained is None:
         return True
