@@ -86,7 +86,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         _collapse_entry({**_OLD_ENTRY, "class_weight_factor": 5.0}),
     ),
     "collapse_bw10_neg30_nowarm:recover_caps_onset": ("collapse_bw10_neg30_nowarm", _collapse_entry({"rollback": "onset"})),
-    # A stall answered with lr x100 instead of the default x10.
+    # A stall answered with lr x100 where the default was x10 (recovery_stall.md); x100 is the default since.
     "stalled_lr1e-5:recover_lr100": (
         "stalled_lr1e-5",
         {"health.on_failure": "recover", "health.interventions.stalled.lr_factor": 100.0},

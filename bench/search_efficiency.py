@@ -290,7 +290,7 @@ def write(args: argparse.Namespace, machine: dict[str, Any], runs: dict[int, dic
                 "seeds": list(runs), "points_to_evaluate": not args.no_points, "variants": {v: VARIANTS[v] for v in args.variants}, "ap_floor": AP_FLOOR,
                 "failures": sorted(FAILURES), "target_fractions": TARGET_FRACTIONS,
                 "torch_threads_per_trial": 1, "concurrent_trials": 2}  # fmt: skip
-    out = {"benchmark": "search efficiency: collapse-aware vs plain ASHA vs no early stopping", "machine": machine,
+    out = {"benchmark": "search efficiency: " + " vs ".join(VARIANTS[v] for v in args.variants), "machine": machine,
            "settings": settings, "runs": {str(k): v for k, v in runs.items()}}  # fmt: skip
     write_results(args.out, stem, out, markdown(out))
 
