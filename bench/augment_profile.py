@@ -3,7 +3,9 @@
 The GPU throughput runs (``throughput.py --device cuda``) showed the loader, not the GPU, bounds
 training; this splits one sample's CPU time into reading it from the Arrow cache and each step of
 the training transform (``model.data.transforms.build_train_transforms``), on the mini set, one
-thread, the same images for every step.
+thread, the same images for every step. The photometric distortion (ours: torchvision's with a
+fast hue step, ``model/data/colour.py``) is timed side by side with torchvision's own
+``RandomPhotometricDistort`` on the same inputs with the same random draws.
 
 Usage::
 
@@ -22,21 +24,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchvision.transforms import v2
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script (bench/ is not an installed package)
     sys.path.insert(0, str(REPO))
 from bench.machine import machine_info, write_results  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
+from model.data.colour import PhotometricDistort  # noqa: E402
 from model.engine import build_datasets  # noqa: E402
 
 
-def timed(steps: list[Any], seconds: list[float]) -> Any:
-    """The training transform, step by step, adding each step's time to ``seconds``."""
+def timed(steps: list[Any], seconds: list[float], references: dict[int, Any], reference_seconds: dict[int, float]) -> Any:
+    """The training transform, step by step, adding each step's time to ``seconds``; before step
+    ``j`` in ``references``, that reference transform runs on the same input with the same random
+    state (then restored, so the pipeline goes on as without it), timed into ``reference_seconds``."""
 
     def transform(image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         sample = (image, target)
         for j, step in enumerate(steps):
+            if j in references:
+                state = torch.get_rng_state()
+                start = time.perf_counter()
+                references[j](*sample)
+                reference_seconds[j] += time.perf_counter() - start
+                torch.set_rng_state(state)
             start = time.perf_counter()
             sample = step(*sample)
             seconds[j] += time.perf_counter() - start
@@ -52,11 +64,13 @@ def profile(input_size: int, images: int, seed: int) -> dict[str, Any]:
     images = min(images, len(train))
     steps = list(train.transform.transforms)
     seconds = [0.0] * len(steps)
-    train.transform = timed(steps, seconds)
+    references = {j: v2.RandomPhotometricDistort(p=0.5) for j, step in enumerate(steps) if isinstance(step, PhotometricDistort)}
+    reference_seconds = dict.fromkeys(references, 0.0)
+    train.transform = timed(steps, seconds, references, reference_seconds)
     start = time.perf_counter()
     for i in range(images):
         train[i]
-    whole_ms = (time.perf_counter() - start) / images * 1e3
+    whole_ms = (time.perf_counter() - start - sum(reference_seconds.values())) / images * 1e3
     steps_ms = [s / images * 1e3 for s in seconds]
     return {
         "machine": machine_info(),
@@ -66,6 +80,10 @@ def profile(input_size: int, images: int, seed: int) -> dict[str, Any]:
         # Reading from the Arrow cache, wrapping and the dataset's own bookkeeping: the rest.
         "outside_transform_ms": round(whole_ms - sum(steps_ms), 3),
         "steps_ms": {type(step).__name__: round(ms, 3) for step, ms in zip(steps, steps_ms)},
+        "reference_ms": {
+            f"torchvision's RandomPhotometricDistort (instead of {type(steps[j]).__name__})": round(s / images * 1e3, 3)
+            for j, s in reference_seconds.items()
+        },
     }
 
 
@@ -84,6 +102,8 @@ def to_markdown(res: dict[str, Any]) -> str:
     for name, ms in res["steps_ms"].items():
         lines.append(f"| {name} | {ms:.2f} | {100 * ms / total:.0f} % |")
     lines += [f"| **one sample (`dataset[i]`: read + transform)** | **{res['dataset_getitem_ms']:.2f}** | |"]
+    for name, ms in res.get("reference_ms", {}).items():
+        lines.append(f"| reference, same inputs and draws: {name} | {ms:.2f} | |")
     return "\n".join(lines) + "\n"
 
 

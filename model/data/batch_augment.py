@@ -21,7 +21,7 @@ number is still drawn in the loader, from the generators the DataLoader seeds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,10 +30,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-# torchvision's own colour-space conversion (batched over any leading dims): the hue step must
-# match ``F.adjust_hue`` exactly, which tests/test_batch_augment.py checks image by image.
-from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
-
+from model.data.colour import adjust_hue
 from model.data.transforms import IMAGENET_MEAN_UINT8, FaceIoUCrop, build_train_transforms
 
 #: Target entries the loader adds for :func:`render_batch`.
@@ -176,7 +173,7 @@ def photometric_batch(images: Tensor, colour: Tensor) -> Tensor:
         (brightness != 1, lambda x, f: (x * f[:, 0]).clamp_(0.0, 1.0)),
         ((contrast != 1) & before, lambda x, f: _adjust_contrast(x, f[:, 1])),
         (saturation != 1, lambda x, f: _blend(x, _grayscale(x), f[:, 3])),
-        (hue != 0, lambda x, f: _adjust_hue(x, f[:, 4])),
+        (hue != 0, lambda x, f: adjust_hue(x, f[:, 4, 0])),
         ((contrast != 1) & ~before, lambda x, f: _adjust_contrast(x, f[:, 1])),
         ((order != torch.arange(3)).any(dim=1), lambda x, f: x.gather(1, f[:, 5:8, 0].long().expand_as(x))),
     )
@@ -188,11 +185,6 @@ def photometric_batch(images: Tensor, colour: Tensor) -> Tensor:
             index = rows.to(images.device, non_blocking=True)
             images.index_copy_(0, index, step(images.index_select(0, index), factors))
     return images
-
-
-def _adjust_hue(images: Tensor, hue: Tensor) -> Tensor:
-    h, s, v = _rgb_to_hsv(images).unbind(dim=1)
-    return cast(Tensor, _hsv_to_rgb(torch.stack(((h + hue[:, 0]) % 1.0, s, v), dim=1)))  # torchvision is untyped
 
 
 def _grayscale(images: Tensor) -> Tensor:

@@ -6,7 +6,8 @@ scaled to float [0, 1], with one reordering: the photometric distortion runs las
 network-input image. It is per-pixel colour arithmetic, so it commutes with the geometry up to
 resampling, and on a 640x480 source it cost far more than the rest of the pipeline (measured on
 one CPU thread: ~50 ms with every part firing, mostly the hue conversion, against ~4 ms for
-zoom-out, crop, flip and resize together; ~8 ms at 256x256).
+zoom-out, crop, flip and resize together; ~8 ms at 256x256). The hue step is now a closed form
+(``model.data.colour``), 2.3x faster for the whole distortion at 320 px.
 
 Input: ``(tv_tensors.Image uint8 (3, H, W), {"boxes": BoundingBoxes xyxy, "labels", "ignore"})``.
 ``labels`` and ``ignore`` are per-box tensors: whenever boxes are dropped they are dropped with
@@ -23,6 +24,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.ops import box_iou
 from torchvision.transforms import v2
+
+from model.data.colour import PhotometricDistort
 
 #: ImageNet mean in uint8 (torchvision's SSD preset): zoom-out padding that looks like "no signal".
 IMAGENET_MEAN_UINT8 = (123, 117, 104)
@@ -79,7 +82,7 @@ def photometric_distortion() -> v2.Transform:
     """SSD's photometric distortion (brightness, contrast, saturation, hue, channel order, each with
     p=0.5) on a float [0, 1] image: the loader's last step, or the trainer's on the device
     (``augment.pipeline: batched``, as part of the batch)."""
-    return v2.RandomPhotometricDistort(p=0.5)
+    return PhotometricDistort(p=0.5)
 
 
 def build_eval_transforms(input_size: int) -> v2.Compose:
