@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:  # run as a script (bench/ is not an installed pac
 import torch  # noqa: E402
 
 from bench.machine import machine_info, write_results  # noqa: E402
-from bench.throughput import loader_rate  # noqa: E402
+from bench.throughput import loader_rate, with_torchvision_photometric  # noqa: E402
 from bench.wider_like import make_wider_like  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
 from model.data.batch_augment import render_batch  # noqa: E402
@@ -76,6 +76,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     make_wider_like(args.data, num_train=args.train_images, num_val=20, seed=0)
     loaders = {f"{p}{'' if c else '_nocache'}": build_loaders(config(args, p, c), *build_datasets(config(args, p, c)))[0]
                for p, c in VARIANTS}  # fmt: skip
+    # The per-sample pipeline as it was before the closed-form hue step: torchvision's own distortion.
+    cfg = config(args, "per_sample", True)
+    train, val = build_datasets(cfg)
+    train.transform = with_torchvision_photometric(train.transform)
+    loaders["per_sample_torchvision"] = build_loaders(cfg, train, val)[0]
     rates: dict[str, list[float]] = {name: [] for name in loaders}
     renders: list[float] = []
     for r in range(args.rounds):
@@ -112,11 +117,28 @@ def to_markdown(r: dict[str, Any]) -> str:
             "",
             "| training loader alone, images/s per core (median; rounds) | with the image cache | decoding every JPEG |",
             "|---|---|---|",
-            f"| per-sample (torchvision transforms per image) | {med['per_sample']} ({', '.join(map(str, r['loader_images_per_s_per_core']['per_sample']))}) "
+            *(
+                [
+                    f"| per-sample with torchvision's own colour distortion (the pipeline before the fast hue step) "
+                    f"| {med['per_sample_torchvision']} ({', '.join(map(str, r['loader_images_per_s_per_core']['per_sample_torchvision']))}) | |"
+                ]
+                if "per_sample_torchvision" in med
+                else []
+            ),
+            f"| per-sample (torchvision transforms per image{'; the fast hue step' if 'per_sample_torchvision' in med else ''}) "
+            f"| {med['per_sample']} ({', '.join(map(str, r['loader_images_per_s_per_core']['per_sample']))}) "
             f"| {med['per_sample_nocache']} ({', '.join(map(str, r['loader_images_per_s_per_core']['per_sample_nocache']))}) |",
             f"| batched (draws and boxes; pixels on the device) | {med['batched']} ({', '.join(map(str, r['loader_images_per_s_per_core']['batched']))}) "
             f"| {med['batched_nocache']} ({', '.join(map(str, r['loader_images_per_s_per_core']['batched_nocache']))}) |",
             f"| batched / per-sample | **{med['batched'] / med['per_sample']:.2f}x** | {med['batched_nocache'] / med['per_sample_nocache']:.2f}x |",
+            *(
+                [
+                    f"| batched / per-sample before the fast hue step | **{med['batched'] / med['per_sample_torchvision']:.2f}x** | |",
+                    f"| per-sample: fast hue step / torchvision's | {med['per_sample'] / med['per_sample_torchvision']:.2f}x | |",
+                ]
+                if "per_sample_torchvision" in med
+                else []
+            ),
             f"| cache / no cache: per-sample, batched | {med['per_sample'] / med['per_sample_nocache']:.2f}x, "
             f"{med['batched'] / med['batched_nocache']:.2f}x | |",
             "",

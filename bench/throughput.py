@@ -9,7 +9,9 @@ Dataset and DataLoader settings, the same shuffling order), batch size, device a
   ``train_one_epoch``: ``torchvision.models.detection.SSD`` built from *our* backbone, anchor
   generator and head (so the networks match), its own ``compute_loss`` (SSDMatcher, 3:1 hard
   negatives), ``sum(loss_dict.values())``, a ``.item()`` and a finiteness check every step, the
-  same optimiser (SGD, same learning rate, momentum, weight decay groups) and schedule.
+  same optimiser (SGD, same learning rate, momentum, weight decay groups) and schedule; its loader
+  distorts colours with torchvision's own ``RandomPhotometricDistort`` (the same draws; ours
+  computes the hue step in closed form, ``model/data/colour.py``).
 
 They run in one process, finely interleaved: a round is a pass of ``--iters`` steps of each loop
 (the order rotating each round), after two warm-up rounds, so drifting load on a shared machine
@@ -45,8 +47,10 @@ from typing import Any
 import torch
 import torchvision
 from torchvision.models.detection.ssd import SSD
+from torchvision.transforms import v2
 
 from model.config import TrainConfig
+from model.data.colour import PhotometricDistort
 from model.engine import batched_augmentation, build_datasets, build_loaders, build_optimizer, build_scheduler
 from model.ssd import FaceSSD
 from model.trainer import Trainer
@@ -137,6 +141,15 @@ def _reference_target(target: dict[str, Any], device: torch.device) -> dict[str,
     boxes, labels = target["boxes"], target["labels"]
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return {"boxes": boxes[keep].to(device), "labels": labels[keep].to(device)}
+
+
+def with_torchvision_photometric(transform: v2.Compose) -> v2.Compose:
+    """The training transform with torchvision's own ``RandomPhotometricDistort`` in place of ours
+    (the same draws and steps; ours computes the hue shift in closed form)."""
+    steps = [
+        v2.RandomPhotometricDistort(p=step.p) if isinstance(step, PhotometricDistort) else step for step in transform.transforms
+    ]
+    return v2.Compose(steps)
 
 
 class StepClock:
@@ -326,13 +339,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ours = loops["ours"].trainer
     device = ours.device
     # The same Dataset class and DataLoader settings, a loader of its own with the same seed; the
-    # reference always distorts colours in its loader (the torchvision recipe).
-    if batched_augmentation(cfg):
-        ref_cfg = cfg.model_copy(deep=True)
-        ref_cfg.augment.pipeline = "per_sample"
-        ref_loader, _ = build_loaders(ref_cfg, *build_datasets(ref_cfg))
-    else:
-        ref_loader, _ = build_loaders(cfg, ours.train_set, ours.val_set)
+    # reference always distorts colours in its loader, with torchvision's own transform (the
+    # torchvision recipe; ours is the same transform with a faster hue step, model/data/colour.py).
+    ref_cfg = cfg.model_copy(deep=True)
+    ref_cfg.augment.pipeline = "per_sample"
+    ref_train, ref_val = build_datasets(ref_cfg)
+    ref_train.transform = with_torchvision_photometric(ref_train.transform)
+    ref_loader, _ = build_loaders(ref_cfg, ref_train, ref_val)
     loops["reference"] = ReferenceLoop(cfg, ours.model, ref_loader, device, args.iters)
     pin_memory = ref_loader.pin_memory  # the effective setting (the config's None: on for CUDA)
     if args.cached:
