@@ -119,7 +119,7 @@ def to_markdown(r: dict[str, Any]) -> str:
             "|---|---|---|",
             *(
                 [
-                    f"| per-sample with torchvision's own colour distortion (the pipeline before the fast hue step) "
+                    f"| per-sample with torchvision's own colour distortion (the hue step as before 2026-12-02) "
                     f"| {med['per_sample_torchvision']} ({', '.join(map(str, r['loader_images_per_s_per_core']['per_sample_torchvision']))}) | |"
                 ]
                 if "per_sample_torchvision" in med
@@ -133,7 +133,7 @@ def to_markdown(r: dict[str, Any]) -> str:
             f"| batched / per-sample | **{med['batched'] / med['per_sample']:.2f}x** | {med['batched_nocache'] / med['per_sample_nocache']:.2f}x |",
             *(
                 [
-                    f"| batched / per-sample before the fast hue step | **{med['batched'] / med['per_sample_torchvision']:.2f}x** | |",
+                    f"| batched / per-sample with torchvision's colour distortion | **{med['batched'] / med['per_sample_torchvision']:.2f}x** | |",
                     f"| per-sample: fast hue step / torchvision's | {med['per_sample'] / med['per_sample_torchvision']:.2f}x | |",
                 ]
                 if "per_sample_torchvision" in med

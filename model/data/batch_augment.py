@@ -124,9 +124,14 @@ def collate_canvas(batch: Sequence[tuple[Tensor, dict[str, Any]]]) -> tuple[Tens
     images, targets = zip(*batch)
     height = max(int(image.shape[-2]) for image in images)
     width = max(int(image.shape[-1]) for image in images)
-    canvas = torch.tensor(IMAGENET_MEAN_UINT8, dtype=torch.uint8).view(1, 3, 1, 1).repeat(len(images), 1, height, width)
+    fill = torch.tensor(IMAGENET_MEAN_UINT8, dtype=torch.uint8).view(3, 1, 1)
+    canvas = torch.empty(len(images), 3, height, width, dtype=torch.uint8)
     for slot, image in zip(canvas, images):
-        slot[:, : image.shape[-2], : image.shape[-1]].copy_(image)
+        # Each byte written once: the image, then the mean colour right of it and below it.
+        h, w = image.shape[-2:]
+        slot[:, :h, :w].copy_(image)
+        slot[:, :h, w:].copy_(fill.expand(3, h, width - w))
+        slot[:, h:, :].copy_(fill.expand(3, height - h, width))
     return canvas, list(targets)
 
 

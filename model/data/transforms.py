@@ -131,6 +131,7 @@ class FaceIoUCrop(v2.RandomIoUCrop):  # type: ignore[misc]
             bboxes.as_subclass(torch.Tensor), old_format=bboxes.format, new_format=tv_tensors.BoundingBoxFormat.XYXY
         ).double()
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        largest_face = float(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).max()) if len(boxes) else 0.0
         while True:
             min_iou = self.options[int(torch.randint(low=0, high=len(self.options), size=(1,)))]
             if min_iou >= 1.0:
@@ -142,6 +143,10 @@ class FaceIoUCrop(v2.RandomIoUCrop):  # type: ignore[misc]
             right, bottom = left + new_w, top + new_h
             aspect = new_w / new_h.clamp(min=1)
             ok = (new_w > 0) & (new_h > 0) & (aspect >= self.min_aspect_ratio) & (aspect <= self.max_aspect_ratio)
+            if len(boxes) and largest_face < min_iou * float((new_w * new_h).min()):
+                # A face's IoU with a larger crop is at most their areas' ratio: in a crowd of small
+                # faces most draws of a high minimum IoU fail every trial, with no IoU matrix needed.
+                continue
             if len(boxes):
                 # (trials, faces): centre inside the crop, and IoU of those faces with the crop.
                 inside = (left[:, None] < cx) & (cx < right[:, None]) & (top[:, None] < cy) & (cy < bottom[:, None])
