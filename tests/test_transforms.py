@@ -120,6 +120,29 @@ def test_iou_crop_accepts_only_crops_that_meet_the_minimum_iou() -> None:
         assert iou[inside].max() >= 0.3 - 1e-6
 
 
+def test_the_iou_shortcut_keeps_the_draws_of_the_full_check() -> None:
+    class FullCheck(FaceIoUCrop):
+        @staticmethod
+        def out_of_reach(min_iou: float, largest_face: float, crop_areas: torch.Tensor) -> bool:
+            return False
+
+    shortcuts = 0
+    for seed in range(40):
+        image, target = _sample(40 + seed, height=480, width=640)  # crowds of faces
+        results = []
+        for crop in (FaceIoUCrop(), FullCheck()):
+            torch.manual_seed(seed)
+            results.append((crop.make_params([image, target["boxes"]]), torch.rand(1)))
+        (ours, after), (full, after_full) = results
+        assert ours.keys() == full.keys() and torch.equal(after, after_full)
+        for key, value in ours.items():
+            assert torch.equal(value, full[key]) if isinstance(value, torch.Tensor) else value == full[key]
+        boxes = target["boxes"]
+        largest = float(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).max())
+        shortcuts += FaceIoUCrop.out_of_reach(0.9, largest, torch.tensor([0.3 * 0.3 * 480 * 640]))
+    assert shortcuts > 20  # the samples' faces are small enough for the shortcut to matter
+
+
 def test_same_seed_same_sample() -> None:
     transform = build_train_transforms(80)
     outputs = []

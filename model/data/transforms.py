@@ -124,6 +124,13 @@ class FaceIoUCrop(v2.RandomIoUCrop):  # type: ignore[misc]
     image, so those images were never cropped).
     """
 
+    @staticmethod
+    def out_of_reach(min_iou: float, largest_face: float, crop_areas: torch.Tensor) -> bool:
+        """No face can overlap any of the crops with ``min_iou``: a face's IoU with a larger crop is
+        at most their areas' ratio. In a crowd of small faces most draws of a high minimum IoU fail
+        every trial; this spares them the IoU matrix (the same draws either way)."""
+        return largest_face < min_iou * float(crop_areas.min())
+
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         orig_h, orig_w = v2.query_size(flat_inputs)
         bboxes = next(x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes))
@@ -143,9 +150,7 @@ class FaceIoUCrop(v2.RandomIoUCrop):  # type: ignore[misc]
             right, bottom = left + new_w, top + new_h
             aspect = new_w / new_h.clamp(min=1)
             ok = (new_w > 0) & (new_h > 0) & (aspect >= self.min_aspect_ratio) & (aspect <= self.max_aspect_ratio)
-            if len(boxes) and largest_face < min_iou * float((new_w * new_h).min()):
-                # A face's IoU with a larger crop is at most their areas' ratio: in a crowd of small
-                # faces most draws of a high minimum IoU fail every trial, with no IoU matrix needed.
+            if len(boxes) and self.out_of_reach(min_iou, largest_face, new_w * new_h):
                 continue
             if len(boxes):
                 # (trials, faces): centre inside the crop, and IoU of those faces with the crop.
