@@ -16,6 +16,18 @@ Usage::
         --seeds 0,1,2 --stem recovery_collapse                # bench/results/recovery_collapse.md
     nice -n 5 python bench/recovery.py --zoo --seeds 0,1,2 --stem recovery_zoo   # issue 16's targets (~30 min)
 
+``<zoo entry>:recover_probe`` recovers with the LR probe on for ``diverged`` and ``stalled``
+(``health.interventions.<diagnosis>.lr_probe.enabled``; ``model/recovery.py``), ``recover_fixed``
+with it off (their fixed ``lr_factor``), and ``<zoo entry>:restart_probe`` restarts with the changes
+the ``recover_probe`` run ended with; ``--set KEY=VALUE``
+(repeatable, the value read as YAML) adds a config override to every case, e.g. the probe's
+settings. The probe's training is charged: its images (``probe.images`` of each event) count in
+a run's compute at the epoch of its recovery. The probe's figures (``recovery_probe.md``)::
+
+    nice -n 10 python bench/recovery.py --seeds 0,1,2 --stem recovery_probe --cases healthy:stop,\\
+    diverged_lr5:recover_fixed,diverged_lr5:recover_probe,stalled_lr1e-6:recover_fixed,stalled_lr1e-6:recover_probe,\\
+    stalled_lr1e-5:recover_fixed,stalled_lr1e-5:recover_probe,diverged_lr1:recover_fixed,diverged_lr1:recover_probe
+
 ``--zoo`` runs every failure of the zoo that the default table answers with a rollback (its
 candidates left out), with ``recover`` and restarted from scratch with the changes its recovery made
 (``restart_fixed``), beside the healthy baseline, and sums up the issue's two targets.
@@ -28,12 +40,14 @@ x2 / neg:pos 15; its events name the changes each run made.)
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling zoo module
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -105,6 +119,24 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 #: changes its ``<zoo entry>:recover`` run of the same seed ended with (what a user does by hand after
 #: reading the recovery's events): the compute a recovery is measured against. Runs after it.
 RESTART = "restart_fixed"
+#: The LR probe on (``recover_probe``) or off (``recover_fixed``: the fixed ``lr_factor``) for the
+#: diagnoses whose fix is a learning rate (``model.health.LRProbe``), whatever the default table says.
+_LR_FIXES = ("diverged", "stalled")
+#: ``<zoo entry>:<case>`` -> its overrides; a restart (``RESTARTS``) follows the recovery it names.
+RECOVER_CASES: dict[str, dict[str, Any]] = {
+    "recover": {"health.on_failure": "recover"},
+    **{
+        case: {"health.on_failure": "recover", **{f"health.interventions.{d}.lr_probe.enabled": on for d in _LR_FIXES}}
+        for case, on in (("recover_probe", True), ("recover_fixed", False))
+    },
+}
+RESTARTS = {RESTART: "recover", "restart_probe": "recover_probe"}
+
+
+def restart_of(case: str) -> str | None:
+    """The restart case (``<entry>:restart_...``) of a recovery case, if it has one."""
+    entry, _, kind = case.rpartition(":")
+    return next((f"{entry}:{r}" for r, rec in RESTARTS.items() if rec == kind), None)
 
 
 def zoo_cases() -> list[str]:
@@ -120,15 +152,17 @@ def case_overrides(name: str, seed: int, runs: list[dict[str, Any]]) -> tuple[st
     if name in CASES:
         return CASES[name]
     entry, _, case = name.rpartition(":")
+    kinds = "|".join([*RECOVER_CASES, *RESTARTS])
     if entry not in ZOO:
-        raise SystemExit(f"unknown case {name!r}: one of {', '.join(CASES)} or <zoo entry>:recover|{RESTART}")
-    if case == "recover":
-        return entry, {"health.on_failure": "recover"}
-    if case != RESTART:
-        raise SystemExit(f"unknown case {name!r}: a zoo entry's case is recover or {RESTART}")
-    recovered = [r for r in runs if r["case"] == f"{entry}:recover" and r["seed"] == seed]
+        raise SystemExit(f"unknown case {name!r}: one of {', '.join(CASES)} or <zoo entry>:{kinds}")
+    if case in RECOVER_CASES:
+        return entry, dict(RECOVER_CASES[case])
+    if case not in RESTARTS:
+        raise SystemExit(f"unknown case {name!r}: a zoo entry's case is one of {kinds}")
+    source = f"{entry}:{RESTARTS[case]}"
+    recovered = [r for r in runs if r["case"] == source and r["seed"] == seed]
     if not recovered:
-        raise SystemExit(f"{name} needs {entry}:recover of seed {seed} before it")
+        raise SystemExit(f"{name} needs {source} of seed {seed} before it")
     changes = recovered[-1]["effective_changes"]
     return (entry, dict(changes)) if changes else None
 
@@ -145,6 +179,11 @@ def run_case(name: str, entry_name: str, overrides: dict[str, Any], data_root: P
     wall = time.perf_counter() - start
     aps = [r[K.VAL_AP] for r in reports]
     verdict = trainer.monitor.verdict
+    events = trainer.recovery_events()
+    # Images trained per report, replayed epochs included (the global step is rolled back with the
+    # model), plus an LR probe's images at the epoch of the recovery that ran it.
+    probes = iter([e.get("probe") for e in events])
+    images = [r[K.TRAIN_IMAGES] + ((next(probes, None) or {}).get("images", 0) if r[K.HEALTH_RECOVERY] else 0) for r in reports]
     return {
         "case": name,
         "zoo_entry": entry_name,
@@ -156,9 +195,10 @@ def run_case(name: str, entry_name: str, overrides: dict[str, Any], data_root: P
         "epoch_reached": trainer.epoch,
         "epochs_reported": len(reports),
         "steps": trainer.global_step,
-        # Images trained, replayed epochs included (the global step is rolled back with the model).
-        "compute_images": int(sum(r[K.TRAIN_IMAGES] for r in reports)),
-        "curve": [(int(sum(x[K.TRAIN_IMAGES] for x in reports[: i + 1])), round(r[K.VAL_AP], 4)) for i, r in enumerate(reports)],
+        "compute_images": int(sum(images)),
+        "probe_images": int(sum(e["probe"]["images"] for e in events if "probe" in e)),
+        "probes": [{k: e["probe"][k] for k in ("lrs", "losses", "chosen_lr", "rule", "images")} for e in events if "probe" in e],
+        "curve": [(int(sum(images[: i + 1])), round(r[K.VAL_AP], 4)) for i, r in enumerate(reports)],
         "outcome": f"stopped:{verdict.diagnosis}" if trainer.stopped else "completed",
         "recoveries": len(trainer.recovery_events()),
         "events": [e for e in lines if e.startswith("recovery")],
@@ -166,6 +206,20 @@ def run_case(name: str, entry_name: str, overrides: dict[str, Any], data_root: P
         "wall_s": round(wall, 1),
         "aps": [round(a, 4) for a in aps],
     }
+
+
+def baseline_runs(path: Path, names: list[str], seeds: list[int], epochs: int) -> list[dict[str, Any]]:
+    """The runs of an earlier result to compare with: the healthy baseline, and the default table's
+    recovery and restart of the zoo entries among ``names``, of the same seeds and epoch budget."""
+    earlier = json.loads(path.read_text())
+    if earlier["epochs"] != epochs:
+        raise SystemExit(f"--baseline {path} has a budget of {earlier['epochs']} epochs, not {epochs}")
+    entries = {n.rpartition(":")[0] for n in names}
+    wanted = {"healthy:stop", *(f"{e}:{kind}" for e in entries for kind in ("recover", RESTART))}
+    runs = [dict(r, baseline=True) for r in earlier["runs"] if r["case"] in wanted and r["seed"] in seeds]
+    if not any(r["case"] == "healthy:stop" for r in runs):
+        raise SystemExit(f"--baseline {path} has no healthy:stop run of seeds {seeds}")
+    return runs
 
 
 def snapshot_costs() -> dict[str, int]:
@@ -193,7 +247,8 @@ def _against_baselines(r: dict[str, Any], by: dict[tuple[str, int], dict[str, An
     restart exists."""
     healthy = by.get(("healthy:stop", r["seed"]))
     of_healthy = r["final_ap"] / healthy["final_ap"] if healthy and healthy["final_ap"] else None
-    restart = by.get((f"{r['zoo_entry']}:{RESTART}", r["seed"]))
+    restart_case = restart_of(r["case"])
+    restart = by.get((restart_case, r["seed"])) if restart_case else None
     if not (r["recoveries"] and restart):
         return of_healthy, None, False
     needed = _images_to_reach(restart["curve"], r["final_ap"])
@@ -218,16 +273,21 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "at_least_80pct": sum(x >= 0.8 for x in ratios),
             "compute_images_mean": sum(r["compute_images"] for r in rows) / len(rows),
             "compute_vs_restart": [None if v is None else round(v, 2) for _, v, has in compared if has],
+            "baseline": all(r.get("baseline", False) for r in rows),
         }
     return summary
 
 
-def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Issue 16's two targets over the ``<entry>:recover`` runs (the default table) that failed (a
-    recovery, or a stop): at least 60 % of them at 80 % of the healthy AP or more, and a recovered
-    run's compute at most half a restart's with the fix to the same AP."""
+def targets(runs: list[dict[str, Any]], kind: str = "recover") -> dict[str, Any]:
+    """Issue 16's two targets over the ``<entry>:<kind>`` runs (``recover``: the default table) that
+    failed (a recovery, or a stop): at least 60 % of them at 80 % of the healthy AP or more, and a
+    recovered run's compute at most half a restart's with the fix to the same AP."""
     by = {(r["case"], r["seed"]): r for r in runs}
-    failed = [r for r in runs if r["case"].endswith(":recover") and (r["recoveries"] or r["outcome"] != "completed")]
+    failed = [
+        r
+        for r in runs
+        if not r.get("baseline") and r["case"].rpartition(":")[2] == kind and (r["recoveries"] or r["outcome"] != "completed")
+    ]
     compared = [_against_baselines(r, by) for r in failed]
     of_healthy = [x for x, _, _ in compared if x is not None]
     vs_restart = [v for _, v, has in compared if has]
@@ -237,6 +297,39 @@ def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "compared_with_restart": len(vs_restart),
         "at_most_half_of_restart": sum(v is not None and v <= 0.5 for v in vs_restart),
     }
+
+
+def probe_comparison(result: dict[str, Any]) -> list[str]:
+    """Markdown: per zoo entry run both ways, the fixed factors (``recover_fixed``) against the LR
+    probe (``recover_probe``), seed by seed, with the learning rate each probe chose."""
+    summary, runs = result["summary"], result["runs"]
+    entries = [c.rpartition(":")[0] for c in summary if c.endswith(":recover_probe") and f"{c[: -len('probe')]}fixed" in summary]
+    if not entries:
+        return []
+    lines = [
+        "",
+        "## The LR probe against the fixed factors",
+        "",
+        "Same process, same seeds, interleaved: where the probe chose the fixed factor's lr the two runs are"
+        " identical (the probe leaves no trace but its compute). `chosen lr` per seed; `+ images`: the probe's"
+        " training, charged in `mean images`. The same runs in another process (or on another machine) have"
+        " given other figures on the zoo's sizes (the AP of one seed by up to ~0.03): compare within one file.",
+        "",
+        "| zoo entry | fixed: mean final AP | of healthy | probe: mean final AP | of healthy | chosen lr | + images |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for entry in entries:
+        fixed, probe = summary[f"{entry}:recover_fixed"], summary[f"{entry}:recover_probe"]
+        rows = [r for r in runs if r["case"] == f"{entry}:recover_probe"]
+        chosen = ", ".join("/".join(f"{p['chosen_lr']:.3g}" for p in r["probes"]) or "-" for r in rows)
+        extra = sum(r["probe_images"] for r in rows) / len(rows)
+        lines.append(
+            f"| {entry} | {fixed['final_ap_mean']:.4f} | {', '.join(f'{x:.2f}' for x in fixed['of_healthy'])}"
+            f" ({fixed['at_least_80pct']}/{len(fixed['of_healthy'])}) | {probe['final_ap_mean']:.4f} |"
+            f" {', '.join(f'{x:.2f}' for x in probe['of_healthy'])} ({probe['at_least_80pct']}/{len(probe['of_healthy'])})"
+            f" | {chosen} | {extra:.0f} |"
+        )
+    return lines
 
 
 def write_markdown(result: dict[str, Any]) -> str:
@@ -252,7 +345,17 @@ def write_markdown(result: dict[str, Any]) -> str:
         (
             f"Tiny SSD, cpu-mini sizes (160 px, 300 train / 60 val mini images, batch 8), seeds"
             f" {', '.join(map(str, result['seeds']))}, {result['epochs']} epochs budget; a recovery replays epochs,"
-            " so compute is counted in images trained (replays included), not in the final global step."
+            " so compute is counted in images trained (replays included, and an LR probe's), not in the final"
+            " global step."
+        ),
+        *([f"Overrides of every case run here: `{result['set']}`."] if result.get("set") else []),
+        *(
+            [
+                f"Cases marked `(baseline)` are not run here: their runs are copied from `{result['baseline']}`"
+                " (measured at the code before the probe, on its machine; the probe is off by default there)."
+            ]
+            if result.get("baseline")
+            else []
         ),
         "",
         "## Per case, over the seeds",
@@ -267,18 +370,20 @@ def write_markdown(result: dict[str, Any]) -> str:
     for case, s in result["summary"].items():
         restart = ", ".join("-" if x is None else f"{x:.2f}" for x in s["compute_vs_restart"]) or ""
         lines.append(
-            f"| {case} | {s['seeds']} | {s['final_ap_mean']:.4f} | {', '.join(f'{x:.2f}' for x in s['of_healthy'])} |"
+            f"| {case}{' (baseline)' if s.get('baseline') else ''} | {s['seeds']} | {s['final_ap_mean']:.4f} | {', '.join(f'{x:.2f}' for x in s['of_healthy'])} |"
             f" {s['at_least_80pct']}/{len(s['of_healthy'])} | {s['compute_images_mean']:.0f} | {restart} |"
         )
-    t = result.get("targets")
-    if t and t["failed_runs"]:
-        lines += [
-            "",
-            f"Targets over the {t['failed_runs']} failing `:recover` runs (a recovery or a stop): "
-            f"{t['at_least_80pct_of_healthy']} at 80 % of the healthy AP or more (goal: 60 % of them); "
-            f"{t['at_most_half_of_restart']} of {t['compared_with_restart']} compared at half a restart's compute "
-            "or less (goal: all).",
-        ]
+    by_kind = result.get("targets_by_kind") or {"recover": result.get("targets") or {}}
+    for kind, t in by_kind.items():
+        if t and t["failed_runs"]:
+            lines += [
+                "",
+                f"Targets over the {t['failed_runs']} failing `:{kind}` runs (a recovery or a stop): "
+                f"{t['at_least_80pct_of_healthy']} at 80 % of the healthy AP or more (goal: 60 % of them); "
+                f"{t['at_most_half_of_restart']} of {t['compared_with_restart']} compared at half a restart's compute "
+                "or less (goal: all).",
+            ]
+    lines += probe_comparison(result)
     lines += [
         "",
         "## Every run",
@@ -288,12 +393,13 @@ def write_markdown(result: dict[str, Any]) -> str:
     ]
     for r in result["runs"]:
         lines.append(
-            f"| {r['seed']} | {r['case']} | {r['outcome']} | {r['final_ap']:.4f} | {r['best_ap']:.4f} |"
+            f"| {r['seed']} | {r['case']}{' (baseline)' if r.get('baseline') else ''} | {r['outcome']} | {r['final_ap']:.4f} | {r['best_ap']:.4f} |"
             f" {r['epochs_reported']} | {r['compute_images']} | {r['recoveries']} | {r['wall_s']} |"
         )
-    lines += ["", "Events:", ""]
+    lines += ["", "Events (of the runs made here):", ""]
     for r in result["runs"]:
-        lines += [f"- seed {r['seed']} {r['case']}: {e}" for e in r["events"]]
+        if not r.get("baseline"):
+            lines += [f"- seed {r['seed']} {r['case']}: {e}" for e in r["events"]]
     costs = result["snapshot_bytes"]
     lines += [
         "",
@@ -310,24 +416,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cases",
         default=",".join(CASES),
-        help=f"comma-separated names of CASES or <zoo entry>:recover|{RESTART}",
+        help=f"comma-separated names of CASES or <zoo entry>:{'|'.join([*RECOVER_CASES, *RESTARTS])}",
     )
     parser.add_argument("--zoo", action="store_true", help="every recoverable failure of the zoo (zoo_cases())")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (each case runs once per seed)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every case (dotted key, YAML value), e.g. health.interventions.diverged.lr_probe.steps=16",
+    )
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="an earlier results JSON (e.g. bench/results/recovery_zoo.json): its healthy:stop runs and the"
+        " <entry>:recover|restart_fixed runs of the same seeds and zoo entries join the tables, marked, instead"
+        " of being run again (the code they were measured at must train the same)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--stem", default="recovery", help="the results' file name: <out>/<stem>.{json,md}")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data_root = ensure_mini(DEFAULT_MINI_ROOT)
     seeds = [int(s) for s in args.seeds.split(",")]
-    result: dict[str, Any] = {"machine": machine_info(), "seeds": seeds, "epochs": args.epochs, "runs": []}
+    extra = {key: yaml.safe_load(value) for key, _, value in (kv.partition("=") for kv in args.set)}
+    result: dict[str, Any] = {"machine": machine_info(), "seeds": seeds, "epochs": args.epochs, "set": extra, "runs": []}
+    names = zoo_cases() if args.zoo else args.cases.split(",")
+    if args.baseline:
+        result["baseline"] = str(args.baseline)
+        result["runs"] = baseline_runs(args.baseline, names, seeds, args.epochs)
     for seed in seeds:
-        for name in zoo_cases() if args.zoo else args.cases.split(","):
+        for name in names:
             case = case_overrides(name, seed, result["runs"])
             if case is None:
                 continue
-            record = run_case(name, *case, data_root, seed, args.epochs)
+            entry, overrides = case
+            record = run_case(name, entry, {**overrides, **extra}, data_root, seed, args.epochs)
             print(
                 f"seed {seed} {name}: {record['outcome']} final AP {record['final_ap']:.4f} best {record['best_ap']:.4f} "
                 f"recoveries {record['recoveries']} {record['wall_s']} s",
@@ -336,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
             result["runs"].append(record)
     result["summary"] = summarise(result["runs"])
     result["targets"] = targets(result["runs"])
+    kinds = dict.fromkeys(r["case"].rpartition(":")[2] for r in result["runs"] if not r.get("baseline"))
+    result["targets_by_kind"] = {kind: targets(result["runs"], kind) for kind in kinds if kind in RECOVER_CASES}
     result["snapshot_bytes"] = snapshot_costs()
     result["machine"]["load_average_at_end"] = load_average()
     write_results(args.out, args.stem, result, write_markdown(result))

@@ -37,7 +37,7 @@ import statistics
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, TypeGuard, cast, get_args
+from typing import Annotated, Any, Literal, TypeGuard, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +49,7 @@ __all__ = [
     "MIN_IMAGES_FOR_SPREAD",
     "HealthConfig",
     "Intervention",
+    "LRProbe",
     "HealthMonitor",
     "Verdict",
     "constant_predictor_cls_loss",
@@ -70,6 +71,34 @@ LABELS: tuple[str, ...] = ("healthy", *get_args(Problem))
 _STATE_VERSION = 1
 #: Fewest validation images on which the spread of their top face scores says anything.
 MIN_IMAGES_FOR_SPREAD = 8
+
+
+class LRProbe(BaseModel):
+    """An LR range test at recovery time (``Intervention.lr_probe``; ``model/recovery.py``): after
+    the rollback, train each candidate learning rate for ``steps`` steps from the restored state
+    (restored again between candidates) on the batches the run trains on next, and go on with the
+    one the rule below picks instead of trusting ``lr_factor``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+    enabled: bool = False
+    """Probe (``lr_factor`` is then only the fallback when every candidate diverges)."""
+    factors: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=2)
+    """Candidate factors of the learning rate in force (every group's peak lr: the probe trains at
+    the candidate, without warm-up or decay). ``None``: four decades in ``lr_factor``'s direction,
+    ``1e-4, 1e-3, 1e-2, 1e-1`` for a factor below 1, ``10 .. 1e4`` above 1, ``0.01 .. 100`` at 1."""
+    steps: int = Field(8, ge=2)
+    """Optimiser steps per candidate (each one batch: the cost is candidates x steps batches)."""
+    pick: float = Field(1.0, gt=0, le=1)
+    """The new factor is the best candidate's times this. lr_find divides the lr of a continuous
+    sweep's loss minimum by ~10, as that minimum sits where the loss is about to blow up; decade
+    candidates compared after ``steps`` steps keep a margin of their own (on the zoo's lr-5 and lr-1
+    runs the candidate above the best rose to ~2x its start loss or diverged within 8 steps), and
+    the best one itself recovered the zoo's lr-5 and lr-1e-6 runs (``bench/results/recovery_probe.md``;
+    a ``pick`` below 1 was not measured)."""
+    explode: float = Field(4.0, gt=1)
+    """A candidate whose loss is non-finite or above this many times its first step's (the
+    restored model's loss on the first probe batch) diverged and is never picked."""
 
 
 class Intervention(BaseModel):
@@ -108,6 +137,9 @@ class Intervention(BaseModel):
     skip_batches: int = Field(0, ge=0)
     """``diverged`` at a step check: skip this many batches, up to the one checked, when the epoch
     is replayed (the same batches come back: the snapshot holds the data order's random state)."""
+    lr_probe: LRProbe = LRProbe()
+    """Measure the learning rate after the rollback instead of multiplying it by ``lr_factor``
+    (see :class:`LRProbe`)."""
 
 
 #: The default intervention table (see model/recovery.py). ``bench/results/recovery.md`` (the
@@ -119,11 +151,20 @@ class Intervention(BaseModel):
 #: 3 seeds; the same fix restarted by hand 67-76 %): hence a rollback to the start. ``stalled``:
 #: the zoo's lr 1e-5 with lr x10 reached 8-10 % of the healthy AP in 10 epochs, with x100 33-38 %
 #: (lr 1e-6: 6-7 % either way; ``bench/results/recovery_zoo.md``, ``recovery_stall.md``).
+#: A fixed factor is too weak where the lr is far off, so ``diverged`` and ``stalled`` measure it
+#: instead (``lr_probe``: 4 decades in the factor's direction, 8 steps each, the lowest loss;
+#: ``lr_factor`` stays the fallback should every candidate diverge). ``bench/results/recovery_probe.md``
+#: (3 seeds, probe against the fixed factors in one process): the zoo's SGD lr 5 went from 0-3 % of
+#: the healthy AP to 85-117 % (it chose 0.005 where x0.01 gives 0.05); lr 1e-6 from 9-12 % to
+#: 57-100 % (0.01, 0.01, 0.001); lr 1e-5 from 28-57 % to 28-100 % (one seed chose 0.01, two the
+#: fixed 0.001); lr 1 unchanged (it chose x0.01, the fixed factor: the runs were identical). Cost:
+#: 256 images per probing recovery (4 x 8 batches of 8: 9 % of the zoo's 10-epoch budget).
 _COLLAPSE_FIX = Intervention(rollback="start", neg_pos_max=3.0, box_class_max=1.0, warmup_epochs=1.0)
+_PROBE = LRProbe(enabled=True)
 DEFAULT_INTERVENTIONS: dict[Problem, Intervention] = {
-    "diverged": Intervention(lr_factor=0.01, warmup_epochs=1.0, skip_batches=5),
+    "diverged": Intervention(lr_factor=0.01, warmup_epochs=1.0, skip_batches=5, lr_probe=_PROBE),
     "background-collapse": _COLLAPSE_FIX,
-    "stalled": Intervention(lr_factor=100.0),
+    "stalled": Intervention(lr_factor=100.0, lr_probe=_PROBE),
     "fp-surge": Intervention(neg_pos_factor=2.0),
     "overfitting": Intervention(action="restore_best"),
     "no-positives": Intervention(action="stop"),

@@ -15,6 +15,26 @@ recovery resumes from ``last.pt`` exactly like one never interrupted. The cost i
 of lost work per recovery and, per snapshot, the model and optimiser state (see
 ``bench/results/recovery.md`` for the bytes of the tiny SSD and MobileNetV3).
 
+With ``lr_probe.enabled`` (:class:`~model.health.LRProbe`) the intervention measures the learning
+rate instead of trusting ``lr_factor``: an LR range test from the restored state. Each candidate
+(factors of the learning rate in force; by default four decades in ``lr_factor``'s direction) trains
+``steps`` optimiser steps at that peak lr (no warm-up, no decay) from the restored model and
+optimiser state, which is restored again after each; a candidate whose loss turns non-finite or
+exceeds ``explode`` times its first step's diverged. Rule: the candidate with the lowest mean loss
+over the later half of its steps (the same batches for every candidate: a paired comparison; ties
+to the smaller lr) among those that did not diverge, times ``pick`` (1 by default: see
+:class:`~model.health.LRProbe` for why not lr_find's "minimum / 10"); every candidate diverged:
+``lr_factor``. The intervention's other changes (the fresh warm-up, skipped batches) then apply
+as without the probe. The batches are the ones the run trains on next (the replayed epoch's, its
+skipped batches left out, then the next epoch's if it is shorter), drawn with every random state
+(Python, NumPy, torch, the loader's generator) saved before and put back after each candidate: the
+probe consumes no randomness, so the training after it sees what it would have seen without a
+probe, and a run resumed from a checkpoint after the recovery (which holds the chosen lr) goes on
+exactly. Its compute, ``candidates x steps`` batches (a candidate cut short by a non-finite loss
+is charged in full), is in the event (``probe.images``) for a benchmark to charge; with the defaults
+4 x 8 batches of 8: 256 images, 86 % of an epoch of the zoo's runs (300 images), plus the copies of
+the model and optimiser state between candidates.
+
 Each recovery is an event: the diagnosis and its evidence, the failure's step and epoch, the
 snapshot's epoch and step, the changes (before -> after). It goes to the epoch report
 (``health/recoveries``, ``health/recovery``), the log, the checkpoint, and ``effective_config.yaml``
@@ -25,21 +45,24 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
+from tqdm import tqdm
 
 from model import report_keys as K
 from model.dotted import get_dotted
-from model.engine import build_loss
-from model.health import Intervention, Problem, Verdict, constant_predictor_cls_loss
+from model.engine import build_loss, loss_weights_at
+from model.health import Intervention, LRProbe, Problem, Verdict, constant_predictor_cls_loss
+from model.loss import weighted_loss
 from model.ssd import init_face_prior
 
 if TYPE_CHECKING:
     from model.trainer import Trainer
 
-__all__ = ["Recovery", "snapshot_bytes"]
+__all__ = ["Recovery", "probe_factors", "probe_lr", "snapshot_bytes"]
 
 _STATE_VERSION = 1
 
@@ -156,13 +179,19 @@ class Recovery:
             skipped = [(failed_epoch, i) for i in range(max(0, last - intervention.skip_batches + 1), last + 1)]
         trainer.load_state_dict(_cpu_copy(snapshot))  # a copy: the optimiser's state would alias it
         self.snapshots = [s for s in self.snapshots if s["epoch"] <= snapshot["epoch"]]
+        # The resets touch the model and optimiser only, apply the config and schedule: either order
+        # gives the same run; resetting first lets the probe start from the state training goes on from.
+        resets = self._reset(trainer, intervention, seed=trainer.cfg.seed * 1000 + len(self.events) + 1)
+        probe: dict[str, Any] | None = None
         if intervention.action == "restore_best":
             changes: dict[str, list[Any]] = {}
             trainer.should_stop = True
         else:
             self.skip.update(skipped)
+            if intervention.lr_probe.enabled:
+                probe = probe_lr(trainer, intervention, self.skips)
+                intervention = intervention.model_copy(update={"lr_factor": probe["chosen_factor"]})
             changes = self.apply(trainer, intervention)
-        resets = self._reset(trainer, intervention, seed=trainer.cfg.seed * 1000 + len(self.events) + 1)
         event = {
             "recovery": len(self.events) + 1,
             "diagnosis": verdict.diagnosis,
@@ -176,6 +205,8 @@ class Recovery:
             "resets": resets,
             "skipped_batches": [list(s) for s in skipped],
         }
+        if probe is not None:
+            event["probe"] = probe
         self.events.append(event)
         self.event_text = describe(event)
         trainer.log(f"recovery {event['recovery']}/{self.cfg.max_recoveries}: {self.event_text}")
@@ -295,6 +326,136 @@ class Recovery:
             self._install(trainer)  # the checkpoint's scheduler already holds the scaled base lrs
 
 
+# -- the LR probe ---------------------------------------------------------------------------------
+
+
+def probe_factors(iv: Intervention) -> list[float]:
+    """The candidate factors of ``iv.lr_probe``: its own, or four decades in ``lr_factor``'s direction."""
+    if iv.lr_probe.factors is not None:
+        return sorted(iv.lr_probe.factors)
+    if iv.lr_factor < 1:
+        return [1e-4, 1e-3, 1e-2, 1e-1]
+    if iv.lr_factor > 1:
+        return [10.0, 100.0, 1e3, 1e4]
+    return [0.01, 0.1, 1.0, 10.0, 100.0]
+
+
+def probe_lr(trainer: Trainer, iv: Intervention, skips: Callable[[int, int], bool]) -> dict[str, Any]:
+    """The LR range test of ``iv.lr_probe`` (see the module's docstring) from the trainer's state,
+    which it leaves as it found it (model, optimiser, loss weighting, scaler, every random state);
+    the record of what it tried and chose (``chosen_factor`` multiplies the learning rate in force)."""
+    settings: LRProbe = iv.lr_probe
+    factors = probe_factors(iv)
+    base_lrs = [float(lr) for lr in trainer.scheduler.base_lrs]  # every group's peak lr in force (earlier recoveries' included)
+    saved = _probe_state(trainer)
+    curves: list[list[float]] = []
+    try:
+        for i, factor in enumerate(factors):
+            if i:
+                _restore_probe_state(trainer, saved)
+            curves.append(_probe_one(trainer, [lr * factor for lr in base_lrs], settings, skips))
+    finally:
+        _restore_probe_state(trainer, saved)
+    half = settings.steps // 2
+    losses: list[float | None] = []
+    for curve in curves:
+        ok = all(math.isfinite(x) for x in curve) and max(curve) <= settings.explode * curve[0]
+        losses.append(sum(curve[half:]) / len(curve[half:]) if ok else None)
+    scored = [(loss, factor) for loss, factor in zip(losses, factors) if loss is not None]
+    if scored:
+        best = min(scored)[1]  # ties: the smaller factor (the tuples compare it second)
+        chosen, rule = best * settings.pick, f"lowest loss at {_short(base_lrs[0] * best)} x {_short(settings.pick)}"
+    else:
+        chosen, rule = iv.lr_factor, f"every candidate diverged: lr_factor {_short(iv.lr_factor)}"
+    batch = trainer.cfg.batch_size
+    return {
+        "factors": factors,
+        "lrs": [base_lrs[0] * f for f in factors],
+        "steps": settings.steps,
+        "losses": losses,  # mean loss over the later half of the steps; None: diverged
+        "curves": [[round(x, 4) if math.isfinite(x) else str(x) for x in c] for c in curves],
+        "chosen_factor": chosen,
+        "chosen_lr": base_lrs[0] * chosen,
+        "rule": rule,
+        "images": len(factors) * settings.steps * batch,
+    }
+
+
+def _probe_state(trainer: Trainer) -> dict[str, Any]:
+    """What a probe's training changes, copied (the random states too: it draws batches)."""
+    state = _cpu_copy(
+        {
+            "model": trainer.model.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "loss_weighting": trainer.loss_weighting.state_dict(),
+            "scaler": trainer.scaler.state_dict(),
+            "rng": trainer.rng_state(),
+        }
+    )
+    return cast("dict[str, Any]", state)
+
+
+def _restore_probe_state(trainer: Trainer, saved: dict[str, Any]) -> None:
+    state = _cpu_copy(saved)  # loading must not alias the saved copy (the optimiser keeps tensors)
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.loss_weighting.load_state_dict(state["loss_weighting"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    trainer.set_rng_state(state["rng"])
+
+
+def _probe_batches(
+    trainer: Trainer, skips: Callable[[int, int], bool]
+) -> Generator[tuple[torch.Tensor, list[dict[str, Any]]], None, None]:
+    """The batches the run trains on next: the coming epoch's (its skipped ones left out), then the
+    following epochs' (the trainer's own batch pipeline; the caller restores the random states)."""
+    epoch = trainer.epoch + 1
+    while True:
+        with tqdm(disable=True) as bar:
+            for index, batch in enumerate(trainer._batches(bar)):
+                if not skips(epoch, index):
+                    yield batch
+        epoch += 1
+
+
+def _probe_one(trainer: Trainer, lrs: list[float], settings: LRProbe, skips: Callable[[int, int], bool]) -> list[float]:
+    """Train ``settings.steps`` steps at ``lrs`` (one per optimiser group); the loss of each step
+    (the weighted loss minimised, before the step's update), cut short once it is not finite."""
+    cfg, model, optimizer = trainer.cfg, trainer.model, trainer.optimizer
+    model.train()
+    anchors = model.anchors(trainer.device, torch.float32)
+    autocast = torch.autocast("cuda", dtype=trainer.amp_dtype) if trainer.amp_dtype else nullcontext()
+    max_norm = cfg.optim.grad_clip_norm or math.inf
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    curve: list[float] = []
+    batches = _probe_batches(trainer, skips)
+    for step in range(settings.steps):
+        images, targets = next(batches)
+        with autocast:
+            outputs = model(images)
+        losses = trainer.loss_fn(outputs, anchors, targets)
+        class_weight, box_weight = trainer.loss_weighting.weights(
+            losses, *loss_weights_at(cfg, trainer.global_step + step, trainer.iters_per_epoch)
+        )
+        loss = weighted_loss(losses, class_weight, box_weight)
+        regulariser = trainer.loss_weighting.regulariser()
+        objective = loss + regulariser if isinstance(regulariser, torch.Tensor) else loss
+        value = float(loss.detach())
+        curve.append(value)
+        if not math.isfinite(value):
+            break
+        optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(trainer.scaler.scale(objective))  # = .backward(), which torch leaves untyped
+        trainer.scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        trainer.scaler.step(optimizer)
+        trainer.scaler.update()
+    batches.close()
+    optimizer.zero_grad(set_to_none=True)
+    return curve
+
+
 def _learnt(snapshot: dict[str, Any], untrained: float | None) -> bool:
     """A snapshot worth rolling back to trained at an (unweighted) loss below the untrained
     network's. One above it had started to fail though no check fired: the zoo's SGD lr 0.3 without
@@ -345,6 +506,11 @@ def describe(event: dict[str, Any]) -> str:
     parts += [f"reset {what}" for what in event.get("resets", [])]
     if event["skipped_batches"]:
         parts.append(f"skip {len(event['skipped_batches'])} batches of epoch {event['skipped_batches'][0][0]}")
+    if probe := event.get("probe"):
+        tried = ", ".join(
+            f"{_short(lr)}: {'diverged' if loss is None else f'{loss:.3g}'}" for lr, loss in zip(probe["lrs"], probe["losses"])
+        )
+        parts.append(f"lr probe {probe['steps']} steps each ({tried}) chose {_short(probe['chosen_lr'])} ({probe['rule']})")
     change = ", ".join(parts) or ("stop" if event["action"] == "restore_best" else "no change")
     return (
         f"{event['diagnosis']} at {where} -> {target} epoch {event['snapshot_epoch']} (step {event['snapshot_step']}):"

@@ -267,14 +267,26 @@ class Trainer:
                 self.recovery.state_key: self.recovery.state_dict(),
             },
             "config": self.start_cfg.model_dump(mode="json"),
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "loader": self.train_loader.generator.get_state(),
-            },
+            "rng": self.rng_state(),
         }
+
+    def rng_state(self) -> dict[str, Any]:
+        """Every random state training draws from: Python's, NumPy's, torch's, CUDA's, the loader's."""
+        return {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "loader": self.train_loader.generator.get_state(),
+        }
+
+    def set_rng_state(self, rng: dict[str, Any]) -> None:
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.train_loader.generator.set_state(rng["loader"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -293,13 +305,7 @@ class Trainer:
         if saved.get(self.recovery.state_key):  # after the monitor's: it re-arms the monitor
             self.recovery.load_state_dict(saved[self.recovery.state_key], self)
         self.should_stop = state.get("stopped", self.monitor.verdict.stop)
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.train_loader.generator.set_state(rng["loader"])
+        self.set_rng_state(state["rng"])
 
     def save_checkpoint(self, path: Path) -> None:
         """Write atomically: an interruption mid-write never leaves a truncated checkpoint."""

@@ -12,9 +12,16 @@ from test_trainer import DIVERGING, small_cfg
 from model.callbacks import Checkpointing
 from model.config import ConfigError, TrainConfig
 from model.health import Intervention, Verdict
+from model.recovery import describe
 from model.trainer import Trainer
 
-RECOVER = {**DIVERGING, "health.on_failure": "recover", "health.check_every_steps": 1}
+#: The fixed factor (lr x0.01), without the LR probe the default table runs for ``diverged``.
+RECOVER = {
+    **DIVERGING,
+    "health.on_failure": "recover",
+    "health.check_every_steps": 1,
+    "health.interventions.diverged.lr_probe.enabled": False,
+}
 
 
 def quiet(cfg: TrainConfig, **kw) -> Trainer:
@@ -88,6 +95,10 @@ def test_a_run_checkpointed_after_a_recovery_resumes_exactly(
     [
         ({"health.interventions": {"exploded": {}}}, "health.interventions.exploded"),
         ({"health.max_recoveries": -1}, "health.max_recoveries"),
+        ({"health.interventions.diverged.lr_probe.steps": 1}, "health.interventions.diverged.lr_probe.steps"),
+        ({"health.interventions.stalled.lr_probe.factors": [10.0, -1.0]}, "health.interventions.stalled.lr_probe.factors"),
+        ({"health.interventions.diverged.lr_probe.pick": 2.0}, "health.interventions.diverged.lr_probe.pick"),
+        ({"health.interventions.diverged.lr_probe.tries": 3}, "health.interventions.diverged.lr_probe.tries"),
     ],
 )
 def test_a_bad_recovery_config_names_the_key(overrides: dict, key: str) -> None:
@@ -221,3 +232,53 @@ def test_a_rollback_skips_snapshots_that_trained_above_the_untrained_loss(mini_r
     diverged = Verdict("diverged", True, evidence={}, epoch=3, step=80)
     assert trainer.recovery._recover(trainer, diverged)
     assert trainer.recovery_events()[0]["snapshot_epoch"] == 1  # the newest that learnt
+
+
+#: The probe on, 4 steps a candidate (the tiny config's epoch is 4 batches).
+PROBE = {**RECOVER, "health.interventions.diverged.lr_probe.enabled": True, "health.interventions.diverged.lr_probe.steps": 4}
+
+
+def test_an_lr_probe_measures_the_learning_rate_after_a_divergence(mini_root: Path) -> None:
+    """``lr_probe``: from the restored state each candidate (lr 5 x 1e-4 .. 1e-1) trains 4 steps on
+    the batches the run trains on next; the one with the lowest loss that did not blow up, times
+    ``pick``, is the new lr, and the event records what was tried. The probe leaves no trace: the
+    run goes on exactly as one recovered with the chosen factor fixed."""
+    assert TrainConfig().health.interventions["diverged"].lr_probe.enabled  # the default table probes
+    assert TrainConfig().health.interventions["stalled"].lr_probe.enabled
+    probed = quiet(small_cfg(mini_root, epochs=1, **PROBE))
+    after = probed.fit()[-1]
+    (event,) = probed.recovery_events()
+    probe = event["probe"]
+    assert probe["lrs"] == pytest.approx([5e-4, 5e-3, 0.05, 0.5]) and len(probe["losses"]) == 4
+    assert probe["losses"][-1] is None  # lr 0.5 from a fresh network on SGD: diverged
+    assert probe["chosen_lr"] <= 0.05 and probe["chosen_lr"] in probe["lrs"]
+    assert event["changes"]["optim.lr"] == [5.0, pytest.approx(probe["chosen_lr"])]
+    assert probe["images"] == 4 * 4 * 8 and all(len(c) == 4 for c in probe["curves"][:-1])
+    assert len({c[0] for c in probe["curves"]}) == 1  # the same restored model on the same first batch
+    assert f"lr probe 4 steps each (0.0005: {probe['losses'][0]:.3g}" in describe(event) and "0.5: diverged" in describe(event)
+    fixed_factor = {"health.interventions.diverged.lr_factor": probe["chosen_factor"]}
+    fixed = quiet(small_cfg(mini_root, epochs=1, **RECOVER, **fixed_factor))
+    expected = fixed.fit()[-1]
+    for key in ("train/loss", "train/grad_norm", "train/lr", "val/ap", "step"):
+        assert after[key] == expected[key], key
+    for name, tensor in fixed.model.state_dict().items():
+        assert torch.equal(tensor, probed.model.state_dict()[name]), name
+
+
+def test_a_run_checkpointed_after_a_probing_recovery_resumes_exactly(mini_root: Path, tmp_path: Path) -> None:
+    cfg = small_cfg(mini_root, epochs=2, **PROBE)
+    straight = quiet(cfg)
+    expected = straight.fit()[-1]
+    first = quiet(cfg)
+    first.run_epoch()  # diverges, recovers with the probe
+    assert "lr probe" in first.recovery.event_text and first.recovery_events()[0]["probe"]["chosen_lr"] <= 0.5
+    first.save_checkpoint(tmp_path / "last.pt")
+    del first
+    resumed = quiet(cfg)
+    resumed.load_checkpoint(tmp_path / "last.pt")
+    last = resumed.fit()[-1]
+    for key in ("train/loss", "train/grad_norm", "train/lr", "val/ap", "step", "health/recoveries"):
+        assert last[key] == expected[key], key
+    assert resumed.recovery_events() == straight.recovery_events()
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name

@@ -157,11 +157,12 @@ def test_after_a_recovery_the_checkpoint_holds_the_effective_config_and_the_even
     early.mkdir()
     assert not save_recovery_files(trainer, sampled, early) and not any(early.iterdir())
 
-    report = trainer.run_epoch()  # lr 5 without warm-up diverges: rolled back, lr x0.01, a fresh warm-up
+    report = trainer.run_epoch()  # lr 5 without warm-up diverges: rolled back, the lr probed, a fresh warm-up
     assert report["health/recoveries"] == 1.0
     assert save_recovery_files(trainer, sampled, tmp_path)
     effective = load_config(tmp_path / EFFECTIVE_CONFIG_FILE)
-    assert effective.optim.lr == 0.05 and effective.schedule.warmup_epochs == 1.0
+    chosen = trainer.recovery_events()[0]["probe"]["chosen_lr"]
+    assert effective.optim.lr == pytest.approx(chosen) and chosen <= 0.5 and effective.schedule.warmup_epochs == 1.0
     assert effective.data.root == sampled.data.root != trainer.cfg.data.root  # not this worker's paths
     undone = {"optim.lr": sampled.optim.lr, "schedule.warmup_epochs": sampled.schedule.warmup_epochs}
     assert effective.with_overrides(undone) == sampled  # nothing else changed
