@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from model import report_keys as K
+from model.engine import loss_weights_at
 from model.health import LABELS, HealthMonitor, Verdict, constant_predictor_cls_loss
 from model.recovery import Recovery
 from model.run_files import EFFECTIVE_CONFIG_FILE, RECOVERIES_FILE
@@ -132,6 +133,18 @@ def health_fields(verdict: Verdict) -> dict[str, Any]:
     }
 
 
+def monitored_loss(trainer: Trainer, loss: float, loss_cls: float, loss_box: float, step: int) -> float:
+    """The loss the health monitor judges: the parts at the configured weights (with the ramp's
+    schedule at ``step``). With ``weighting.method: fixed`` that is the loss minimised. A dynamic
+    weighting moves its own weights (uncertainty weighting shrinks both to ~0.4 within epochs,
+    ``loss_ratio`` rescales the box part every step), which the stall and overfitting checks would
+    read as a falling loss and the explosion reference as a moving scale."""
+    if trainer.cfg.weighting.method == "fixed":
+        return loss
+    class_weight, box_weight = loss_weights_at(trainer.cfg, step, trainer.iters_per_epoch)
+    return class_weight * loss_cls + box_weight * loss_box
+
+
 class HealthCheck(Callback):
     """The health monitor (``model.health``): every ``health.check_every_steps`` steps (and step 1),
     at the epoch's end and after validation; a stopping diagnosis ends the run, or, with
@@ -165,20 +178,22 @@ class HealthCheck(Callback):
         parts = [losses["loss"], losses["loss_cls"], losses["loss_box"], step.grad_norm.float(), losses["num_pos"].float()]
         loss, loss_cls, loss_box, grad_norm, num_pos = torch.stack([p.detach() for p in parts]).tolist()
         trainer.show_progress(loss=f"{loss:.4g}", cls=f"{loss_cls:.3g}", box=f"{loss_box:.3g}")
+        loss = monitored_loss(trainer, loss, loss_cls, loss_box, step.step - 1)  # the step's weights were those of step - 1
         verdict = self.monitor.check_step(
             step.step, step.epoch, loss=loss, loss_cls=loss_cls, loss_box=loss_box, grad_norm=grad_norm, num_pos=num_pos
         )
         trainer.should_stop |= verdict.stop
 
     def on_train_epoch_end(self, trainer: Trainer, train: dict[str, Any]) -> None:
-        exploded = not all(map(math.isfinite, train.values())) or train[K.TRAIN_LOSS] > trainer.cfg.health.max_loss
+        loss = self._epoch_loss(trainer, train)
+        exploded = not all(map(math.isfinite, train.values())) or loss > trainer.cfg.health.max_loss
         if self.every and not trainer.should_stop and exploded:
             # Steps after the last check still count: a non-finite or exploded epoch mean is
             # labelled before validation, which a diverged model's NaN boxes would only crash.
             verdict = self.monitor.check_step(
                 trainer.global_step,
                 trainer.epoch,
-                loss=train[K.TRAIN_LOSS],
+                loss=loss,
                 loss_cls=train[K.TRAIN_LOSS_CLS],
                 loss_box=train[K.TRAIN_LOSS_BOX],
                 grad_norm=train[K.TRAIN_GRAD_NORM],
@@ -188,7 +203,15 @@ class HealthCheck(Callback):
 
     def on_validation_end(self, trainer: Trainer, report: dict[str, Any]) -> None:
         if not trainer.should_stop:
-            trainer.should_stop |= self.monitor.check_epoch(trainer.epoch, report).stop
+            metrics = {**report, K.TRAIN_LOSS: self._epoch_loss(trainer, report)} if K.TRAIN_LOSS in report else report
+            trainer.should_stop |= self.monitor.check_epoch(trainer.epoch, metrics).stop
+
+    @staticmethod
+    def _epoch_loss(trainer: Trainer, train: dict[str, Any]) -> float:
+        # Under a dynamic weighting the epoch's parts at the weights of its last step (a ramp moving
+        # within the epoch makes this approximate; with fixed weights it is the reported mean itself).
+        parts = train[K.TRAIN_LOSS], train[K.TRAIN_LOSS_CLS], train[K.TRAIN_LOSS_BOX]
+        return monitored_loss(trainer, *parts, step=max(0, trainer.global_step - 1))
 
     def on_epoch_end(self, trainer: Trainer, report: dict[str, Any]) -> None:
         report.update(health_fields(self.monitor.verdict))

@@ -77,3 +77,26 @@ def test_fixed_weights_are_the_configured_ones_as_floats(mini_root: Path) -> Non
     assert trainer.loss_weighting.weights(losses, 1.0, 2.0) == (1.0, 2.0)
     report = trainer.run_epoch()
     assert (report["train/class_weight"], report["train/box_weight"]) == (1.0, 2.0)
+
+
+@pytest.mark.parametrize("method", ["uncertainty", "loss_ratio", "fixed"])
+def test_the_monitor_judges_the_loss_at_the_configured_weights(mini_root: Path, method: str) -> None:
+    """A dynamic weighting moves its own weights; the health monitor's stall, overfitting and
+    explosion checks read the parts at the configured weights (with fixed weights: the loss minimised)."""
+
+    class Seen(Callback):
+        def on_train_step_end(self, trainer: Trainer, step: StepResult) -> None:
+            self.minimised = float(step.losses["loss"])
+            self.parts = float(step.losses["loss_cls"]), float(step.losses["loss_box"])
+
+    cfg = small_cfg(mini_root, epochs=1, **{"weighting.method": method, "loss.box_weight": 2.0, "health.check_every_steps": 1})
+    seen = Seen()
+    trainer = Trainer(cfg, log=lambda _: None, callbacks=[seen])
+    trainer.run_epoch()
+    judged = trainer.monitor.state_dict()["recent"][-1][3]  # [step, epoch, loss_cls, loss] of the last check
+    cls, box = seen.parts
+    assert judged == pytest.approx(1.0 * cls + 2.0 * box, rel=1e-5)
+    if method == "fixed":
+        assert judged == pytest.approx(seen.minimised, rel=1e-6)
+    else:
+        assert abs(judged - seen.minimised) > 1e-3 * judged  # the weights moved: the minimised loss differs
