@@ -20,7 +20,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-# n / 6 of the closed form per channel (R, G, B), in sextants of the hue circle.
+# ``n`` of the closed form per channel (R, G, B), in sextants of the hue circle.
 _SEXTANT_OFFSETS = (5.0, 3.0, 1.0)
 
 
@@ -46,7 +46,7 @@ def adjust_hue(images: Tensor, hue_factor: float | Tensor) -> Tensor:
     hue += (r - g + 4.0 * delta).mul_(~(is_r | is_g))
     hue.mul_(delta.reciprocal().nan_to_num_(0.0, 0.0, 0.0))  # a grey pixel (delta 0): hue 0, as torchvision's
     # In [-1, 5) so far; + 6 keeps the sum positive before the modulo.
-    hue += 6.0 * hue_factor + 6.0 if isinstance(hue_factor, float) else 6.0 * hue_factor.to(hue) + 6.0
+    hue += 6.0 * (hue_factor.to(hue) if isinstance(hue_factor, Tensor) else float(hue_factor)) + 6.0
     offsets = torch.tensor(_SEXTANT_OFFSETS, dtype=images.dtype, device=images.device).view(3, 1, 1)
     k = (hue.unsqueeze(dim=-3) + offsets).remainder_(6.0)
     weight = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
