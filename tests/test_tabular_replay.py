@@ -359,3 +359,30 @@ def test_recovered_runs_are_put_on_the_table_clock(table, recovered):
         )
         assert [e["time/recorded_epoch_s"] for e in run.epochs] == [e["time/epoch_s"] for e in recovered[cid].epochs]
     assert recovered["f2"].epochs[0]["time/epoch_s"] == pytest.approx(1.01)  # the recorded runs are left as they are
+
+
+def test_defaults_sweep_replays_settings_the_validation_rejects(table):
+    """``defaults.py``: its settings parse; an ASHA setting is checked by the space's validation
+    and its rungs read from Ray's scheduler; a rejected grace period (shorter than the warm-up)
+    is replayed all the same on an unchecked copy, and ASHA then judges at epoch 1."""
+    from bench.tabular.compare import unchecked_space
+    from bench.tabular.defaults import parse_sampler, parse_scheduler, scheduler_check
+
+    assert parse_scheduler("g2r3") == {"grace_period": 2, "reduction_factor": 3, "brackets": 1}
+    assert parse_scheduler("g1r4b2") == {"grace_period": 1, "reduction_factor": 4, "brackets": 2}
+    assert parse_sampler("tpe:n_startup_trials=10") == ("tpe", ["sampler.n_startup_trials=10"])
+    assert parse_sampler("random") == ("random", [])
+    raw = SPACE.as_dict()
+    sets, rejected, rungs = scheduler_check(raw, parse_scheduler("g2r2b2"))
+    assert rejected is None and rungs == [[2, 4], [4]]
+    assert sets == ["scheduler.grace_period=2", "scheduler.reduction_factor=2", "scheduler.brackets=2"]
+    _, rejected, rungs = scheduler_check(raw, parse_scheduler("g1r3"))
+    assert "shorter than the longest warm-up" in rejected and rungs == [[1, 3]]
+
+    grace = SPACE.scheduler.grace_period
+    space = unchecked_space(SPACE, [("scheduler.grace_period", 1), ("scheduler.reduction_factor", 3)])
+    assert space.scheduler.grace_period == 1 and SPACE.scheduler.grace_period == grace
+    trace = replay(
+        space, NearestSurrogate(space, table), Strategy("random", asha=True, health=False), seed=0, budget_s=300.0, workers=1
+    )
+    assert any(t.outcome == "asha@1" for t in trace.trials)

@@ -33,6 +33,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,9 @@ class Variant:
     title: str
     sets: tuple[tuple[str, Any], ...] = ()
     """Space overrides of this variant (dotted path into the space's YAML, value)."""
+    unchecked: tuple[tuple[str, Any], ...] = ()
+    """Overrides applied after the space's validation (``section.field``, value): to replay a
+    setting the validation rejects (an ASHA grace period shorter than the warm-up), see :func:`unchecked_space`."""
 
 
 VARIANTS = {
@@ -103,11 +107,22 @@ VARIANTS = {
 _STATE: dict[str, Any] = {}
 
 
-def variant_space(raw: dict[str, Any], points: bool) -> SearchSpace:
+def variant_space(raw: dict[str, Any], points: bool, unchecked: Sequence[tuple[str, Any]] = ()) -> SearchSpace:
     raw = json.loads(json.dumps(raw))
     if not points:
         raw.pop("points_to_evaluate", None)
-    return space_from_dict(raw, source=f"{raw['name']} (replay)")
+    return unchecked_space(space_from_dict(raw, source=f"{raw['name']} (replay)"), unchecked)
+
+
+def unchecked_space(space: SearchSpace, overrides: Sequence[tuple[str, Any]]) -> SearchSpace:
+    """``space`` with ``(section.field, value)`` overrides set on a copy without validation (the
+    space's own checks, e.g. a grace period covering the warm-up, are skipped: what the platform
+    would refuse, replayed to measure it)."""
+    for key, value in overrides:
+        section, _, name = key.partition(".")
+        part = getattr(space, section)
+        space = space.model_copy(update={section: part.model_copy(update={name: value})})
+    return space
 
 
 def on_table_clock(primary: dict[str, Run], recovered: dict[str, Run]) -> tuple[dict[str, Run], dict[str, Any]]:
@@ -168,11 +183,12 @@ def _init(
     workers: int | None,
     grid: list[float],
     recover_table: str | None = None,
+    unchecked: Sequence[tuple[str, Any]] = (),
 ) -> None:
     """Per process: the variant's space, the surrogate over the primary runs, the table's best,
     the recovered runs (``recover_table``, for the ``recover`` strategies)."""
     quiet()
-    space = variant_space(raw, points)
+    space = variant_space(raw, points, unchecked)
     seed = space.fixed.get("seed", 0)
     primary = primary_runs(load_runs(Path(table), space), seed)
     best_id = max(primary, key=lambda c: primary[c].final_ap)
@@ -205,7 +221,17 @@ def compare(args: argparse.Namespace, raw: dict[str, Any], variant: Variant, nam
     grid = np.geomspace(0.25 * unit, budget_s, 161)  # geometric: the figure's compute axis is logarithmic
     raw = apply_sets(json.loads(json.dumps(raw)), [f"{k}={v}" for k, v in variant.sets])
     recover_table = args.recover_table if any(STRATEGIES[n].recover for n in names) else None
-    init = (args.table, raw, variant.points, variant.cost, budget_s, args.workers, grid.tolist(), recover_table)
+    init = (
+        args.table,
+        raw,
+        variant.points,
+        variant.cost,
+        budget_s,
+        args.workers,
+        grid.tolist(),
+        recover_table,
+        variant.unchecked,
+    )
     jobs = [(n, s) for n in names for s in range(args.seeds)]
     started = time.perf_counter()
     if args.jobs > 1:
@@ -240,7 +266,7 @@ def compare(args: argparse.Namespace, raw: dict[str, Any], variant: Variant, nam
         "points": variant.points,
         "cost": variant.cost,
         "title": variant.title,
-        "space_overrides": [f"{k}={v}" for k, v in variant.sets],
+        "space_overrides": [f"{k}={v}" for k, v in variant.sets + variant.unchecked],
         "figure": variant.figure,
         "full_run_s": unit,
         "budget_runs": args.budget_runs,

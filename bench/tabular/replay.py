@@ -70,7 +70,7 @@ import numpy as np  # noqa: E402
 
 from bench.tabular.surrogate import NearestSurrogate, Run  # noqa: E402
 from hpo import layout as L  # noqa: E402
-from hpo.space import SearchSpace, space_from_dict  # noqa: E402
+from hpo.space import SearchSpace  # noqa: E402
 from hpo.stopping import HealthStopper, RungAwareOptunaSearch, build_scheduler, build_searcher  # noqa: E402
 from hpo.trainable import tune_metrics  # noqa: E402
 from model.health import LABELS  # noqa: E402
@@ -201,10 +201,10 @@ class Trace:
 
 def searcher_for(space: SearchSpace, sampler: Sampler, seed: int):
     """The platform's searcher with the sampler's seed set to ``seed`` (TPE: exactly
-    ``build_searcher``), or the same searcher around Optuna's ``RandomSampler``."""
-    raw = space.as_dict()
-    raw["sampler"]["seed"] = seed
-    seeded = space_from_dict(raw, source=space.source)
+    ``build_searcher``), or the same searcher around Optuna's ``RandomSampler``. The seed is set
+    on a copy of the space, not re-validated (a replay may carry a scheduler setting the space's
+    validation rejects, ``compare.py``'s unchecked overrides; the searcher does not read it)."""
+    seeded = space.model_copy(update={"sampler": space.sampler.model_copy(update={"seed": seed})})
     searcher = build_searcher(seeded)
     if sampler == "tpe":
         return searcher
