@@ -344,18 +344,19 @@ def test_recover_with_asha_judges_the_raw_metric_and_skips_the_rolled_back_epoch
 
 
 def test_recovered_runs_are_put_on_the_table_clock(table, recovered):
-    """The recovered runs' seconds are converted by the epochs both recordings computed identically
-    (before the first failure: the same loss and AP); every report is charged its CPU seconds
-    times the ratio."""
+    """The recovered runs' seconds are converted by the epochs both recordings trained before the
+    first failure (the same work; identical losses and AP only with the same trainer); every report
+    is charged its CPU seconds times the ratio."""
     from bench.tabular.compare import on_table_clock
 
     converted, clock = on_table_clock(table, recovered)
-    # Only f2's epoch 1 is identical in both (p1 and f1 recover in their first epoch; f2's epoch 2
-    # has another loss): the table's 2.1 s wall and 2.0 s CPU against the recovered run's 1.0 s CPU.
-    assert clock == {"identical_epochs": 1, "wall_per_recorded_cpu_s": pytest.approx(2.1), "cpu_per_recorded_cpu_s": 2.0}
+    # f2's epochs 1 and 2 (p1 and f1 recover in their first epoch); only epoch 1 has the same loss
+    # in both: the table's 2.1 and 2.2 s wall, 2.0 s CPU each, against the recovered run's 1.0 s CPU.
+    expected = {"paired_epochs": 2, "identical_epochs": 1, "wall_per_recorded_cpu_s": pytest.approx(2.15)}
+    assert clock == expected | {"cpu_per_recorded_cpu_s": 2.0}
     for cid, run in converted.items():
         assert [e["time/epoch_s"] for e in run.epochs] == pytest.approx(
-            [2.1 * e["time/epoch_cpu_s"] for e in recovered[cid].epochs]
+            [2.15 * e["time/epoch_cpu_s"] for e in recovered[cid].epochs]
         )
         assert [e["time/recorded_epoch_s"] for e in run.epochs] == [e["time/epoch_s"] for e in recovered[cid].epochs]
     assert recovered["f2"].epochs[0]["time/epoch_s"] == pytest.approx(1.01)  # the recorded runs are left as they are

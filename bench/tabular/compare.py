@@ -129,22 +129,21 @@ def on_table_clock(primary: dict[str, Run], recovered: dict[str, Run]) -> tuple[
     """The recovered runs with their seconds on the table's clock, and the conversion.
 
     They were recorded later than the table, with a newer trainer and under another load, so
-    their seconds are not the table's. Up to its first failure a recovered run computes exactly
-    what the configuration's observe-mode run did (the same inputs: identical losses and AP), so
-    those epochs, recorded twice, give the conversion: the median ratio of the table's wall
-    (and CPU) seconds to the recovered run's process CPU seconds (CPU: what the load during the
-    recording inflates least). Every report of a recovered run then costs its CPU seconds times
-    that (``time/epoch_s``, ``time/epoch_cpu_s``; as recorded: ``time/recorded_epoch_s`` and
-    ``..._cpu_s``). No identical epoch: unchanged (factor 1)."""
-    pairs = []
+    their seconds are not the table's. Up to its first failure a recovered run does the same work
+    as the configuration's observe-mode run (the same images, steps and network; with the same
+    trainer even identical losses and AP), so those epochs, recorded twice, give the conversion:
+    the median ratio of the table's wall (and CPU) seconds to the recovered run's process CPU
+    seconds (CPU: what the load during the recording inflates least). Every report of a
+    recovered run then costs its CPU seconds times that (``time/epoch_s``, ``time/epoch_cpu_s``;
+    as recorded: ``time/recorded_epoch_s`` and ``..._cpu_s``). No such epoch: unchanged (factor 1)."""
+    pairs, identical = [], 0
     for cid, run in recovered.items():
         observed = {e["epoch"]: e for e in primary[cid].epochs}
         for e in run.epochs:
             o = observed.get(e["epoch"])
-            if e.get("health/recoveries") or e["health/default_stop"] or o is None:
+            if e.get("health/recoveries") or e["health/default_stop"] or o is None or o["health/default_stop"]:
                 break
-            if (o["val/ap"], o["train/loss"]) != (e["val/ap"], e["train/loss"]):
-                break
+            identical += (o["val/ap"], o["train/loss"]) == (e["val/ap"], e["train/loss"])
             pairs.append((o["time/epoch_s"] / e["time/epoch_cpu_s"], o["time/epoch_cpu_s"] / e["time/epoch_cpu_s"]))
     wall = statistics.median(p[0] for p in pairs) if pairs else 1.0
     cpu = statistics.median(p[1] for p in pairs) if pairs else 1.0
@@ -166,7 +165,8 @@ def on_table_clock(primary: dict[str, Run], recovered: dict[str, Run]) -> tuple[
         )
         for cid, run in recovered.items()
     }
-    return converted, {"identical_epochs": len(pairs), "wall_per_recorded_cpu_s": wall, "cpu_per_recorded_cpu_s": cpu}
+    clock = {"paired_epochs": len(pairs), "identical_epochs": identical}
+    return converted, clock | {"wall_per_recorded_cpu_s": wall, "cpu_per_recorded_cpu_s": cpu}
 
 
 def load_recovered(path: Path, space: SearchSpace, primary: dict[str, Run]) -> tuple[dict[str, Run], dict[str, Any]]:

@@ -645,8 +645,9 @@ def _clock_line(rt: Mapping[str, Any]) -> str:
         + (f" with uncommitted changes in `model/` or `hpo/` for {rt['git_dirty_runs']} runs" if rt["git_dirty_runs"] else "")
         + f": a newer trainer than the table's, training {ips['recovered']:.0f} images/s against the table's "
         f"{ips['table']:.0f} (medians over epochs), so its seconds are not the table's. They are converted: up to its "
-        "first failure a recovered run computes exactly what the observe-mode run of its configuration did (identical "
-        f"losses and AP), and on those {clock['identical_epochs']} epochs, recorded twice, the table's seconds are "
+        "first failure a recovered run does the same work as the observe-mode run of its configuration (the same "
+        f"images and steps; identical losses and AP in {clock['identical_epochs']} of them, the rest differ by the "
+        f"trainers' float noise), and on those {clock.get('paired_epochs', clock['identical_epochs'])} epochs, recorded twice, the table's seconds are "
         f"{clock['wall_per_recorded_cpu_s']:.2f} (wall) and {clock['cpu_per_recorded_cpu_s']:.2f} (CPU) times the "
         "recovered run's process CPU seconds (medians; CPU: what the load during the recording inflates least); every "
         "report of a recovered run is charged its CPU seconds times these. As recorded, a recovered run took "
