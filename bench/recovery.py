@@ -15,6 +15,9 @@ Usage::
     python bench/recovery.py --cases healthy:stop,collapse_bw10_neg30_nowarm:recover,collapse_bw10_neg30_nowarm:restart_fixed \
         --seeds 0,1,2 --stem recovery_collapse                # bench/results/recovery_collapse.md
     nice -n 5 python bench/recovery.py --zoo --seeds 0,1,2 --stem recovery_zoo   # issue 16's targets (~30 min)
+    # the same as one process per seed side by side (bench/results/recovery_zoo_warm.md, ~12 min on 2 cores):
+    for s in 0 1 2; do python bench/recovery.py --zoo --seeds $s --out /tmp/z --stem s$s & done; wait
+    python bench/recovery.py --merge /tmp/z/s0.json /tmp/z/s1.json /tmp/z/s2.json --stem recovery_zoo_warm
 
 ``<zoo entry>:recover_probe`` recovers with the LR probe on for ``diverged`` and ``stalled``
 (``health.interventions.<diagnosis>.lr_probe.enabled``; ``model/recovery.py``), ``recover_fixed``
@@ -199,6 +202,10 @@ def run_case(name: str, entry_name: str, overrides: dict[str, Any], data_root: P
         "probe_images": int(sum(e["probe"]["images"] for e in events if "probe" in e)),
         "probes": [{k: e["probe"][k] for k in ("lrs", "losses", "chosen_lr", "rule", "images")} for e in events if "probe" in e],
         "curve": [(int(sum(images[: i + 1])), round(r[K.VAL_AP], 4)) for i, r in enumerate(reports)],
+        # Through the report of the first recovery (the failed epoch's images; its probe comes after).
+        "images_before_failure": next(
+            (int(sum(images[:i]) + r[K.TRAIN_IMAGES]) for i, r in enumerate(reports) if r[K.HEALTH_RECOVERY]), int(sum(images))
+        ),
         "outcome": f"stopped:{verdict.diagnosis}" if trainer.stopped else "completed",
         "recoveries": len(trainer.recovery_events()),
         "events": [e for e in lines if e.startswith("recovery")],
@@ -241,10 +248,13 @@ def _images_to_reach(curve: list[tuple[int, float]], ap: float) -> int | None:
     return next((images for images, value in curve if value >= ap), None)
 
 
-def _against_baselines(r: dict[str, Any], by: dict[tuple[str, int], dict[str, Any]]) -> tuple[float | None, float | None, bool]:
-    """A run's final AP / the healthy baseline's of the same seed; for a recovery, its images / the
-    images its restart with the fix needed to reach the same AP (None: never reached); whether that
-    restart exists."""
+def _against_baselines(
+    r: dict[str, Any], by: dict[tuple[str, int], dict[str, Any]]
+) -> tuple[float | None, tuple[float, float] | None, bool]:
+    """A run's final AP / the healthy baseline's of the same seed; for a recovery, against its
+    restart with the fix (None: the restart never reached the recovered AP): (the images it trained
+    after the failure was named / the images the restart needed to reach the same AP, its whole
+    compute / the failed run's compute until the stop plus that restart's); whether that restart exists."""
     healthy = by.get(("healthy:stop", r["seed"]))
     of_healthy = r["final_ap"] / healthy["final_ap"] if healthy and healthy["final_ap"] else None
     restart_case = restart_of(r["case"])
@@ -252,7 +262,11 @@ def _against_baselines(r: dict[str, Any], by: dict[tuple[str, int], dict[str, An
     if not (r["recoveries"] and restart):
         return of_healthy, None, False
     needed = _images_to_reach(restart["curve"], r["final_ap"])
-    return of_healthy, None if needed is None else r["compute_images"] / needed, True
+    if needed is None:
+        return of_healthy, None, True
+    before = r.get("images_before_failure", 0)  # results from before this field: the whole run
+    after = (r["compute_images"] - before) / needed
+    return of_healthy, (after, r["compute_images"] / (before + needed)), True
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -272,7 +286,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "of_healthy": [round(x, 2) for x in ratios],
             "at_least_80pct": sum(x >= 0.8 for x in ratios),
             "compute_images_mean": sum(r["compute_images"] for r in rows) / len(rows),
-            "compute_vs_restart": [None if v is None else round(v, 2) for _, v, has in compared if has],
+            "compute_vs_restart": [None if v is None else round(v[0], 2) for _, v, has in compared if has],
+            "compute_vs_stop_restart": [None if v is None else round(v[1], 2) for _, v, has in compared if has],
             "baseline": all(r.get("baseline", False) for r in rows),
         }
     return summary
@@ -281,7 +296,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def targets(runs: list[dict[str, Any]], kind: str = "recover") -> dict[str, Any]:
     """Issue 16's two targets over the ``<entry>:<kind>`` runs (``recover``: the default table) that
     failed (a recovery, or a stop): at least 60 % of them at 80 % of the healthy AP or more, and a
-    recovered run's compute at most half a restart's with the fix to the same AP."""
+    recovered run's compute from the failure on at most half a restart's with the fix to the same AP."""
     by = {(r["case"], r["seed"]): r for r in runs}
     failed = [
         r
@@ -295,7 +310,8 @@ def targets(runs: list[dict[str, Any]], kind: str = "recover") -> dict[str, Any]
         "failed_runs": len(failed),
         "at_least_80pct_of_healthy": sum(x >= 0.8 for x in of_healthy),
         "compared_with_restart": len(vs_restart),
-        "at_most_half_of_restart": sum(v is not None and v <= 0.5 for v in vs_restart),
+        "at_most_half_of_restart": sum(v is not None and v[0] <= 0.5 for v in vs_restart),
+        "cheaper_than_stop_restart": sum(v is not None and v[1] < 1 for v in vs_restart),
     }
 
 
@@ -341,6 +357,12 @@ def write_markdown(result: dict[str, Any]) -> str:
             f"Machine: {m['cpu']}, {m['cpu_cores']} cores (shared), torch {m['torch']} with {m['torch_threads']}"
             f" thread(s), load average at start {', '.join(map(str, m['load_average_at_start']))},"
             f" at end {', '.join(map(str, m.get('load_average_at_end', [])))}."
+            + (
+                f" Merged (`--merge`) from {len(m['merged_from'])} processes run side by side on it (one per seed; the first's"
+                " machine record above)."
+                if m.get("merged_from")
+                else ""
+            )
         ),
         (
             f"Tiny SSD, cpu-mini sizes (160 px, 300 train / 60 val mini images, batch 8), seeds"
@@ -361,17 +383,23 @@ def write_markdown(result: dict[str, Any]) -> str:
         "## Per case, over the seeds",
         "",
         "`of healthy`: final AP / the healthy baseline's final AP of the same seed (target for a recovery:"
-        " 0.8 or more); `vs restart`: a recovered run's images / the images its configuration restarted"
-        " from scratch with the fix needed to reach the same AP (target: 0.5 or less; `-`: never reached).",
+        " 0.8 or more); `vs restart`: the images a recovered run trained after its failure was named"
+        " (replays and LR probes included) / the images its configuration restarted from scratch with the"
+        " fix needed to reach the same AP: what finishing the run costs either way, the work before the"
+        " failure being spent in both (target: 0.5 or less; `-`: never reached); `vs stop + restart`: the"
+        " recovered run's whole compute / the failed run's until its stop plus that restart's.",
         "",
-        "| case | seeds | mean final AP | of healthy | >= 80 % | mean images | vs restart |",
-        "|---|---|---|---|---|---|---|",
+        "| case | seeds | mean final AP | of healthy | >= 80 % | mean images | vs restart | vs stop + restart |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for case, s in result["summary"].items():
-        restart = ", ".join("-" if x is None else f"{x:.2f}" for x in s["compute_vs_restart"]) or ""
+        restart, total = (
+            ", ".join("-" if x is None else f"{x:.2f}" for x in s.get(key, []))
+            for key in ("compute_vs_restart", "compute_vs_stop_restart")
+        )
         lines.append(
             f"| {case}{' (baseline)' if s.get('baseline') else ''} | {s['seeds']} | {s['final_ap_mean']:.4f} | {', '.join(f'{x:.2f}' for x in s['of_healthy'])} |"
-            f" {s['at_least_80pct']}/{len(s['of_healthy'])} | {s['compute_images_mean']:.0f} | {restart} |"
+            f" {s['at_least_80pct']}/{len(s['of_healthy'])} | {s['compute_images_mean']:.0f} | {restart} | {total} |"
         )
     by_kind = result.get("targets_by_kind") or {"recover": result.get("targets") or {}}
     for kind, t in by_kind.items():
@@ -381,7 +409,8 @@ def write_markdown(result: dict[str, Any]) -> str:
                 f"Targets over the {t['failed_runs']} failing `:{kind}` runs (a recovery or a stop): "
                 f"{t['at_least_80pct_of_healthy']} at 80 % of the healthy AP or more (goal: 60 % of them); "
                 f"{t['at_most_half_of_restart']} of {t['compared_with_restart']} compared at half a restart's compute "
-                "or less (goal: all).",
+                f"or less from the failure on (goal: all); {t.get('cheaper_than_stop_restart', '-')} of them cheaper than"
+                " stopping and restarting.",
             ]
     lines += probe_comparison(result)
     lines += [
@@ -435,6 +464,14 @@ def main(argv: list[str] | None = None) -> int:
         " <entry>:recover|restart_fixed runs of the same seeds and zoo entries join the tables, marked, instead"
         " of being run again (the code they were measured at must train the same)",
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="no training: one report of the runs of these results (e.g. one process per seed, run side by side"
+        " on the same machine and code)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--stem", default="recovery", help="the results' file name: <out>/<stem>.{json,md}")
     args = parser.parse_args(argv)
@@ -443,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = {key: yaml.safe_load(value) for key, _, value in (kv.partition("=") for kv in args.set)}
     result: dict[str, Any] = {"machine": machine_info(), "seeds": seeds, "epochs": args.epochs, "set": extra, "runs": []}
+    if args.merge:
+        return merge(args.merge, args.out, args.stem)
     names = zoo_cases() if args.zoo else args.cases.split(",")
     if args.baseline:
         result["baseline"] = str(args.baseline)
@@ -460,13 +499,32 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             result["runs"].append(record)
+    result["machine"]["load_average_at_end"] = load_average()
+    write_report(result, args.out, args.stem)
+    return 0
+
+
+def write_report(result: dict[str, Any], out: Path, stem: str) -> None:
+    """Sum ``result``'s runs up (summary, targets) and write ``<out>/<stem>.{json,md}``."""
     result["summary"] = summarise(result["runs"])
     result["targets"] = targets(result["runs"])
     kinds = dict.fromkeys(r["case"].rpartition(":")[2] for r in result["runs"] if not r.get("baseline"))
     result["targets_by_kind"] = {kind: targets(result["runs"], kind) for kind in kinds if kind in RECOVER_CASES}
     result["snapshot_bytes"] = snapshot_costs()
-    result["machine"]["load_average_at_end"] = load_average()
-    write_results(args.out, args.stem, result, write_markdown(result))
+    write_results(out, stem, result, write_markdown(result))
+
+
+def merge(paths: list[Path], out: Path, stem: str) -> int:
+    """``--merge``: one report of several results' runs (the first one's machine and settings)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    first = parts[0]
+    for path, part in zip(paths, parts):
+        if (part["epochs"], part.get("set")) != (first["epochs"], first.get("set")):
+            raise SystemExit(f"--merge: {path} ran other settings (epochs, --set) than {paths[0]}")
+    runs = [r for part in parts for r in part["runs"]]
+    seeds = sorted({r["seed"] for r in runs})
+    machine = dict(first["machine"], merged_from=[str(p) for p in paths])
+    write_report({**first, "machine": machine, "seeds": seeds, "runs": runs}, out, stem)
     return 0
 
 

@@ -89,6 +89,16 @@ class LRProbe(BaseModel):
     ``1e-4, 1e-3, 1e-2, 1e-1`` for a factor below 1, ``10 .. 1e4`` above 1, ``0.01 .. 100`` at 1."""
     steps: int = Field(8, ge=2)
     """Optimiser steps per candidate (each one batch: the cost is candidates x steps batches)."""
+    rule: Literal["lowest-loss", "below-divergence"] = "lowest-loss"
+    """How the best candidate is chosen among those that did not diverge (see ``explode``):
+    ``lowest-loss``, the lowest mean loss over the later half of the steps (ties: the smaller lr);
+    ``below-divergence``, the LR range test's "a decade below where the loss blows up": the largest
+    candidate below the smallest diverging one (none diverged: the largest). Short probes from a
+    barely trained state favour small steps: on the zoo's stalls (lr 1e-5) 8 and 16 steps at 0.001
+    beat 0.01 on two of three seeds, which recover to 20-57 % of the healthy AP at 0.001, while 0.1
+    diverged on every seed and 0.01 (under a fresh warm-up) is the healthy lr; a divergence's probe,
+    searching downwards from an exploding lr, keeps ``lowest-loss`` (its largest stable candidate
+    was 3-10x too high)."""
     pick: float = Field(1.0, gt=0, le=1)
     """The new factor is the best candidate's times this. lr_find divides the lr of a continuous
     sweep's loss minimum by ~10, as that minimum sits where the loss is about to blow up; decade
@@ -116,8 +126,12 @@ class Intervention(BaseModel):
     run, data order and epoch budget (for failures whose damage the fix does not undo in place)."""
     lr_factor: float = Field(1.0, gt=0)
     """Multiplies the learning rate (every group's, for the rest of the schedule)."""
+    warmup_iters: int = Field(0, ge=0)
+    """A fresh linear warm-up from ``schedule.warmup_start_factor`` over this many optimiser steps
+    (with ``warmup_epochs`` the longer of the two; 0 and 0: none). Where it overlaps the schedule's
+    own warm-up (a rollback into it) the lower of the two ramps applies, not their product."""
     warmup_epochs: float = Field(0.0, ge=0)
-    """A fresh linear warm-up from ``schedule.warmup_start_factor`` over this many epochs."""
+    """A fresh warm-up over this many epochs (see ``warmup_iters``)."""
     class_weight_factor: float = Field(1.0, gt=0)
     """Multiplies ``loss.class_weight`` (re-balances the loss towards classification)."""
     neg_pos_factor: float = Field(1.0, gt=0)
@@ -159,12 +173,21 @@ class Intervention(BaseModel):
 #: 57-100 % (0.01, 0.01, 0.001); lr 1e-5 from 28-57 % to 28-100 % (one seed chose 0.01, two the
 #: fixed 0.001); lr 1 unchanged (it chose x0.01, the fixed factor: the runs were identical). Cost:
 #: 256 images per probing recovery (4 x 8 batches of 8: 9 % of the zoo's 10-epoch budget).
-_COLLAPSE_FIX = Intervention(rollback="start", neg_pos_max=3.0, box_class_max=1.0, warmup_epochs=1.0)
+#: The fresh warm-up is the schedule's default length (``schedule.warmup_iters``, 100 steps), not
+#: one epoch: on the zoo a 1-epoch warm-up (37 steps) trains to ~65 % of the 100-step one's AP in 8
+#: epochs (``healthy_warmup1ep`` in ``bench/results/failure_zoo.md``), and the recoveries that restart
+#: from the untrained state with it inherit that gap: collapse 55-74 % of the healthy AP with 1 epoch,
+#: 74-105 % with 100 steps; SGD lr 0.3 58-102 % -> 72-111 %; lr 1 67-82 % -> 85-105 %
+#: (``bench/results/recovery_zoo_probe.md`` -> ``recovery_zoo_warm.md``, 3 seeds). ``stalled`` gets
+#: one too: its lr rises 10-10^4 x (the zoo's lr 1e-5 without warm-up: 33-52 % without one, 74-105 %
+#: with it and the ``below-divergence`` probe).
+_WARMUP = 100  # = ScheduleConfig.warmup_iters's default (model.config imports this module; a test keeps them equal)
+_COLLAPSE_FIX = Intervention(rollback="start", neg_pos_max=3.0, box_class_max=1.0, warmup_iters=_WARMUP)
 _PROBE = LRProbe(enabled=True)
 DEFAULT_INTERVENTIONS: dict[Problem, Intervention] = {
-    "diverged": Intervention(lr_factor=0.01, warmup_epochs=1.0, skip_batches=5, lr_probe=_PROBE),
+    "diverged": Intervention(lr_factor=0.01, warmup_iters=_WARMUP, skip_batches=5, lr_probe=_PROBE),
     "background-collapse": _COLLAPSE_FIX,
-    "stalled": Intervention(lr_factor=100.0, lr_probe=_PROBE),
+    "stalled": Intervention(lr_factor=100.0, warmup_iters=_WARMUP, lr_probe=LRProbe(enabled=True, rule="below-divergence")),
     "fp-surge": Intervention(neg_pos_factor=2.0),
     "overfitting": Intervention(action="restore_best"),
     "no-positives": Intervention(action="stop"),

@@ -7,7 +7,9 @@ checkpoint holds) is kept in memory at the end of every epoch the monitor judged
 intervention (``health.interventions``) is ``rollback``, the newest snapshot from before the
 failure's onset is restored (for a validation diagnosis the onset is the first of the evaluations
 that showed it), the intervention's changes are applied (learning rate, a fresh warm-up, loss
-weights, hard-negative ratio, batches to skip) and training goes on, within ``max_recoveries``.
+weights, hard-negative ratio, batches to skip) and training goes on, within ``max_recoveries``. A
+fresh warm-up that overlaps the schedule's own (a rollback into it) ramps once, along the lower of
+the two.
 
 Snapshots are taken at epoch ends only: there, and only there, the data order is resumable
 exactly (as for checkpoints), so a restored epoch replays the same batches, and the run after a
@@ -20,11 +22,12 @@ rate instead of trusting ``lr_factor``: an LR range test from the restored state
 (factors of the learning rate in force; by default four decades in ``lr_factor``'s direction) trains
 ``steps`` optimiser steps at that peak lr (no warm-up, no decay) from the restored model and
 optimiser state, which is restored again after each; a candidate whose loss turns non-finite or
-exceeds ``explode`` times its first step's diverged. Rule: the candidate with the lowest mean loss
-over the later half of its steps (the same batches for every candidate: a paired comparison; ties
-to the smaller lr) among those that did not diverge, times ``pick`` (1 by default: see
-:class:`~model.health.LRProbe` for why not lr_find's "minimum / 10"); every candidate diverged:
-``lr_factor``. The intervention's other changes (the fresh warm-up, skipped batches) then apply
+exceeds ``explode`` times its first step's diverged. Rule (``LRProbe.rule``): among those that did
+not diverge, the candidate with the lowest mean loss over the later half of its steps (the same
+batches for every candidate: a paired comparison; ties to the smaller lr; ``diverged``'s default),
+or the largest candidate below the smallest diverging one (``stalled``'s default), times ``pick``
+(1 by default: see :class:`~model.health.LRProbe` for why not lr_find's "minimum / 10"); every
+candidate diverged: ``lr_factor``. The intervention's other changes (the fresh warm-up, skipped batches) then apply
 as without the probe. The batches are the ones the run trains on next (the replayed epoch's, its
 skipped batches left out, then the next epoch's if it is shorter), drawn with every random state
 (Python, NumPy, torch, the loader's generator) saved before and put back after each candidate: the
@@ -46,7 +49,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Generator
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -54,15 +56,14 @@ from tqdm import tqdm
 
 from model import report_keys as K
 from model.dotted import get_dotted
-from model.engine import build_loss, loss_weights_at
+from model.engine import build_loss
 from model.health import Intervention, LRProbe, Problem, Verdict, constant_predictor_cls_loss
-from model.loss import weighted_loss
 from model.ssd import init_face_prior
 
 if TYPE_CHECKING:
     from model.trainer import Trainer
 
-__all__ = ["Recovery", "probe_factors", "probe_lr", "snapshot_bytes"]
+__all__ = ["Recovery", "choose_factor", "probe_factors", "probe_lr", "snapshot_bytes"]
 
 _STATE_VERSION = 1
 
@@ -112,6 +113,10 @@ class Recovery:
         # The schedule as built from the run's config: interventions compose with it.
         self._base_lambdas = list(trainer.scheduler.lr_lambdas)
         self._base_lrs = list(trainer.scheduler.base_lrs)
+        schedule = trainer.start_cfg.schedule
+        self._base_warmup = min(
+            schedule.warmup_length(trainer.iters_per_epoch), trainer.start_cfg.epochs * trainer.iters_per_epoch
+        )
         self._keep_best = any(iv.action == "restore_best" and d in health.stop_on for d, iv in health.interventions.items())
 
     # -- hooks (called by HealthCheck) -------------------------------------------------------------
@@ -228,19 +233,22 @@ class Recovery:
         if iv.box_class_max is not None:
             after["loss.box_weight"] = min(after["loss.box_weight"], iv.box_class_max * after["loss.class_weight"])
         changes: dict[str, list[Any]] = {key: [before[key], value] for key, value in after.items() if value != before[key]}
-        if iv.warmup_epochs:
-            length = max(1, round(iv.warmup_epochs * trainer.iters_per_epoch))
+        ipe = max(1, trainer.iters_per_epoch)
+        length = max(iv.warmup_iters, round(iv.warmup_epochs * ipe))
+        if length:
             # A rewarm that starts after the restored step belongs to the abandoned branch.
             self.rewarms = [r for r in self.rewarms if r[0] <= trainer.global_step]
             self.rewarms.append((trainer.global_step, length, cfg.schedule.warmup_start_factor))
-            old = cfg.schedule.warmup_length(trainer.iters_per_epoch) / max(1, trainer.iters_per_epoch)
-            if iv.warmup_epochs > old:  # a restart with the fix warms up at least this long
-                changes["schedule.warmup_epochs"] = [cfg.schedule.warmup_epochs, iv.warmup_epochs]
+            if length > cfg.schedule.warmup_length(ipe):  # a restart with the fix warms up at least this long
+                if cfg.schedule.warmup_epochs is None:
+                    changes["schedule.warmup_iters"] = [cfg.schedule.warmup_iters, length]
+                else:
+                    changes["schedule.warmup_epochs"] = [cfg.schedule.warmup_epochs, round(length / ipe, 4)]
         self.lr_scale *= iv.lr_factor
         self.overrides.update({key: after for key, (_, after) in changes.items()})
         # Validation diagnoses wait for the fresh warm-up and the grace again, judged on new epochs only.
         monitor = trainer.monitor
-        warm = math.ceil(iv.warmup_epochs) if iv.warmup_epochs else 0
+        warm = math.ceil(length / ipe)
         warmup_epochs = max(monitor.warmup_epochs, trainer.epoch + warm)
         self.rearm = (warmup_epochs, max(monitor.first_verdict_epoch, warmup_epochs + monitor._span(self.cfg.grace_epochs) + 1))
         self._install(trainer)
@@ -280,7 +288,7 @@ class Recovery:
         if self.rearm is not None:
             monitor.warmup_epochs, monitor.first_verdict_epoch = self.rearm
         scheduler, rewarms = trainer.scheduler, list(self.rewarms)
-        scheduler.lr_lambdas = [_rewarmed(base, rewarms) for base in self._base_lambdas]
+        scheduler.lr_lambdas = [_rewarmed(base, rewarms, self._base_warmup) for base in self._base_lambdas]
         scheduler.base_lrs = [lr * self.lr_scale for lr in self._base_lrs]
 
     def _snapshot(self, trainer: Trainer) -> dict[str, Any]:
@@ -361,12 +369,11 @@ def probe_lr(trainer: Trainer, iv: Intervention, skips: Callable[[int, int], boo
     for curve in curves:
         ok = all(math.isfinite(x) for x in curve) and max(curve) <= settings.explode * curve[0]
         losses.append(sum(curve[half:]) / len(curve[half:]) if ok else None)
-    scored = [(loss, factor) for loss, factor in zip(losses, factors) if loss is not None]
-    if scored:
-        best = min(scored)[1]  # ties: the smaller factor (the tuples compare it second)
-        chosen, rule = best * settings.pick, f"lowest loss at {_short(base_lrs[0] * best)} x {_short(settings.pick)}"
-    else:
+    best, how = choose_factor(factors, losses, settings.rule)
+    if best is None:
         chosen, rule = iv.lr_factor, f"every candidate diverged: lr_factor {_short(iv.lr_factor)}"
+    else:
+        chosen, rule = best * settings.pick, f"{how} at {_short(base_lrs[0] * best)} x {_short(settings.pick)}"
     batch = trainer.cfg.batch_size
     return {
         "factors": factors,
@@ -379,6 +386,19 @@ def probe_lr(trainer: Trainer, iv: Intervention, skips: Callable[[int, int], boo
         "rule": rule,
         "images": len(factors) * settings.steps * batch,
     }
+
+
+def choose_factor(factors: list[float], losses: list[float | None], rule: str) -> tuple[float | None, str]:
+    """The probe's pick among ascending ``factors`` from their later-half losses (None: diverged)
+    under ``LRProbe.rule``, and how it was picked; (None, "") when every candidate diverged."""
+    scored = [(loss, factor) for loss, factor in zip(losses, factors) if loss is not None]
+    if not scored:
+        return None, ""
+    if rule == "below-divergence":
+        stable = next((factors[:i] for i, loss in enumerate(losses) if loss is None), factors)
+        if stable:
+            return stable[-1], "below the first divergence"
+    return min(scored)[1], "lowest loss"  # ties: the smaller factor (the tuples compare it second)
 
 
 def _probe_state(trainer: Trainer) -> dict[str, Any]:
@@ -419,40 +439,23 @@ def _probe_batches(
 
 
 def _probe_one(trainer: Trainer, lrs: list[float], settings: LRProbe, skips: Callable[[int, int], bool]) -> list[float]:
-    """Train ``settings.steps`` steps at ``lrs`` (one per optimiser group); the loss of each step
-    (the weighted loss minimised, before the step's update), cut short once it is not finite."""
-    cfg, model, optimizer = trainer.cfg, trainer.model, trainer.optimizer
-    model.train()
-    anchors = model.anchors(trainer.device, torch.float32)
-    autocast = torch.autocast("cuda", dtype=trainer.amp_dtype) if trainer.amp_dtype else nullcontext()
-    max_norm = cfg.optim.grad_clip_norm or math.inf
-    for group, lr in zip(optimizer.param_groups, lrs):
+    """Train ``settings.steps`` steps at ``lrs`` (one per optimiser group) with the trainer's own
+    step; the loss of each (the weighted loss minimised, before the step's update), cut short once
+    it is not finite (that step's update is undone with the rest of the probe's by the caller)."""
+    trainer.model.train()
+    anchors = trainer.model.anchors(trainer.device, torch.float32)
+    for group, lr in zip(trainer.optimizer.param_groups, lrs):
         group["lr"] = lr
     curve: list[float] = []
     batches = _probe_batches(trainer, skips)
     for step in range(settings.steps):
         images, targets = next(batches)
-        with autocast:
-            outputs = model(images)
-        losses = trainer.loss_fn(outputs, anchors, targets)
-        class_weight, box_weight = trainer.loss_weighting.weights(
-            losses, *loss_weights_at(cfg, trainer.global_step + step, trainer.iters_per_epoch)
-        )
-        loss = weighted_loss(losses, class_weight, box_weight)
-        regulariser = trainer.loss_weighting.regulariser()
-        objective = loss + regulariser if isinstance(regulariser, torch.Tensor) else loss
-        value = float(loss.detach())
-        curve.append(value)
-        if not math.isfinite(value):
+        _, losses, *_ = trainer.optimizer_step(images, targets, anchors, trainer.global_step + step)
+        curve.append(float(losses["loss"].detach()))
+        if not math.isfinite(curve[-1]):
             break
-        optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(trainer.scaler.scale(objective))  # = .backward(), which torch leaves untyped
-        trainer.scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        trainer.scaler.step(optimizer)
-        trainer.scaler.update()
     batches.close()
-    optimizer.zero_grad(set_to_none=True)
+    trainer.optimizer.zero_grad(set_to_none=True)
     return curve
 
 
@@ -482,14 +485,19 @@ def _onset_epoch(verdict: Verdict) -> int:
     return epoch
 
 
-def _rewarmed(base: Callable[[int], float], rewarms: list[tuple[int, int, float]]) -> Callable[[int], float]:
+def _rewarmed(base: Callable[[int], float], rewarms: list[tuple[int, int, float]], base_warmup: int) -> Callable[[int], float]:
+    """The schedule ``base`` with the fresh warm-ups multiplied in; within the schedule's own warm-up
+    (its first ``base_warmup`` steps, where ``base`` is a ramp alone) the lower ramp applies: a
+    rollback into it warms up once, not along the product of two ramps."""
+
     # A plain function (not a partial or an object): LambdaLR then keeps it out of its state_dict.
     def factor(step: int) -> float:
-        value = base(step)
+        ramp = 1.0
         for start, length, start_factor in rewarms:
             if start <= step < start + length:
-                value *= start_factor + (1.0 - start_factor) * (step - start) / length
-        return value
+                ramp *= start_factor + (1.0 - start_factor) * (step - start) / length
+        value = base(step)
+        return min(value, ramp) if step < base_warmup else value * ramp
 
     return factor
 

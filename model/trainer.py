@@ -174,13 +174,11 @@ class Trainer:
             getattr(callback, hook)(self, *args)
 
     def _train_epoch(self) -> dict[str, Any]:
-        cfg, device, model = self.cfg, self.device, self.model
+        model = self.model
         model.train()
-        anchors = model.anchors(device, torch.float32)
-        autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        max_norm = cfg.optim.grad_clip_norm or math.inf
+        anchors = model.anchors(self.device, torch.float32)
         self.steps_this_epoch = images = 0
-        class_weight, box_weight = loss_weights_at(cfg, self.global_step, self.iters_per_epoch)
+        class_weight, box_weight = loss_weights_at(self.cfg, self.global_step, self.iters_per_epoch)
         start = time.perf_counter()
         self._call("on_train_epoch_start")
         self._bar = self._progress_bar()
@@ -188,26 +186,10 @@ class Trainer:
             if self.recovery.skips(self.epoch, index):
                 continue  # a recovery skips the batches around an explosion when it replays the epoch
             self.batch_index = index
-            cfg = self.cfg  # a recovery may have changed it (loss weights)
-            with autocast:
-                outputs = model(batch_images)
-            losses = self.loss_fn(outputs, anchors, targets)
-            class_weight, box_weight = self.loss_weighting.weights(
-                losses, *loss_weights_at(cfg, self.global_step, self.iters_per_epoch)
-            )
-            losses["loss"] = weighted_loss(losses, class_weight, box_weight)
-            regulariser = self.loss_weighting.regulariser()
-            objective = losses["loss"] + regulariser if isinstance(regulariser, torch.Tensor) else losses["loss"]
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(objective).backward()
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            if self.scaler.is_enabled():
-                # fp16 overflows are routine (the scaler skips that step); they are not divergence.
-                grad_norm = torch.nan_to_num(grad_norm, nan=0.0, posinf=0.0)
             lr = self.optimizer.param_groups[0]["lr"]
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            outputs, losses, grad_norm, class_weight, box_weight = self.optimizer_step(
+                batch_images, targets, anchors, self.global_step
+            )
             self.scheduler.step()
             self.global_step += 1
             self.steps_this_epoch += 1
@@ -229,6 +211,32 @@ class Trainer:
         # Training alone (validation excluded), after the callbacks' sync: the run's throughput.
         train[K.TRAIN_IMAGES_PER_S] = images / (time.perf_counter() - start)
         return {key: train[key] for key in K.TRAIN_KEYS if key in train} | train
+
+    def optimizer_step(
+        self, batch_images: torch.Tensor, targets: list[dict[str, Any]], anchors: torch.Tensor, step: int
+    ) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor, Any, Any]:
+        """One optimiser step on a batch at the lr in force (the schedule is the caller's): forward,
+        the loss weighted as at global step ``step``, backward, clipping, the (scaled) update.
+        Returns the model's outputs, the losses (``loss``: the weighted one minimised), the gradient
+        norm before clipping, the class and box weights. The training loop and the LR probe share it."""
+        cfg, model = self.cfg, self.model  # the config in force: a recovery may have changed it (loss weights)
+        with torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
+            outputs = model(batch_images)
+        losses = self.loss_fn(outputs, anchors, targets)
+        class_weight, box_weight = self.loss_weighting.weights(losses, *loss_weights_at(cfg, step, self.iters_per_epoch))
+        losses["loss"] = weighted_loss(losses, class_weight, box_weight)
+        regulariser = self.loss_weighting.regulariser()
+        objective = losses["loss"] + regulariser if isinstance(regulariser, torch.Tensor) else losses["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(objective).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm or math.inf)
+        if self.scaler.is_enabled():
+            # fp16 overflows are routine (the scaler skips that step); they are not divergence.
+            grad_norm = torch.nan_to_num(grad_norm, nan=0.0, posinf=0.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return outputs, losses, grad_norm, class_weight, box_weight
 
     def _progress_bar(self) -> tqdm:
         return tqdm(

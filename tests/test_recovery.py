@@ -10,9 +10,9 @@ import torch
 from test_trainer import DIVERGING, small_cfg
 
 from model.callbacks import Checkpointing
-from model.config import ConfigError, TrainConfig
-from model.health import Intervention, Verdict
-from model.recovery import describe
+from model.config import ConfigError, ScheduleConfig, TrainConfig
+from model.health import DEFAULT_INTERVENTIONS, Intervention, Verdict
+from model.recovery import choose_factor, describe
 from model.trainer import Trainer
 
 #: The fixed factor (lr x0.01), without the LR probe the default table runs for ``diverged``.
@@ -44,7 +44,7 @@ def test_a_diverging_run_is_rolled_back_and_continues_with_a_finite_loss(mini_ro
     assert event["snapshot_step"] == 0 and event["failed_epoch"] == 1 and event["skipped_batches"]
     # The effective config (a restart with the fix) and the events are saved beside last.pt.
     saved = TrainConfig.model_validate(__import__("yaml").safe_load((tmp_path / "effective_config.yaml").read_text()))
-    assert saved.optim.lr == 0.05 and saved.schedule.warmup_epochs == 1.0
+    assert saved.optim.lr == 0.05 and saved.schedule.warmup_iters == 100  # the default fresh warm-up
     assert json.loads((tmp_path / "recoveries.json").read_text()) == [event]
     assert torch.load(tmp_path / "last.pt", weights_only=False)["config"]["optim"]["lr"] == 5.0  # what was started
 
@@ -109,18 +109,36 @@ def test_a_bad_recovery_config_names_the_key(overrides: dict, key: str) -> None:
 def test_an_intervention_caps_the_loss_balance_and_names_each_change(mini_root: Path) -> None:
     """Caps after the factors: at most 3 negatives per positive and a box weight at most the class
     weight; a value already within its cap is left out of the changes."""
-    caps = {"neg_pos_max": 3.0, "box_class_max": 1.0, "class_weight_factor": 2.0, "warmup_epochs": 1.0}
+    caps = {"neg_pos_max": 3.0, "box_class_max": 1.0, "class_weight_factor": 2.0, "warmup_iters": 30}
     trainer = quiet(small_cfg(mini_root, **{"loss.box_weight": 10.0, "loss.neg_pos_ratio": 30.0, "schedule.warmup_iters": 0}))
     changes = trainer.recovery.apply(trainer, Intervention(**caps))
     assert changes == {
         "loss.class_weight": [1.0, 2.0],
         "loss.box_weight": [10.0, 2.0],  # capped at 1 x the new class weight
         "loss.neg_pos_ratio": [30.0, 3.0],
-        "schedule.warmup_epochs": [None, 1.0],
+        "schedule.warmup_iters": [0, 30],
     }
     assert (trainer.cfg.loss.box_weight, trainer.cfg.loss.neg_pos_ratio, trainer.cfg.loss.class_weight) == (2.0, 3.0, 2.0)
     within = quiet(small_cfg(mini_root, **{"loss.box_weight": 0.5, "loss.neg_pos_ratio": 2.0}))
     assert within.recovery.apply(within, Intervention(neg_pos_max=3.0, box_class_max=1.0)) == {}
+
+
+def test_a_fresh_warm_up_inside_the_schedules_own_ramps_once(mini_root: Path) -> None:
+    """Rolled back into the schedule's own warm-up, a fresh warm-up of the same length gives that
+    ramp again (the lower of the two), not its square; rolled back past it, the fresh ramp
+    multiplies the schedule (here its cosine decay). The default fresh warm-up is the schedule's
+    default length."""
+    assert DEFAULT_INTERVENTIONS["diverged"].warmup_iters == ScheduleConfig().warmup_iters == 100
+    trainer = quiet(small_cfg(mini_root, epochs=4, **{"schedule.warmup_iters": 6}))  # 4 steps an epoch
+    own = [trainer.scheduler.lr_lambdas[0](step) for step in range(16)]
+    trainer.recovery.apply(trainer, Intervention(warmup_iters=6))  # at step 0: inside the own warm-up
+    assert [trainer.scheduler.lr_lambdas[0](step) for step in range(16)] == pytest.approx(own)
+    trainer.global_step = trainer.scheduler.last_epoch = 8  # past it: the fresh ramp times the decay
+    trainer.recovery.apply(trainer, Intervention(warmup_iters=4))
+    rewarmed = trainer.scheduler.lr_lambdas[0]
+    start = trainer.cfg.schedule.warmup_start_factor
+    assert rewarmed(8) == pytest.approx(own[8] * start) and rewarmed(10) == pytest.approx(own[10] * (start + (1 - start) / 2))
+    assert rewarmed(12) == pytest.approx(own[12]) and rewarmed(3) == pytest.approx(own[3])
 
 
 def test_the_untrained_state_is_kept_for_a_rollback_to_the_start(mini_root: Path) -> None:
@@ -160,7 +178,7 @@ def test_a_collapsing_run_recovers_through_the_training_command(full_mini: Path,
     assert first["diagnosis"] == "background-collapse" and first["snapshot_epoch"] == 0, first
     assert first["changes"]["loss.box_weight"] == [10.0, 1.0] and first["changes"]["loss.neg_pos_ratio"] == [30.0, 3.0]
     effective = TrainConfig.model_validate(__import__("yaml").safe_load((out / "effective_config.yaml").read_text()))
-    assert (effective.loss.box_weight, effective.loss.neg_pos_ratio, effective.schedule.warmup_epochs) == (1.0, 3.0, 1.0)
+    assert (effective.loss.box_weight, effective.loss.neg_pos_ratio, effective.schedule.warmup_iters) == (1.0, 3.0, 100)
     rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     failed = next(i for i, r in enumerate(rows) if r["health/recovery"])
     assert [r["epoch"] for r in rows[failed + 1 :]][:1] == [1]  # trained on, from the start
@@ -282,3 +300,18 @@ def test_a_run_checkpointed_after_a_probing_recovery_resumes_exactly(mini_root: 
     assert resumed.recovery_events() == straight.recovery_events()
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize(
+    ("losses", "rule", "expected"),
+    [
+        ([9.3, 8.63, 9.2, None], "lowest-loss", (1e3, "lowest loss")),  # the zoo's stall, seed 2
+        ([9.3, 8.63, 9.2, None], "below-divergence", (1e4, "below the first divergence")),
+        ([8.41, 7.95, 15.9, 30.0], "below-divergence", (1e5, "below the first divergence")),  # none diverged: the largest
+        ([None, 8.0, 7.0, 9.0], "below-divergence", (1e4, "lowest loss")),  # the smallest diverged: no stable range
+        ([7.0, 7.0, None, None], "lowest-loss", (1e2, "lowest loss")),  # a tie: the smaller lr
+        ([None, None, None, None], "below-divergence", (None, "")),
+    ],
+)
+def test_the_probe_picks_by_its_rule(losses: list, rule: str, expected: tuple) -> None:
+    assert choose_factor([1e2, 1e3, 1e4, 1e5], losses, rule) == expected

@@ -162,9 +162,9 @@ def test_after_a_recovery_the_checkpoint_holds_the_effective_config_and_the_even
     assert save_recovery_files(trainer, sampled, tmp_path)
     effective = load_config(tmp_path / EFFECTIVE_CONFIG_FILE)
     chosen = trainer.recovery_events()[0]["probe"]["chosen_lr"]
-    assert effective.optim.lr == pytest.approx(chosen) and chosen <= 0.5 and effective.schedule.warmup_epochs == 1.0
+    assert effective.optim.lr == pytest.approx(chosen) and chosen <= 0.5 and effective.schedule.warmup_iters == 100
     assert effective.data.root == sampled.data.root != trainer.cfg.data.root  # not this worker's paths
-    undone = {"optim.lr": sampled.optim.lr, "schedule.warmup_epochs": sampled.schedule.warmup_epochs}
+    undone = {"optim.lr": sampled.optim.lr, "schedule.warmup_iters": sampled.schedule.warmup_iters}
     assert effective.with_overrides(undone) == sampled  # nothing else changed
     assert json.loads((tmp_path / RECOVERIES_FILE).read_text()) == trainer.recovery_events()
 
