@@ -202,6 +202,150 @@ TRIED: dict[str, tuple[str, dict[str, Any], str]] = {
     ),
 }
 
+#: Configurations tried for a failure that comes *after* learning worth keeping: the only case in
+#: which a recovery's rollback can save compute against a restart with the fix (issue 16's target
+#: of at most half a restart). Seed 0 (seed 1 too where said), cpu-mini sizes, the production
+#: ``stop_on``; healthy SGD reaches AP 0.04 at epoch 4 and 0.11-0.17 at 10. None fails late after
+#: learning: a loss-weight ramp under SGD hinders learning from its first epochs (class weight
+#: above ~3, box weight above ~10), lr warm-ups to a high peak either never learn (SGD) or stay
+#: healthy (AdamW), so every failure found comes with AP at or below ~0.03. Not run by default.
+LATE_TRIED: dict[str, tuple[dict[str, Any], int, str]] = {
+    "bwramp100_10ep": (
+        {
+            "loss.box_weight": 100,
+            "schedule.box_weight_start_factor": 0.01,
+            "schedule.loss_ramp_epochs": 10,
+            "schedule.decay": "none",
+        },
+        12,
+        "box weight 1 -> 100: AP <= 0.005 from epoch 2, background-collapse named at epoch 10",
+    ),
+    "bwramp30_8ep": (
+        {
+            "loss.box_weight": 30,
+            "schedule.box_weight_start_factor": 1 / 30,
+            "schedule.loss_ramp_epochs": 8,
+            "schedule.decay": "none",
+        },
+        12,
+        "box weight 1 -> 30: AP 0.016 at epoch 4, then <= 0.008; background-collapse named at epoch 12",
+    ),
+    "bwramp10_10ep": (
+        {"loss.box_weight": 10, "schedule.box_weight_start_factor": 0.1, "schedule.loss_ramp_epochs": 10},
+        14,
+        "box weight 1 -> 10: healthy, AP 0.10 at epoch 14",
+    ),
+    "bwramp100_50ep": (
+        {"loss.box_weight": 100, "schedule.box_weight_start_factor": 0.01, "schedule.loss_ramp_epochs": 50},
+        16,
+        "box weight 1 -> 32 in 16 epochs: healthy, learns slowly (AP 0.06 at epoch 16)",
+    ),
+    "bwramp100_30ep": (
+        {"loss.box_weight": 100, "schedule.box_weight_start_factor": 0.01, "schedule.loss_ramp_epochs": 30},
+        16,
+        "box weight 1 -> 54 in 16 epochs: AP <= 0.014 throughout, a near-collapse warning at epoch 16",
+    ),
+    "lr0.02_bwramp20_16ep": (
+        {
+            "optim.lr": 0.02,
+            "schedule.decay": "none",
+            "loss.box_weight": 20,
+            "schedule.box_weight_start_factor": 0.05,
+            "schedule.loss_ramp_epochs": 16,
+        },
+        16,
+        "AP 0.027 at epoch 4, falling to 0.003-0.005 by epoch 14-16: judged healthy (a decline the monitor misses)",
+    ),
+    "lr0.02_bwramp50_30ep": (
+        {
+            "optim.lr": 0.02,
+            "schedule.decay": "none",
+            "loss.box_weight": 50,
+            "schedule.box_weight_start_factor": 0.02,
+            "schedule.loss_ramp_epochs": 30,
+        },
+        16,
+        "AP peaks at 0.023 (epoch 7), background-collapse named at epoch 15",
+    ),
+    "mom0.95_bwramp30_20ep": (
+        {
+            "optim.momentum": 0.95,
+            "schedule.decay": "none",
+            "loss.box_weight": 30,
+            "schedule.box_weight_start_factor": 1 / 30,
+            "schedule.loss_ramp_epochs": 20,
+        },
+        16,
+        "AP <= 0.016, background-collapse named at epoch 12",
+    ),
+    "cwramp30_12ep": (
+        {"loss.class_weight": 30, "schedule.class_weight_start_factor": 1 / 30, "schedule.loss_ramp_epochs": 12},
+        16,
+        "class weight 1 -> 30: AP <= 0.006, background-collapse named at epoch 8",
+    ),
+    "cwramp100_20ep": (
+        {"loss.class_weight": 100, "schedule.class_weight_start_factor": 0.01, "schedule.loss_ramp_epochs": 20},
+        16,
+        "class weight 1 -> 100: diverged at step 190 (epoch 6), a late divergence but AP <= 0.006 before it",
+    ),
+    "cwramp50_30ep": (
+        {"loss.class_weight": 50, "schedule.class_weight_start_factor": 0.02, "schedule.loss_ramp_epochs": 30},
+        16,
+        "diverged in epoch 6 (gradient spike), AP <= 0.008 before it",
+    ),
+    "cwramp100_60ep": (
+        {"loss.class_weight": 100, "schedule.class_weight_start_factor": 0.01, "schedule.loss_ramp_epochs": 60},
+        16,
+        "diverged at step 165 (epoch 5, class weight ~9), AP <= 0.005 before it",
+    ),
+    "cwramp100_150ep": (
+        {"loss.class_weight": 100, "schedule.class_weight_start_factor": 0.01, "schedule.loss_ramp_epochs": 150},
+        20,
+        "class weight 1 -> 14 in 20 epochs: AP <= 0.013 (seeds 0, 1), background-collapse named at epoch 12 / 20",
+    ),
+    "adamw_bwramp100_12ep": (
+        {
+            "optim.optimizer": "adamw",
+            "optim.lr": 0.003,
+            "loss.box_weight": 100,
+            "schedule.box_weight_start_factor": 0.01,
+            "schedule.loss_ramp_epochs": 12,
+        },
+        14,
+        "healthy, AP 0.11 (AdamW normalises the growing box gradient; so at box weight 1000: 0.11)",
+    ),
+    "adamw_lr0.03_warm8": (
+        {"optim.optimizer": "adamw", "optim.lr": 0.03, "schedule.warmup_epochs": 8},
+        14,
+        "lr rising to 0.03 over 8 epochs: healthy, AP 0.15 (peak 0.02 over 6 epochs: 0.18)",
+    ),
+    "adamw_lr0.08_warm14": (
+        {"optim.optimizer": "adamw", "optim.lr": 0.08, "schedule.warmup_epochs": 14},
+        16,
+        "AP 0.043 at epoch 5, then hovering at 0.02-0.05 while the lr rises, 0.077 at 16: healthy",
+    ),
+    "adamw_lr0.1_warm10": (
+        {"optim.optimizer": "adamw", "optim.lr": 0.1, "schedule.warmup_epochs": 10},
+        14,
+        "never learns (AP <= 0.014), judged healthy (a miss)",
+    ),
+    "sgd_lr0.05_warm2": (
+        {"optim.lr": 0.05, "schedule.warmup_epochs": 2, "schedule.decay": "none"},
+        12,
+        "AP <= 0.008, background-collapse named at epoch 7 (SGD peaks of 0.2-1.0 over 8-10 epochs never learn either)",
+    ),
+    "sgd_lr0.03": (
+        {"optim.lr": 0.03},
+        16,
+        "AP <= 0.02 throughout, judged healthy (a miss)",
+    ),
+    "sgd_mom0.98": (
+        {"optim.momentum": 0.98, "schedule.decay": "none"},
+        16,
+        "AP <= 0.011, background-collapse named at epoch 13",
+    ),
+}
+
 
 def config_for(entry: ZooEntry, seed: int, data_root: Path, epochs: int | None = None) -> TrainConfig:
     overrides = {
