@@ -114,7 +114,7 @@ def test_cpu_mini_is_a_tpe_asha_search_with_a_baseline() -> None:
 
 def test_the_default_search_is_the_cpu_demo_whose_first_point_is_its_recipe() -> None:
     """``python hpo/search.py`` runs cpu-demo: the recipe of bench/results/demo_recipe.md first (AdamW
-    lr 2e-3), a known divergence second (SGD lr 1 without warm-up), every trial at most 12 epochs."""
+    lr 2e-3, weight decay 1.0), a known divergence second (SGD lr 1 without warm-up), every trial at most 12 epochs."""
     from hpo.search import parse_args
 
     assert parse_args([]).space == "cpu-demo"
@@ -123,6 +123,7 @@ def test_the_default_search_is_the_cpu_demo_whose_first_point_is_its_recipe() ->
     assert space.scheduler.grace_period >= space.params["schedule.warmup_epochs"].high
     recipe, failure = (space.trial_config(point) for point in space.points_to_evaluate)
     assert (recipe.optim.optimizer, recipe.optim.lr, recipe.schedule.warmup_epochs) == ("adamw", 2e-3, 1.0)
+    assert recipe.optim.weight_decay == 1.0 and failure.optim.weight_decay == 5e-4  # AdamW's decay is decoupled
     assert (recipe.loss.match_iou, recipe.data.min_face_size, recipe.augment.zoom_out) == (0.35, 10, False)
     assert recipe.eval.score_threshold == 0.4 and recipe.data.max_train_images == 400
     assert (failure.optim.optimizer, failure.optim.lr, failure.schedule.warmup_epochs) == ("sgd", 1.0, 0.0)
