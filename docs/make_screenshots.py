@@ -16,8 +16,9 @@ How: it runs the CPU demo search (``hpo/search.py`` with its defaults: 12 trials
 whose seeded second point diverges) in ``--workdir``, or reuses the finished search already there;
 checks that at least one trial completed and one was stopped by the health monitor; serves the
 search's MLflow with ``mlflow ui`` on 127.0.0.1 and a free port; and screenshots each page with
-headless Chromium. Run time on the 2-core machine (2026-12-02): 40-42 s when it reuses a finished
-search; with a new workdir add the search (164-212 s, the README's "The demo's figures").
+headless Chromium. Run time on a 2-core machine: 40-42 s (2026-12-02), 27-36 s (2026-12-03) when it
+reuses a finished search; with a new workdir add the search (122-212 s, the README's "The demo's
+figures").
 
 Prerequisite: Debian's Chromium, ``apt-get install -y chromium`` (the script looks for
 ``chromium`` or ``chromium-browser`` on ``PATH``). Pillow (a dependency of the project) shrinks a

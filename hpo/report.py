@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from markupsafe import Markup
 from mlflow import MlflowClient
 
 from hpo import layout as L
@@ -109,6 +110,7 @@ def build_report(
     env = Environment(
         loader=PackageLoader("hpo"), autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
     )
+    env.filters["breakable"] = _breakable
     page = out / "report.html"
     page.write_text(
         env.get_template("report.html.j2").render(
@@ -383,6 +385,12 @@ def _trials(search: SearchRecord) -> dict[str, Any]:
         for t in search.trials
     ]
     return _table(["trial", "outcome", "diagnosis", "epochs", search.metric, *keys, "MLflow run"], rows)
+
+
+def _breakable(key: str) -> Markup:
+    """A dotted key (a column header) that may wrap after its dots: the best trials' table holds
+    every sampled param, and seven of them overflowed a 1600 px page."""
+    return Markup(".<wbr>").join(key.split("."))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> dict[str, Any]:
