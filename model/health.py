@@ -328,7 +328,7 @@ class HealthConfig(BaseModel):
     near_collapse_patience: int = Field(4, ge=1)
     """...at each of this many consecutive evaluations after the grace, each with no face above the
     score threshold (``collapse_max_recall``, ``collapse_max_detections``) and a top face score fallen
-    to at most ``collapse_score_drop`` of its best since the warm-up (one more evaluation than
+    to at most ``collapse_score_drop`` of its best, the warm-up's included (one more evaluation than
     ``collapse_patience``: a run collapsing outright is stopped as ``background-collapse`` first)..."""
     near_collapse_max_ap_gain: float = Field(0.005, ge=0)
     """...while the AP (running median) at the last of them is at most this above its best before
@@ -976,7 +976,11 @@ class HealthMonitor:
         score threshold, the top face score fallen from its peak, and the AP not climbing: a run
         whose AP hovers around ``collapse_max_ap`` never makes a collapse streak, yet is fading."""
         cfg = self.cfg
-        peaks = self._top_peaks(records)
+        # The top score's peak counts the warm-up's evaluations too (``records`` is the tail of
+        # them after it): SGD lr 0.03 predicted faces at 0.97-1.0 in its warm-up epochs and never
+        # again (top 0.27-0.45, AP 0.003-0.02 for 13 epochs); healthy runs fall from such a warm-up
+        # peak too, but their AP climbs (the gain check below).
+        peaks = self._top_peaks(self._epochs)[len(self._epochs) - len(records) :]
 
         def near(index: int) -> bool:
             r = records[index]
