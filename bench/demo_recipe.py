@@ -5,8 +5,8 @@ operating point, the whole search in <= 6 minutes on a quiet 2-core machine. Eac
 set of overrides of ``search_spaces/cpu-mini.yaml`` (the failure study's space, then the default);
 the chosen one, ``k3``, became ``search_spaces/cpu-demo.yaml``, the default now (``k4`` since: with
 AdamW's weight decay at 1.0). This script trains candidate recipes with the project's own
-:class:`model.trainer.Trainer` (``run_epoch``, exactly what a search trial runs: ``hpo/trainable.py``), on ONE torch thread, one run
-after the other, and records per epoch ``val/ap``, ``val/recall``, ``val/precision`` (at the run's
+:class:`model.trainer.Trainer` (``run_epoch``, exactly what a search trial runs:
+``hpo/trainable.py``), on ONE torch thread, one run after the other, and records per epoch ``val/ap``, ``val/recall``, ``val/precision`` (at the run's
 ``eval.score_threshold``), the trainer's own wall seconds per epoch (validation included) and, from
 a second pass over val after the epoch (not timed in the epoch), recall and precision at several
 score thresholds, to choose the operating point.

@@ -202,6 +202,16 @@ TRIED: dict[str, tuple[str, dict[str, Any], str]] = {
     ),
 }
 
+
+def _ramp(part: str, weight: float, epochs: float) -> dict[str, Any]:
+    """A loss-weight ramp (``part``: ``box`` or ``class``) rising linearly from 1 to ``weight`` over ``epochs``."""
+    return {
+        f"loss.{part}_weight": weight,
+        f"schedule.{part}_weight_start_factor": 1 / weight,
+        "schedule.loss_ramp_epochs": epochs,
+    }
+
+
 #: Configurations tried for a failure that comes *after* learning worth keeping: the only case in
 #: which a recovery's rollback can save compute against a restart with the fix (issue 16's target
 #: of at most half a restart). Seed 0 (seed 1 too where said), cpu-mini sizes, the production
@@ -212,9 +222,7 @@ TRIED: dict[str, tuple[str, dict[str, Any], str]] = {
 LATE_TRIED: dict[str, tuple[dict[str, Any], int, str]] = {
     "bwramp100_10ep": (
         {
-            "loss.box_weight": 100,
-            "schedule.box_weight_start_factor": 0.01,
-            "schedule.loss_ramp_epochs": 10,
+            **_ramp("box", 100, 10),
             "schedule.decay": "none",
         },
         12,
@@ -222,26 +230,24 @@ LATE_TRIED: dict[str, tuple[dict[str, Any], int, str]] = {
     ),
     "bwramp30_8ep": (
         {
-            "loss.box_weight": 30,
-            "schedule.box_weight_start_factor": 1 / 30,
-            "schedule.loss_ramp_epochs": 8,
+            **_ramp("box", 30, 8),
             "schedule.decay": "none",
         },
         12,
         "box weight 1 -> 30: AP 0.016 at epoch 4, then <= 0.008; background-collapse named at epoch 12",
     ),
     "bwramp10_10ep": (
-        {"loss.box_weight": 10, "schedule.box_weight_start_factor": 0.1, "schedule.loss_ramp_epochs": 10},
+        _ramp("box", 10, 10),
         14,
         "box weight 1 -> 10: healthy, AP 0.10 at epoch 14",
     ),
     "bwramp100_50ep": (
-        {"loss.box_weight": 100, "schedule.box_weight_start_factor": 0.01, "schedule.loss_ramp_epochs": 50},
+        _ramp("box", 100, 50),
         16,
         "box weight 1 -> 32 in 16 epochs: healthy, learns slowly (AP 0.06 at epoch 16)",
     ),
     "bwramp100_30ep": (
-        {"loss.box_weight": 100, "schedule.box_weight_start_factor": 0.01, "schedule.loss_ramp_epochs": 30},
+        _ramp("box", 100, 30),
         16,
         "box weight 1 -> 54 in 16 epochs: AP <= 0.014 throughout, a near-collapse warning at epoch 16",
     ),
@@ -249,9 +255,7 @@ LATE_TRIED: dict[str, tuple[dict[str, Any], int, str]] = {
         {
             "optim.lr": 0.02,
             "schedule.decay": "none",
-            "loss.box_weight": 20,
-            "schedule.box_weight_start_factor": 0.05,
-            "schedule.loss_ramp_epochs": 16,
+            **_ramp("box", 20, 16),
         },
         16,
         "AP 0.027 at epoch 4, falling to 0.003-0.005 by epoch 14-16: judged healthy with no warning; "
@@ -261,9 +265,7 @@ LATE_TRIED: dict[str, tuple[dict[str, Any], int, str]] = {
         {
             "optim.lr": 0.02,
             "schedule.decay": "none",
-            "loss.box_weight": 50,
-            "schedule.box_weight_start_factor": 0.02,
-            "schedule.loss_ramp_epochs": 30,
+            **_ramp("box", 50, 30),
         },
         16,
         "AP peaks at 0.023 (epoch 7), background-collapse named at epoch 15",
@@ -272,35 +274,33 @@ LATE_TRIED: dict[str, tuple[dict[str, Any], int, str]] = {
         {
             "optim.momentum": 0.95,
             "schedule.decay": "none",
-            "loss.box_weight": 30,
-            "schedule.box_weight_start_factor": 1 / 30,
-            "schedule.loss_ramp_epochs": 20,
+            **_ramp("box", 30, 20),
         },
         16,
         "AP <= 0.016, background-collapse named at epoch 12",
     ),
     "cwramp30_12ep": (
-        {"loss.class_weight": 30, "schedule.class_weight_start_factor": 1 / 30, "schedule.loss_ramp_epochs": 12},
+        _ramp("class", 30, 12),
         16,
         "class weight 1 -> 30: AP <= 0.006, background-collapse named at epoch 8",
     ),
     "cwramp100_20ep": (
-        {"loss.class_weight": 100, "schedule.class_weight_start_factor": 0.01, "schedule.loss_ramp_epochs": 20},
+        _ramp("class", 100, 20),
         16,
         "class weight 1 -> 100: diverged at step 190 (epoch 6), a late divergence but AP <= 0.006 before it",
     ),
     "cwramp50_30ep": (
-        {"loss.class_weight": 50, "schedule.class_weight_start_factor": 0.02, "schedule.loss_ramp_epochs": 30},
+        _ramp("class", 50, 30),
         16,
         "diverged in epoch 6 (gradient spike), AP <= 0.008 before it",
     ),
     "cwramp100_60ep": (
-        {"loss.class_weight": 100, "schedule.class_weight_start_factor": 0.01, "schedule.loss_ramp_epochs": 60},
+        _ramp("class", 100, 60),
         16,
         "diverged at step 165 (epoch 5, class weight ~9), AP <= 0.005 before it",
     ),
     "cwramp100_150ep": (
-        {"loss.class_weight": 100, "schedule.class_weight_start_factor": 0.01, "schedule.loss_ramp_epochs": 150},
+        _ramp("class", 100, 150),
         20,
         "class weight 1 -> 14 in 20 epochs: AP <= 0.013 (seeds 0, 1), background-collapse named at epoch 12 / 20",
     ),
@@ -308,9 +308,7 @@ LATE_TRIED: dict[str, tuple[dict[str, Any], int, str]] = {
         {
             "optim.optimizer": "adamw",
             "optim.lr": 0.003,
-            "loss.box_weight": 100,
-            "schedule.box_weight_start_factor": 0.01,
-            "schedule.loss_ramp_epochs": 12,
+            **_ramp("box", 100, 12),
         },
         14,
         "healthy, AP 0.11 (AdamW normalises the growing box gradient; so at box weight 1000: 0.11)",
